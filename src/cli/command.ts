@@ -1,0 +1,16 @@
+// The shape every CLI command file exports.
+import type { Command } from 'commander';
+
+export interface CliCommand {
+  /** Name with its positional arguments, as commander takes it, e.g. 'sign [files...]'. */
+  name: string;
+  /** Adds description and options to the commander sub-command. */
+  define(cmd: Command): Command;
+  /** Runs the command with commander's action arguments; resolves to the exit code. */
+  run(...args: any[]): Promise<number>;
+}
+
+/** Collects a repeatable option such as `-f a -f b`. */
+export function collect(value: string, previous: string[] = []): string[] {
+  return [...previous, value];
+}

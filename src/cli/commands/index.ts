@@ -1,0 +1,8 @@
+// Every CLI command, in the order `qwamos --help` lists them.
+import type { CliCommand } from '../command.ts';
+import { validateCommand } from './validate.ts';
+import { keygenCommand } from './keygen.ts';
+import { signCommand } from './sign.ts';
+import { verifyCommand } from './verify.ts';
+
+export const commands: CliCommand[] = [validateCommand, keygenCommand, signCommand, verifyCommand];

@@ -1,0 +1,44 @@
+// Entry point of the qwamos CLI: one command a file in ./commands, each registering itself here.
+import { Command, CommanderError } from 'commander';
+import { UsageError, oneLine } from '../errors.ts';
+import { commands } from './commands/index.ts';
+
+export const EXIT = { ok: 0, failed: 1, usage: 2 } as const;
+
+/** Runs the CLI with the given arguments and resolves to the process exit code. */
+export async function main(argv: string[]): Promise<number> {
+  let exitCode: number = EXIT.ok;
+  const program = new Command('qwamos')
+    .description('Declarative, reconciling controller for an isolation host (signed YAML manifests).')
+    .version('0.1.0')
+    .showHelpAfterError('(run qwamos --help for usage)')
+    .exitOverride()
+    .configureOutput({ outputError: (text, write) => write(text) });
+
+  for (const command of commands) {
+    const sub = command.define(program.command(command.name));
+    sub.exitOverride();
+    sub.action(async (...args: unknown[]) => {
+      exitCode = await command.run(...args);
+    });
+  }
+
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return exitCode;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') {
+        return EXIT.ok;
+      }
+      return EXIT.usage;
+    }
+    if (err instanceof UsageError) {
+      process.stderr.write(`error: ${oneLine(err)}\n`);
+      return EXIT.usage;
+    }
+    process.stderr.write(`error: ${oneLine(err)}\n`);
+    if (process.env.QWAMOS_DEBUG) process.stderr.write(`${(err as Error)?.stack ?? ''}\n`);
+    return EXIT.failed;
+  }
+}
