@@ -3,7 +3,8 @@ import { Command, CommanderError } from 'commander';
 import { UsageError, oneLine } from '../errors.ts';
 import { commands } from './commands/index.ts';
 
-export const EXIT = { ok: 0, failed: 1, usage: 2 } as const;
+export { EXIT } from './exit.ts';
+import { EXIT } from './exit.ts';
 
 /** Runs the CLI with the given arguments and resolves to the process exit code. */
 export async function main(argv: string[]): Promise<number> {

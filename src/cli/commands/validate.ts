@@ -1,0 +1,36 @@
+// qwamos validate -f FILE|DIR ...: verify signatures and validate, reporting every problem in one pass.
+import type { Command } from 'commander';
+import { EXIT } from '../exit.ts';
+import type { CliCommand } from '../command.ts';
+import { hasErrors } from '../../resources/manifests.ts';
+import { loadManifests, manifestOptions, printDiagnostics, type ManifestFlags } from '../manifest-options.ts';
+import { sortDiagnostics } from '../../resources/diagnostics.ts';
+
+interface Flags extends ManifestFlags {
+  output?: string;
+}
+
+export const validateCommand: CliCommand = {
+  name: 'validate',
+  define: (cmd: Command) =>
+    manifestOptions(cmd.description('check manifests: signatures, YAML, schema and cross-references; exit 0 valid, 1 invalid, 2 usage error'))
+      .option('-o, --output <format>', 'json for machine-readable results'),
+
+  async run(flags: Flags) {
+    const set = await loadManifests(flags);
+    const ok = !hasErrors(set.diagnostics);
+    if (flags.output === 'json') {
+      const report = {
+        valid: ok,
+        files: set.files,
+        resources: set.resources.map((r) => ({ resource: r.key, file: r.file })),
+        diagnostics: sortDiagnostics(set.diagnostics),
+      };
+      process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
+    } else {
+      printDiagnostics(set.diagnostics);
+      if (ok) process.stdout.write(`${set.resources.length} resources in ${set.files.length} files are valid\n`);
+    }
+    return ok ? EXIT.ok : EXIT.failed;
+  },
+};

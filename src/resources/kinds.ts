@@ -1,0 +1,35 @@
+// The kinds qwamos knows, their schema files and the order they are reconciled in.
+export const API_VERSION = 'qwamos.io/v1alpha1';
+
+export const KIND_SCHEMA_FILES = {
+  VirtualMachine: 'virtualmachine.json',
+  Route: 'route.json',
+  FirewallPolicy: 'firewallpolicy.json',
+  GpuTrustLevel: 'gputrustlevel.json',
+  ClusterNode: 'clusternode.json',
+} as const;
+
+export type Kind = keyof typeof KIND_SCHEMA_FILES;
+export const KINDS = Object.keys(KIND_SCHEMA_FILES) as Kind[];
+
+export function isKind(value: unknown): value is Kind {
+  return typeof value === 'string' && Object.hasOwn(KIND_SCHEMA_FILES, value);
+}
+
+/** Reconcile stages: networks and policies before the workloads that use them. */
+export const KIND_STAGE: Record<Kind, number> = {
+  ClusterNode: 0,
+  GpuTrustLevel: 0,
+  Route: 1,
+  FirewallPolicy: 1,
+  VirtualMachine: 2,
+};
+
+/** Short names `get` accepts, as kubectl does. */
+export const KIND_ALIASES: Record<string, Kind> = {
+  virtualmachine: 'VirtualMachine', virtualmachines: 'VirtualMachine', vm: 'VirtualMachine', vms: 'VirtualMachine',
+  route: 'Route', routes: 'Route', rt: 'Route',
+  firewallpolicy: 'FirewallPolicy', firewallpolicies: 'FirewallPolicy', fw: 'FirewallPolicy',
+  gputrustlevel: 'GpuTrustLevel', gputrustlevels: 'GpuTrustLevel', gpu: 'GpuTrustLevel',
+  clusternode: 'ClusterNode', clusternodes: 'ClusterNode', node: 'ClusterNode', nodes: 'ClusterNode',
+};

@@ -1,0 +1,131 @@
+// The validation pipeline for a set of manifest files: bytes -> YAML documents -> kind and schema ->
+// per-resource checks -> cross-resource checks. Every problem becomes one Diagnostic; nothing throws.
+import { createHash } from 'node:crypto';
+import { MAX_MANIFEST_BYTES } from '../config.ts';
+import { checkResource, type CheckContext } from './checks.ts';
+import { crossCheck } from './crossref.ts';
+import type { Diagnostic } from './diagnostics.ts';
+import { API_VERSION, KINDS, isKind } from './kinds.ts';
+import { checkSchema } from './schema.ts';
+import { resourceKey, type AnyResource, type LoadedResource } from './types.ts';
+import { parseYaml, type YamlDocument } from './yaml.ts';
+
+export interface SourceFile {
+  file: string;
+  bytes: Uint8Array;
+}
+
+export interface ValidateContext extends CheckContext {
+  /** Resources already in force that references may resolve to (e.g. the store's). */
+  known?: LoadedResource[];
+}
+
+export interface ValidationResult {
+  resources: LoadedResource[];
+  diagnostics: Diagnostic[];
+}
+
+export function validateSources(files: SourceFile[], ctx: ValidateContext): ValidationResult {
+  const diagnostics: Diagnostic[] = [];
+  const resources: LoadedResource[] = [];
+  for (const source of files) {
+    const result = validateFile(source, ctx);
+    diagnostics.push(...result.diagnostics);
+    resources.push(...result.resources);
+  }
+  for (const issue of crossCheck(resources, ctx.known)) {
+    const pos = issue.at.positions?.locate(issue.pointer) ?? { line: 1, col: 1 };
+    diagnostics.push({ file: issue.at.file, ...pos, resource: issue.at.key, message: issue.message, ...(issue.severity ? { severity: issue.severity } : {}) });
+  }
+  return { resources, diagnostics };
+}
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+function validateFile(source: SourceFile, ctx: CheckContext): ValidationResult {
+  const { file, bytes } = source;
+  const fileError = (message: string, line = 1, col = 1): ValidationResult => ({
+    resources: [],
+    diagnostics: [{ file, line, col, resource: 'file', message }],
+  });
+  if (bytes.length > MAX_MANIFEST_BYTES) return fileError(`file is ${bytes.length} bytes, over the ${MAX_MANIFEST_BYTES}-byte limit for a manifest`);
+  if (bytes.includes(0)) return fileError('binary data (NUL bytes), not a YAML manifest');
+  let text: string;
+  try {
+    text = utf8.decode(bytes);
+  } catch {
+    return fileError('binary data (not UTF-8 text), not a YAML manifest');
+  }
+  text = text.replace(/^\uFEFF/, '');
+
+  const digest = createHash('sha256').update(bytes).digest('hex');
+  const parsed = parseYaml(text, file);
+  const diagnostics: Diagnostic[] = parsed.errors.map((e) => ({
+    file,
+    ...e.position,
+    resource: e.index ? `document ${e.index}` : 'file',
+    message: e.message,
+  }));
+  const resources: LoadedResource[] = [];
+  const present = parsed.documents.filter((d) => d.value !== null && d.value !== undefined);
+  if (present.length === 0 && parsed.errors.length === 0) return fileError('no resources in file (empty, or only comments)');
+
+  for (const doc of present) {
+    const result = validateDocument(file, digest, doc, ctx);
+    diagnostics.push(...result.diagnostics);
+    if (result.resource) resources.push(result.resource);
+  }
+  return { resources, diagnostics };
+}
+
+function validateDocument(
+  file: string,
+  digest: string,
+  doc: YamlDocument,
+  ctx: CheckContext,
+): { resource?: LoadedResource; diagnostics: Diagnostic[] } {
+  const value = doc.value;
+  const at = (pointer: string, atValue = false) => (atValue ? doc.positions.locateValue(pointer) : doc.positions.locate(pointer));
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    const got = Array.isArray(value) ? 'a list' : `${typeof value} ${JSON.stringify(value)?.slice(0, 40)}`;
+    return { diagnostics: [{ file, ...doc.start, resource: `document ${doc.index}`, message: `a resource must be a mapping with apiVersion, kind, metadata and spec (got ${got})` }] };
+  }
+  const obj = value as Record<string, unknown>;
+  const label = resourceLabel(obj, doc.index);
+  const problem = (pointer: string, message: string, atValue = false): Diagnostic => ({ file, ...at(pointer, atValue), resource: label, message });
+
+  if (obj.apiVersion !== API_VERSION) {
+    const got = obj.apiVersion === undefined ? 'missing' : `got ${JSON.stringify(obj.apiVersion)}`;
+    return { diagnostics: [problem('/apiVersion', `unknown apiVersion (${got}); qwamos reads ${API_VERSION}`, true)] };
+  }
+  if (!isKind(obj.kind)) {
+    const got = obj.kind === undefined ? 'missing' : `got ${JSON.stringify(obj.kind)}`;
+    return { diagnostics: [problem('/kind', `unknown kind (${got}); known kinds: ${KINDS.join(', ')}`, true)] };
+  }
+  const issues = checkSchema(obj.kind, obj);
+  if (issues.length > 0) {
+    return { diagnostics: issues.map((i) => problem(i.pointer, i.message, i.atValue)) };
+  }
+  const resource = obj as unknown as AnyResource;
+  const semantic = checkResource(resource, ctx);
+  const diagnostics = semantic.map((i) => ({ ...problem(i.pointer, i.message), ...(i.severity ? { severity: i.severity } : {}) }));
+  if (semantic.some((i) => i.severity !== 'warning')) return { diagnostics };
+  return { resource: { resource, key: resourceKey(resource), file, digest, positions: doc.positions }, diagnostics };
+}
+
+/** 'Kind/name' as far as the document says, for messages about a document that may be malformed. */
+function resourceLabel(obj: Record<string, unknown>, index: number): string {
+  const kind = typeof obj.kind === 'string' && obj.kind.length <= 64 ? obj.kind : undefined;
+  const meta = obj.metadata as Record<string, unknown> | undefined;
+  const rawName = typeof meta === 'object' && meta !== null ? meta.name : undefined;
+  const name =
+    typeof rawName === 'string' && rawName.length <= 80
+      ? /^[a-z0-9-]+$/.test(rawName)
+        ? rawName
+        : JSON.stringify(rawName)
+      : undefined;
+  if (kind && name) return `${kind}/${name}`;
+  if (kind) return `${kind} (document ${index}, no name)`;
+  if (name) return `document ${index} (${name})`;
+  return `document ${index}`;
+}
