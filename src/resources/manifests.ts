@@ -5,7 +5,7 @@ import path from 'node:path';
 import { MAX_MANIFEST_BYTES } from '../config.ts';
 import { UsageError } from '../errors.ts';
 import { verifyFile } from '../trust/signature.ts';
-import { loadTrustStore } from '../trust/truststore.ts';
+import { loadTrustStore, type TrustStore } from '../trust/truststore.ts';
 import type { Diagnostic } from './diagnostics.ts';
 import type { LoadedResource } from './types.ts';
 import { validateSources, type SourceFile, type ValidateContext } from './validate.ts';
@@ -47,7 +47,9 @@ async function listDirectory(dir: string, recursive: boolean): Promise<string[]>
 async function readLimited(file: string): Promise<Uint8Array> {
   const handle = await open(file, 'r');
   try {
-    const buffer = Buffer.alloc(MAX_MANIFEST_BYTES + 1);
+    const { size } = await handle.stat();
+    // Files can grow while being read; never read past the limit either way.
+    const buffer = Buffer.allocUnsafe(Math.min(size, MAX_MANIFEST_BYTES) + 1);
     let length = 0;
     while (length < buffer.length) {
       const { bytesRead } = await handle.read(buffer, length, buffer.length - length, length);
@@ -85,29 +87,46 @@ export function hasErrors(diagnostics: Diagnostic[]): boolean {
 export async function readManifests(paths: string[], opts: ReadOptions): Promise<ManifestSet> {
   const files = await collectFiles(paths, opts.recursive);
   const store = await loadTrustStore(opts.trustDir);
-  const diagnostics: Diagnostic[] = [];
-  const sources: SourceFile[] = [];
-  for (const file of files) {
-    let bytes: Uint8Array;
-    try {
-      bytes = await readLimited(file);
-    } catch (err) {
-      diagnostics.push({ file, line: 1, col: 1, resource: 'file', message: `cannot read: ${(err as NodeJS.ErrnoException).code ?? err}` });
-      continue;
-    }
-    const outcome = await verifyFile(file, store, bytes);
-    if (outcome.status !== 'verified') {
-      const forgivable = outcome.status === 'unsigned' || outcome.status === 'untrusted';
-      if (opts.allowUnsigned && forgivable) {
-        diagnostics.push({ file, line: 1, col: 1, resource: 'signature', message: `${outcome.message} (accepted: --allow-unsigned)`, severity: 'warning' });
-      } else {
-        const hint = forgivable ? ' (sign with `qwamos sign`, trust the key, or pass --allow-unsigned)' : '';
-        diagnostics.push({ file, line: 1, col: 1, resource: 'signature', message: `refused: ${outcome.message}${hint}` });
-        continue;
-      }
-    }
-    sources.push({ file, bytes });
-  }
+  // Files are read and verified a few at a time so disk waits overlap with signature checks.
+  const checked = await mapLimit(files, 16, (file) => readAndVerify(file, store, opts.allowUnsigned));
+  const diagnostics = checked.flatMap((c) => c.diagnostics);
+  const sources = checked.flatMap((c) => (c.source ? [c.source] : []));
   const result = validateSources(sources, opts);
   return { files, resources: result.resources, diagnostics: [...diagnostics, ...result.diagnostics] };
+}
+
+async function readAndVerify(
+  file: string,
+  store: TrustStore,
+  allowUnsigned: boolean,
+): Promise<{ source?: SourceFile; diagnostics: Diagnostic[] }> {
+  let bytes: Uint8Array;
+  try {
+    bytes = await readLimited(file);
+  } catch (err) {
+    return { diagnostics: [{ file, line: 1, col: 1, resource: 'file', message: `cannot read: ${(err as NodeJS.ErrnoException).code ?? err}` }] };
+  }
+  const outcome = await verifyFile(file, store, bytes);
+  if (outcome.status === 'verified') return { source: { file, bytes }, diagnostics: [] };
+  const forgivable = outcome.status === 'unsigned' || outcome.status === 'untrusted';
+  if (allowUnsigned && forgivable) {
+    const warning: Diagnostic = { file, line: 1, col: 1, resource: 'signature', message: `${outcome.message} (accepted: --allow-unsigned)`, severity: 'warning' };
+    return { source: { file, bytes }, diagnostics: [warning] };
+  }
+  const hint = forgivable ? ' (sign with `qwamos sign`, trust the key, or pass --allow-unsigned)' : '';
+  return { diagnostics: [{ file, line: 1, col: 1, resource: 'signature', message: `refused: ${outcome.message}${hint}` }] };
+}
+
+/** Maps with at most `limit` calls in flight; results keep the input order. */
+export async function mapLimit<T, R>(items: T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const results = new Array<R>(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      results[i] = await fn(items[i]!);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return results;
 }

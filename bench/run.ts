@@ -1,0 +1,12 @@
+// npm run bench [name...]: runs the benches, each printing a table and writing bench/results/NAME.json.
+import { benchValidate } from './validate.ts';
+
+const benches: Record<string, () => Promise<void>> = {
+  validate: benchValidate,
+};
+
+const wanted = process.argv.slice(2);
+for (const [name, run] of Object.entries(benches)) {
+  if (wanted.length && !wanted.includes(name)) continue;
+  await run();
+}
