@@ -1,5 +1,6 @@
 // The contract every controller (one per kind) follows: observe the host in one batch, plan purely,
 // apply the plan, observe again. An empty plan means the resource is in sync.
+import type { StoredResource } from '../store/store.ts';
 
 /** One small, typed host change. `describe` is what `diff` and events print. */
 export interface Action {
@@ -18,14 +19,19 @@ export interface FieldDiff {
   actual: string;
 }
 
-export interface Controller<Desired, Actual, A extends Action = Action> {
+export interface Controller<Actual = unknown, A extends Action = Action> {
   kind: string;
-  /** One batched look at the host for all resources of this kind (not a process per resource). */
-  observe(desired: Desired[]): Promise<Map<string, Actual>>;
-  /** Pure: desired (undefined = delete) and actual (undefined = absent) to ordered actions. */
-  plan(desired: Desired | undefined, actual: Actual | undefined): A[];
+  /**
+   * One batched look at the host for these resources (not a process per resource), keyed by
+   * 'Kind/name'. Resources being deleted are included, so their leftovers can be found.
+   */
+  observe(resources: StoredResource[]): Promise<Map<string, Actual>>;
+  /** Pure: desired (undefined = delete it) and actual (undefined = absent) to ordered actions. */
+  plan(resource: StoredResource, actual: Actual | undefined, deleting: boolean): A[];
   /** Field-level differences, for drift records. Pure. */
-  diff(desired: Desired, actual: Actual | undefined): FieldDiff[];
-  /** Carries out actions, batching host calls where it pays. */
+  diff(resource: StoredResource, actual: Actual | undefined): FieldDiff[];
+  /** Carries out actions of any number of resources, batching host calls where it pays. */
   apply(actions: A[]): Promise<void>;
+  /** Resources this one must wait for (e.g. a VM for its Route), as 'Kind/name'. */
+  dependencies?(resource: StoredResource, all: StoredResource[]): string[];
 }

@@ -1,0 +1,373 @@
+// The reconcile engine: one XState actor per resource, fed by a keyed work queue with backoff.
+// Level-triggered: every pass starts by observing the host as it is; the store says what should be.
+import { createActor, waitFor, type Actor } from 'xstate';
+import type { Action, Controller } from '../controllers/contract.ts';
+import type { Condition, ConditionPatch, Store, StoredResource } from '../store/store.ts';
+import { Batcher } from './batcher.ts';
+import { WorkQueue, type QueueOptions } from './queue.ts';
+import { SETTLED_STATES, resourceMachine, type SettledState } from './resource-machine.ts';
+
+export type PassState = SettledState | 'waiting';
+
+export interface PassResult {
+  key: string;
+  state: PassState;
+  generation: number;
+  applied: Action[];
+  drifted: boolean;
+  message: string;
+}
+
+export interface EngineOptions {
+  store: Store;
+  controllers: Controller[];
+  /** Resources reconciled at once. */
+  concurrency?: number;
+  queue?: QueueOptions;
+  onSettled?: (result: PassResult) => void;
+}
+
+interface Entry {
+  resource: StoredResource;
+  controller: Controller;
+  actor: Actor<typeof resourceMachine>;
+  /** Store writes started from inside the machine (drift records), awaited before status is written. */
+  pendingWrites: Promise<unknown>[];
+}
+
+export const keyOf = (r: { kind: string; metadata: { name: string } }) => `${r.kind}/${r.metadata.name}`;
+
+export class Engine {
+  readonly queue: WorkQueue<string>;
+  /** The latest pass of each resource. */
+  readonly last = new Map<string, PassResult>();
+  private readonly entries = new Map<string, Entry>();
+  private readonly controllers = new Map<string, Controller>();
+  private readonly observers = new Map<string, Batcher<StoredResource, unknown>>();
+  private readonly appliers = new Map<string, Batcher<Action[], void>>();
+  /** dependency key -> keys waiting for it to be ready */
+  private readonly waiting = new Map<string, Set<string>>();
+  private workers: Promise<void>[] = [];
+  private readonly store: Store;
+
+  constructor(private readonly opts: EngineOptions) {
+    this.store = opts.store;
+    this.queue = new WorkQueue(opts.queue);
+    for (const c of opts.controllers) this.controllers.set(c.kind, c);
+  }
+
+  /** Reads the store; creates, updates or drops actors. Returns the keys that changed. */
+  async sync(): Promise<string[]> {
+    const resources = await this.store.listResources();
+    const changed: string[] = [];
+    const seen = new Set<string>();
+    for (const r of resources) {
+      const key = keyOf(r);
+      seen.add(key);
+      const entry = this.entries.get(key);
+      if (!entry) {
+        this.entries.set(key, this.createEntry(r));
+        changed.push(key);
+        continue;
+      }
+      const before = entry.resource;
+      entry.resource = r;
+      if (r.generation !== before.generation) {
+        entry.actor.send({ type: 'SPEC', generation: r.generation, driftPolicy: driftPolicyOf(r) });
+        changed.push(key);
+      }
+      if (Boolean(r.suspended) !== Boolean(before.suspended)) {
+        entry.actor.send({ type: r.suspended ? 'SUSPEND' : 'RESUME' });
+        changed.push(key);
+      }
+      if (r.deletionRequestedAt && !before.deletionRequestedAt) changed.push(key);
+    }
+    for (const [key, entry] of this.entries) {
+      if (!seen.has(key)) {
+        entry.actor.stop();
+        this.entries.delete(key);
+      }
+    }
+    return [...new Set(changed)];
+  }
+
+  /** Resources in the store, as last synced. */
+  resources(kind?: string): StoredResource[] {
+    return [...this.entries.values()].map((e) => e.resource).filter((r) => !kind || r.kind === kind);
+  }
+
+  enqueue(keys: Iterable<string>): void {
+    for (const key of keys) this.queue.add(key);
+  }
+
+  enqueueAll(): void {
+    this.enqueue(this.entries.keys());
+  }
+
+  start(): void {
+    const n = this.opts.concurrency ?? 16;
+    for (let i = 0; i < n; i++) this.workers.push(this.work());
+  }
+
+  async stop(): Promise<void> {
+    this.queue.shutDown();
+    await Promise.all(this.workers);
+    this.workers = [];
+    for (const e of this.entries.values()) e.actor.stop();
+  }
+
+  /**
+   * Waits until every key has finished a pass (and, with untilConverged, reached a state that retrying
+   * would not change: ready, drifted, stalled, suspended or deleted) or the timeout passes.
+   */
+  async settle(keys: string[], opts: { untilConverged: boolean; timeoutMs: number; since: number }): Promise<boolean> {
+    const deadline = Date.now() + opts.timeoutMs;
+    const done = (key: string) => {
+      const r = this.last.get(key);
+      if (!r || (r as PassResult & { at?: number }).at! < opts.since) return false;
+      if (!opts.untilConverged) return r.state !== 'waiting' || !this.entries.has(key);
+      return ['ready', 'drifted', 'stalled', 'suspended', 'deleted'].includes(r.state);
+    };
+    while (!keys.every(done)) {
+      if (Date.now() > deadline) return false;
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    return true;
+  }
+
+  private createEntry(resource: StoredResource): Entry {
+    const controller = this.controllers.get(resource.kind) ?? unsupported(resource.kind);
+    const entry = { resource, controller, pendingWrites: [] } as unknown as Entry;
+    const key = keyOf(resource);
+    entry.actor = createActor(resourceMachine, {
+      input: {
+        key,
+        generation: resource.generation,
+        driftPolicy: driftPolicyOf(resource),
+        suspended: Boolean(resource.suspended),
+        steps: {
+          observe: () => this.observer(controller).load(entry.resource),
+          plan: (actual, deleting) => controller.plan(entry.resource, actual, deleting),
+          apply: (actions) => this.applier(controller).load(actions),
+          onDrift: (actual, _plan, healing) => {
+            const policy = healing ? 'heal' : 'warn';
+            for (const d of controller.diff(entry.resource, actual)) {
+              entry.pendingWrites.push(this.store.recordDrift({ resource: key, field: d.field, desired: d.desired, actual: d.actual, policy }));
+            }
+          },
+        },
+      },
+    });
+    // An actor error must never take the process down; the machine handles its own failures.
+    entry.actor.subscribe({ error: (err) => this.emit(key, resource.generation, 'backoff', [], false, String(err)) });
+    entry.actor.start();
+    if (resource.suspended) entry.actor.send({ type: 'SUSPEND' });
+    return entry;
+  }
+
+  private observer(controller: Controller): Batcher<StoredResource, unknown> {
+    let b = this.observers.get(controller.kind);
+    if (!b) {
+      b = new Batcher(async (resources) => {
+        const found = await controller.observe(resources);
+        return resources.map((r) => found.get(keyOf(r)));
+      });
+      this.observers.set(controller.kind, b);
+    }
+    return b;
+  }
+
+  /** Applies the plans of resources reconciling together in one batch; on failure, each alone, so the error lands on its owner. */
+  private applier(controller: Controller): Batcher<Action[], void> {
+    let b = this.appliers.get(controller.kind);
+    if (!b) {
+      b = new Batcher<Action[], void>(async (plans) => {
+        if (plans.length === 1) {
+          await controller.apply(plans[0]!);
+          return [undefined];
+        }
+        try {
+          await controller.apply(plans.flat());
+          return plans.map(() => undefined);
+        } catch {
+          const outcomes = await Promise.allSettled(plans.map((p) => controller.apply(p)));
+          const failed = outcomes.find((o) => o.status === 'rejected');
+          if (failed && plans.length > 0) throw (failed as PromiseRejectedResult).reason;
+          return plans.map(() => undefined);
+        }
+      });
+      this.appliers.set(controller.kind, b);
+    }
+    return b;
+  }
+
+  private async work(): Promise<void> {
+    for (;;) {
+      const key = await this.queue.get();
+      if (key === undefined) return;
+      try {
+        await this.reconcile(key);
+      } catch (err) {
+        this.emit(key, this.entries.get(key)?.resource.generation ?? 0, 'backoff', [], false, String(err));
+        this.queue.addRateLimited(key);
+      } finally {
+        this.queue.done(key);
+      }
+    }
+  }
+
+  private async reconcile(key: string): Promise<void> {
+    const entry = this.entries.get(key);
+    if (!entry) return;
+    const r = entry.resource;
+    const deleting = Boolean(r.deletionRequestedAt);
+
+    const blockers = this.blockers(entry, deleting);
+    if (blockers.length > 0) {
+      for (const b of blockers) {
+        if (!this.waiting.has(b)) this.waiting.set(b, new Set());
+        this.waiting.get(b)!.add(key);
+      }
+      const message = deleting ? `waiting for ${blockers.join(', ')} to be deleted first` : `waiting for ${blockers.join(', ')} to be ready`;
+      await this.store.updateStatus(r.kind, r.metadata.name, {
+        phase: deleting ? 'Deleting' : 'Pending',
+        conditions: [
+          { type: 'Ready', status: 'False', reason: 'DependencyNotReady', message },
+          { type: 'Reconciling', status: 'True', reason: 'DependencyNotReady', message },
+        ],
+      });
+      this.emit(key, r.generation, 'waiting', [], false, message);
+      return;
+    }
+
+    const actor = entry.actor;
+    actor.send(deleting ? { type: 'DELETE' } : { type: 'RECONCILE' });
+    const snapshot = await waitFor(actor, (s) => (SETTLED_STATES as readonly string[]).includes(s.value as string) && !s.matches('pending'));
+    const state = snapshot.value as SettledState;
+    const ctx = snapshot.context;
+    await Promise.all(entry.pendingWrites.splice(0));
+    await this.record(entry, state, ctx.applied, ctx.drifted, ctx.error?.message);
+
+    if (state === 'backoff') this.queue.addRateLimited(key);
+    else this.queue.forget(key);
+    if (state === 'ready' || state === 'deleted') {
+      const waiters = this.waiting.get(key);
+      this.waiting.delete(key);
+      if (waiters) this.enqueue(waiters);
+    }
+    if (state === 'deleted') {
+      await this.store.deleteResource(r.kind, r.metadata.name);
+      actor.stop();
+      this.entries.delete(key);
+    }
+  }
+
+  /** Dependencies not ready yet (or, when deleting, dependants not deleted yet). */
+  private blockers(entry: Entry, deleting: boolean): string[] {
+    const all = this.resources();
+    if (deleting) {
+      const key = keyOf(entry.resource);
+      return all
+        .filter((o) => o.deletionRequestedAt && (this.controllers.get(o.kind)?.dependencies?.(o, all) ?? []).includes(key))
+        .map(keyOf);
+    }
+    const deps = entry.controller.dependencies?.(entry.resource, all) ?? [];
+    return deps.filter((dep) => {
+      const other = this.entries.get(dep);
+      const last = this.last.get(dep);
+      return !other || other.resource.deletionRequestedAt || last?.state !== 'ready' || last.generation !== other.resource.generation;
+    });
+  }
+
+  private async record(entry: Entry, state: SettledState, applied: Action[], drifted: boolean, error?: string): Promise<void> {
+    const r = entry.resource;
+    const key = keyOf(r);
+    const { kind } = r;
+    const name = r.metadata.name;
+    const conditions = (ready: [Condition['status'], string, string], reconciling: [Condition['status'], string, string], stalled: [Condition['status'], string, string]): ConditionPatch[] => [
+      { type: 'Ready', status: ready[0], reason: ready[1], message: ready[2] },
+      { type: 'Reconciling', status: reconciling[0], reason: reconciling[1], message: reconciling[2] },
+      { type: 'Stalled', status: stalled[0], reason: stalled[1], message: stalled[2] },
+    ];
+    if (applied.length > 0) {
+      await this.store.appendEvent({ resource: key, type: 'Normal', reason: drifted ? 'DriftHealed' : 'Applied', message: applied.map((a) => a.describe).join('; ') });
+    }
+    let message = '';
+    switch (state) {
+      case 'ready': {
+        message = applied.length ? `applied ${applied.length} change(s)` : 'in sync';
+        if (drifted) await this.store.resolveDrift(key);
+        await this.store.updateStatus(kind, name, {
+          phase: 'Ready',
+          observedGeneration: r.generation,
+          conditions: conditions(['True', 'ReconciliationSucceeded', message], ['False', 'ReconciliationSucceeded', ''], ['False', 'ReconciliationSucceeded', '']),
+        });
+        break;
+      }
+      case 'drifted': {
+        const open = await this.store.listDrift({ state: 'open', resource: key });
+        message = `host differs (${open.map((d) => d.field).join(', ')}); driftPolicy warn: not healed`;
+        await this.store.appendEvent({ resource: key, type: 'Warning', reason: 'DriftDetected', message });
+        await this.store.updateStatus(kind, name, {
+          phase: 'Drifted',
+          observedGeneration: r.generation,
+          conditions: conditions(['False', 'DriftDetected', message], ['False', 'DriftDetected', ''], ['False', 'DriftDetected', '']),
+        });
+        break;
+      }
+      case 'backoff':
+      case 'stalled': {
+        message = error ?? 'reconcile failed';
+        const stalled = state === 'stalled';
+        const retry = stalled ? '' : ` (retry ${this.queue.failuresOf(key) + 1})`;
+        await this.store.appendEvent({ resource: key, type: 'Warning', reason: stalled ? 'Stalled' : 'ReconcileFailed', message: message + retry });
+        await this.store.updateStatus(kind, name, {
+          phase: stalled ? 'Stalled' : 'Degraded',
+          observedGeneration: r.generation,
+          conditions: stalled
+            ? conditions(['False', 'Stalled', message], ['False', 'Stalled', ''], ['True', 'ReconcileError', message])
+            : conditions(['False', 'ReconcileFailed', message], ['True', 'ProgressingWithRetry', message + retry], ['False', 'ReconcileFailed', '']),
+        });
+        break;
+      }
+      case 'suspended':
+        message = 'suspended: not reconciled until resumed';
+        await this.store.updateStatus(kind, name, {
+          phase: 'Suspended',
+          conditions: [{ type: 'Reconciling', status: 'False', reason: 'Suspended', message }],
+        });
+        break;
+      case 'deleted':
+        message = 'deleted';
+        await this.store.appendEvent({ resource: key, type: 'Normal', reason: 'Deleted', message: applied.length ? applied.map((a) => a.describe).join('; ') : 'nothing left on the host' });
+        break;
+      default:
+        break;
+    }
+    this.emit(key, r.generation, state, applied, drifted, message);
+  }
+
+  private emit(key: string, generation: number, state: PassState, applied: Action[], drifted: boolean, message: string): void {
+    const result = { key, state, generation, applied, drifted, message, at: Date.now() } as PassResult;
+    this.last.set(key, result);
+    this.opts.onSettled?.(result);
+  }
+}
+
+function driftPolicyOf(r: StoredResource): 'heal' | 'warn' {
+  return (r.spec as { driftPolicy?: string }).driftPolicy === 'warn' ? 'warn' : 'heal';
+}
+
+/** Kinds this host has no controller for yet: they stall with a clear reason instead of pretending. */
+function unsupported(kind: string): Controller {
+  return {
+    kind,
+    observe: async () => {
+      const { TerminalError } = await import('./resource-machine.ts');
+      throw new TerminalError(`no ${kind} controller on this host yet: nothing was done`);
+    },
+    plan: () => [],
+    diff: () => [],
+    apply: async () => {},
+  };
+}

@@ -1,0 +1,130 @@
+// Crash-safe file primitives for the state directory. A write goes to a temp file in the same directory,
+// is fsynced, renamed over the target and the directory is fsynced: readers see the old or the new file,
+// never half of one, and once a write resolves it survives kill -9 and power loss.
+import { randomBytes } from 'node:crypto';
+import { constants } from 'node:fs';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+
+export const DIR_MODE = 0o700;
+export const FILE_MODE = 0o600;
+
+/** Temp files are dot-files carrying the writer's pid, so open() can tell abandoned ones from in-flight ones. */
+const TEMP_RE = /^\..+\.(\d+)\.[0-9a-f]{12}\.tmp$/;
+
+export function tempPath(file: string): string {
+  return path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
+}
+
+/** The pid that wrote a temp file, or undefined if the name is not one of ours. */
+export function tempOwner(name: string): number | undefined {
+  const m = TEMP_RE.exec(name);
+  return m ? Number(m[1]) : undefined;
+}
+
+export function isErrno(err: unknown, code: string): boolean {
+  return typeof err === 'object' && err !== null && (err as NodeJS.ErrnoException).code === code;
+}
+
+/** fsync a directory so a rename, create or unlink inside it is durable. */
+export async function fsyncDir(dir: string): Promise<void> {
+  const fh = await fs.open(dir, constants.O_RDONLY | constants.O_DIRECTORY);
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Creates dir and any missing parents with mode 0700, fsyncing each parent so the new entry is durable. */
+export async function ensureDir(dir: string): Promise<void> {
+  try {
+    const st = await fs.stat(dir);
+    if (!st.isDirectory()) throw new Error(`${dir} exists and is not a directory`);
+    return;
+  } catch (err) {
+    if (!isErrno(err, 'ENOENT')) throw err;
+  }
+  const parent = path.dirname(dir);
+  if (parent !== dir) await ensureDir(parent);
+  try {
+    await fs.mkdir(dir, { mode: DIR_MODE });
+  } catch (err) {
+    if (isErrno(err, 'EEXIST')) return; // another writer made it first
+    throw err;
+  }
+  await fs.chmod(dir, DIR_MODE); // mkdir's mode is filtered by umask
+  await fsyncDir(parent);
+}
+
+/** Atomically replaces file with data (mode 0600). Resolves only once the new content is durable. */
+export async function writeFileAtomic(file: string, data: string): Promise<void> {
+  const tmp = tempPath(file);
+  const fh = await fs.open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, FILE_MODE);
+  try {
+    try {
+      await fh.chmod(FILE_MODE); // the umask may have removed bits; make the mode exact
+      await fh.writeFile(data, 'utf8');
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await fs.rename(tmp, file);
+  } catch (err) {
+    await fs.unlink(tmp).catch(() => {});
+    throw err;
+  }
+  await fsyncDir(path.dirname(file));
+}
+
+/** Parsed JSON content of file, or undefined if it does not exist. */
+export async function readJsonFile<T>(file: string): Promise<T | undefined> {
+  let text: string;
+  try {
+    text = await fs.readFile(file, 'utf8');
+  } catch (err) {
+    if (isErrno(err, 'ENOENT')) return undefined;
+    throw err;
+  }
+  try {
+    return JSON.parse(text) as T;
+  } catch (err) {
+    throw new Error(`state file ${file} is not valid JSON: ${(err as Error).message}`);
+  }
+}
+
+/** Removes file durably; false if it was not there. */
+export async function removeFile(file: string): Promise<boolean> {
+  try {
+    await fs.unlink(file);
+  } catch (err) {
+    if (isErrno(err, 'ENOENT')) return false;
+    throw err;
+  }
+  await fsyncDir(path.dirname(file));
+  return true;
+}
+
+/** Entries of dir, or [] if it does not exist. */
+export async function listDir(dir: string): Promise<string[]> {
+  try {
+    return await fs.readdir(dir);
+  } catch (err) {
+    if (isErrno(err, 'ENOENT')) return [];
+    throw err;
+  }
+}
+
+/** Maps items with at most `limit` in flight, so a large store does not run out of file descriptors. */
+export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const out = new Array<R>(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i] as T);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}
