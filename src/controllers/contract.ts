@@ -12,6 +12,19 @@ export interface Action {
   describe: string;
 }
 
+/**
+ * A plan step that cannot be carried out (e.g. a mode this host does not support). A plan holding
+ * one is never applied: the resource fails with its message, and stalls when `terminal` is set.
+ */
+export interface BlockedAction extends Action {
+  type: 'blocked';
+  terminal: boolean;
+}
+
+export function blocked(resource: string, describe: string, terminal = true): BlockedAction {
+  return { type: 'blocked', resource, describe, terminal };
+}
+
 /** A difference between what a resource declares and what the host has. */
 export interface FieldDiff {
   field: string;

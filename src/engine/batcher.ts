@@ -1,10 +1,10 @@
 // Coalesces calls made in the same turn of the event loop into one batch, so N resources reconciling
-// at once cost one host observation (one `ip -j`), not N.
+// at once cost one host observation (one `ip -j`), not N. Each caller gets its own outcome.
 export class Batcher<Req, Res> {
   private pending: { req: Req; resolve: (r: Res) => void; reject: (e: unknown) => void }[] = [];
   private scheduled = false;
 
-  constructor(private readonly run: (reqs: Req[]) => Promise<Res[]>) {}
+  constructor(private readonly run: (reqs: Req[]) => Promise<PromiseSettledResult<Res>[]>) {}
 
   load(req: Req): Promise<Res> {
     return new Promise((resolve, reject) => {
@@ -22,9 +22,15 @@ export class Batcher<Req, Res> {
     this.scheduled = false;
     try {
       const results = await this.run(batch.map((b) => b.req));
-      batch.forEach((b, i) => b.resolve(results[i]!));
+      batch.forEach((b, i) => {
+        const r = results[i]!;
+        if (r.status === 'fulfilled') b.resolve(r.value);
+        else b.reject(r.reason);
+      });
     } catch (err) {
       for (const b of batch) b.reject(err);
     }
   }
 }
+
+export const fulfilled = <T>(value: T): PromiseSettledResult<T> => ({ status: 'fulfilled', value });

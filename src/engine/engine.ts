@@ -3,7 +3,7 @@
 import { createActor, waitFor, type Actor } from 'xstate';
 import type { Action, Controller } from '../controllers/contract.ts';
 import type { Condition, ConditionPatch, Store, StoredResource } from '../store/store.ts';
-import { Batcher } from './batcher.ts';
+import { Batcher, fulfilled } from './batcher.ts';
 import { WorkQueue, type QueueOptions } from './queue.ts';
 import { SETTLED_STATES, resourceMachine, type SettledState } from './resource-machine.ts';
 
@@ -170,31 +170,22 @@ export class Engine {
     if (!b) {
       b = new Batcher(async (resources) => {
         const found = await controller.observe(resources);
-        return resources.map((r) => found.get(keyOf(r)));
+        return resources.map((r) => fulfilled(found.get(keyOf(r))));
       });
       this.observers.set(controller.kind, b);
     }
     return b;
   }
 
-  /** Applies the plans of resources reconciling together in one batch; on failure, each alone, so the error lands on its owner. */
+  /** Applies the plans of resources reconciling together in one batch. */
   private applier(controller: Controller): Batcher<Action[], void> {
     let b = this.appliers.get(controller.kind);
     if (!b) {
+      // A failed batch fails every resource in it: each retries on its own backoff and observes
+      // the host again first, so nothing is applied twice on a partial failure.
       b = new Batcher<Action[], void>(async (plans) => {
-        if (plans.length === 1) {
-          await controller.apply(plans[0]!);
-          return [undefined];
-        }
-        try {
-          await controller.apply(plans.flat());
-          return plans.map(() => undefined);
-        } catch {
-          const outcomes = await Promise.allSettled(plans.map((p) => controller.apply(p)));
-          const failed = outcomes.find((o) => o.status === 'rejected');
-          if (failed && plans.length > 0) throw (failed as PromiseRejectedResult).reason;
-          return plans.map(() => undefined);
-        }
+        await controller.apply(plans.flat());
+        return plans.map(() => fulfilled(undefined));
       });
       this.appliers.set(controller.kind, b);
     }

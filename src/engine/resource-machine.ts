@@ -73,6 +73,7 @@ export const resourceMachine = setup({
   },
   guards: {
     inSync: ({ context }) => context.plan.length === 0,
+    isBlocked: ({ context }) => context.plan.some((a) => a.type === 'blocked'),
     isDrift: ({ context }) => !context.deleting && context.syncedGeneration === context.generation,
     warnOnly: ({ context }) => context.driftPolicy === 'warn',
     terminal: ({ context }) => context.error?.terminal === true,
@@ -80,6 +81,12 @@ export const resourceMachine = setup({
   },
   actions: {
     computePlan: assign({ plan: ({ context }) => context.steps.plan(context.actual, context.deleting) }),
+    takeBlockedError: assign({
+      error: ({ context }) => {
+        const b = context.plan.filter((a) => a.type === 'blocked') as (Action & { terminal?: boolean })[];
+        return { message: b.map((a) => a.describe).join('; '), terminal: b.some((a) => a.terminal) };
+      },
+    }),
     startPass: assign({ applied: () => [], drifted: () => false, error: () => undefined }),
     markSynced: assign({ syncedGeneration: ({ context }) => context.generation, error: () => undefined }),
     reportDrift: assign({
@@ -131,6 +138,7 @@ export const resourceMachine = setup({
       entry: 'computePlan',
       always: [
         { guard: 'inSync', target: 'settled' },
+        { guard: 'isBlocked', target: 'failed', actions: 'takeBlockedError' },
         { guard: 'isDrift', actions: 'reportDrift', target: 'checkDriftPolicy' },
         { target: 'applying' },
       ],

@@ -20,7 +20,11 @@ export function maxVmNameLength(prefix: string): number {
   return IFNAME_MAX - longest;
 }
 
-/** Names that would not fit, with the offending derived name, or undefined when all fit. */
+/**
+ * The first derived interface name that would not fit, or undefined when all fit. The netns name is
+ * not an interface and is shorter than they are, so it is not the one to name in a message.
+ */
 export function tooLongDerivedName(prefix: string, vm: string): string | undefined {
-  return Object.values(derivedNames(prefix, vm)).find((n) => Buffer.byteLength(n) > IFNAME_MAX);
+  const { hostIf, vmIf, tap } = derivedNames(prefix, vm);
+  return [hostIf, vmIf, tap].find((n) => Buffer.byteLength(n) > IFNAME_MAX);
 }

@@ -1,27 +1,46 @@
 // Image paths (kernels, initrds, backing images) must stay under the image root: no absolute paths,
 // no '..', and no symlink that leads out of it.
-import { realpathSync } from 'node:fs';
+import { lstatSync, readlinkSync, realpathSync } from 'node:fs';
 import path from 'node:path';
+
+/** Symlink hops followed before giving up, as the kernel's ELOOP limit does. */
+const MAX_SYMLINK_HOPS = 40;
 
 /** Why a relative image path escapes the root, or undefined when it stays inside. */
 export function imagePathEscape(root: string, relative: string): string | undefined {
   if (path.isAbsolute(relative)) return 'is absolute; paths are relative to the image root';
   if (relative.split(/[\\/]/).includes('..')) return "contains '..'; paths must stay under the image root";
   const realRoot = realOrSelf(root);
-  // Resolve the deepest part of the path that exists: a symlink anywhere along it counts.
-  let probe = path.resolve(root, relative);
-  for (;;) {
-    try {
-      const real = realpathSync(probe);
-      if (real !== realRoot && !real.startsWith(realRoot + path.sep)) {
-        return `leads out of the image root through a symlink (to ${real})`;
-      }
-      return undefined;
-    } catch {
-      const parent = path.dirname(probe);
-      if (parent === probe || !parent.startsWith(path.resolve(root))) return undefined;
-      probe = parent;
-    }
+  const real = leadsTo(path.resolve(root, relative));
+  if (real !== realRoot && !real.startsWith(realRoot + path.sep)) {
+    return `leads out of the image root through a symlink (to ${real})`;
+  }
+  return undefined;
+}
+
+/**
+ * Where a path leads once every symlink along it is followed, also where the path does not exist
+ * (yet): a dangling symlink counts by its target, since that is where a file created later would be.
+ */
+function leadsTo(p: string, hops = 0): string {
+  try {
+    return realpathSync(p);
+  } catch {
+    // Not there (or a dangling link): resolve the parent, then look at this last component.
+  }
+  const parent = path.dirname(p);
+  if (parent === p) return p;
+  const here = path.join(leadsTo(parent, hops), path.basename(p));
+  const target = hops < MAX_SYMLINK_HOPS ? linkTarget(here) : undefined;
+  return target === undefined ? here : leadsTo(path.resolve(path.dirname(here), target), hops + 1);
+}
+
+/** A symlink's target, or undefined when p is not a symlink (or vanished meanwhile). */
+function linkTarget(p: string): string | undefined {
+  try {
+    return lstatSync(p).isSymbolicLink() ? readlinkSync(p) : undefined;
+  } catch {
+    return undefined;
   }
 }
 

@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js';
 import addFormatsModule from 'ajv-formats';
 import { KIND_SCHEMA_FILES, type Kind } from './kinds.ts';
+import { pointerEscape } from './yaml.ts';
 
 export interface SchemaIssue {
   /** JSON pointer of the field the issue is about. */
@@ -48,7 +49,8 @@ export function fieldName(pointer: string): string {
     .reduce((acc, part) => (/^\d+$/.test(part) ? `${acc}[${part}]` : acc ? `${acc}.${part}` : part), '');
 }
 
-function show(value: unknown): string {
+/** A value from the input as JSON, cut short for a message. */
+export function show(value: unknown): string {
   const text = JSON.stringify(value);
   if (text === undefined) return String(value);
   return text.length > 60 ? `${text.slice(0, 57)}...` : text;
@@ -86,9 +88,9 @@ function translate(errors: ErrorObject[]): SchemaIssue[] {
         const known = Object.keys((e.parentSchema as { properties?: object }).properties ?? {});
         const guess = closest(extra, known);
         push({
-          pointer: `${e.instancePath}/${extra.replace(/~/g, '~0').replace(/\//g, '~1')}`,
+          pointer: `${e.instancePath}/${pointerEscape(extra)}`,
           atValue: false,
-          message: `unknown field "${field ? `${field}.` : ''}${extra}"${guess ? ` (did you mean "${guess}"?)` : ''}`,
+          message: `unknown field ${show(`${field ? `${field}.` : ''}${extra}`)}${guess ? ` (did you mean "${guess}"?)` : ''}`,
         });
         break;
       }
@@ -96,7 +98,7 @@ function translate(errors: ErrorObject[]): SchemaIssue[] {
         const name = (e.params as { propertyName: string }).propertyName;
         const inner = errors.find((x) => x !== e && x.instancePath === e.instancePath && x.keyword === 'pattern');
         const what = (inner?.parentSchema as { description?: string } | undefined)?.description ?? 'a valid key';
-        push({ pointer: `${e.instancePath}/${name}`, atValue: false, message: `${where}key ${show(name)} is not ${what}` });
+        push({ pointer: `${e.instancePath}/${pointerEscape(name)}`, atValue: false, message: `${where}key ${show(name)} is not ${what}` });
         break;
       }
       case 'enum': {
@@ -111,7 +113,11 @@ function translate(errors: ErrorObject[]): SchemaIssue[] {
         const want = (e.params as { type: string }).type;
         const article = /^[aeiou]/.test(want) ? 'an' : 'a';
         const wantText = want === 'object' ? 'a mapping' : want === 'array' ? 'a list' : `${article} ${want}`;
-        push({ pointer: e.instancePath, atValue: true, message: `${where}must be ${wantText} (got ${typeOf(e.data)})` });
+        // A block list or mapping starts on the line after its key: point at the key instead.
+        const collection = typeof e.data === 'object' && e.data !== null;
+        // A string with a format says which (memory: 512 -> 'a string, a size such as 512Mi or 2Gi').
+        const what = want === 'string' && hint ? `${wantText}, ${hint}` : wantText;
+        push({ pointer: e.instancePath, atValue: !collection, message: `${where}must be ${what} (got ${typeOf(e.data)})` });
         break;
       }
       case 'pattern':
@@ -133,7 +139,7 @@ function translate(errors: ErrorObject[]): SchemaIssue[] {
       case 'maxLength': {
         const limit = (e.params as { limit: number }).limit;
         const word = e.keyword === 'minLength' ? 'at least' : 'at most';
-        push({ pointer: e.instancePath, atValue: true, message: `${where}must be ${word} ${limit} characters long` });
+        push({ pointer: e.instancePath, atValue: true, message: `${where}must be ${word} ${limit} character${limit === 1 ? '' : 's'} long` });
         break;
       }
       case 'minItems':
@@ -142,7 +148,8 @@ function translate(errors: ErrorObject[]): SchemaIssue[] {
       case 'maxProperties': {
         const limit = (e.params as { limit: number }).limit;
         const word = e.keyword.startsWith('min') ? 'at least' : 'at most';
-        const unit = e.keyword.endsWith('Items') ? 'items' : 'entries';
+        const nouns = e.keyword.endsWith('Items') ? ['item', 'items'] : ['entry', 'entries'];
+        const unit = nouns[limit === 1 ? 0 : 1];
         push({ pointer: e.instancePath, atValue: false, message: `${where}must have ${word} ${limit} ${unit}` });
         break;
       }
@@ -154,7 +161,7 @@ function translate(errors: ErrorObject[]): SchemaIssue[] {
 }
 
 /** The known name nearest to a misspelt one, when it is near enough to be a likely typo. */
-function closest(word: string, candidates: string[]): string | undefined {
+export function closest(word: string, candidates: readonly string[]): string | undefined {
   let best: string | undefined;
   let bestDistance = Infinity;
   for (const c of candidates) {

@@ -5,8 +5,8 @@ import { MAX_MANIFEST_BYTES } from '../config.ts';
 import { checkResource, type CheckContext } from './checks.ts';
 import { crossCheck } from './crossref.ts';
 import type { Diagnostic } from './diagnostics.ts';
-import { API_VERSION, KINDS, isKind } from './kinds.ts';
-import { checkSchema } from './schema.ts';
+import { API_VERSION, KINDS, KIND_ALIASES, isKind } from './kinds.ts';
+import { checkSchema, closest, show } from './schema.ts';
 import { resourceKey, type AnyResource, type LoadedResource } from './types.ts';
 import { parseYaml, type YamlDocument } from './yaml.ts';
 
@@ -49,12 +49,18 @@ function validateFile(source: SourceFile, ctx: CheckContext): ValidationResult {
     diagnostics: [{ file, line, col, resource: 'file', message }],
   });
   if (bytes.length > MAX_MANIFEST_BYTES) return fileError(`file is ${bytes.length} bytes, over the ${MAX_MANIFEST_BYTES}-byte limit for a manifest`);
-  if (bytes.includes(0)) return fileError('binary data (NUL bytes), not a YAML manifest');
+  const nul = bytes.indexOf(0);
+  if (nul >= 0) {
+    const at = bytePosition(bytes, nul);
+    return fileError('binary data (NUL byte), not a YAML manifest', at.line, at.col);
+  }
   let text: string;
   try {
     text = utf8.decode(bytes);
   } catch {
-    return fileError('binary data (not UTF-8 text), not a YAML manifest');
+    const bad = firstInvalidUtf8(bytes);
+    const at = bytePosition(bytes, bad);
+    return fileError(`not valid UTF-8 (byte 0x${bytes[bad]?.toString(16).padStart(2, '0')}): manifests are UTF-8 text`, at.line, at.col);
   }
   text = text.replace(/^\uFEFF/, '');
 
@@ -78,6 +84,37 @@ function validateFile(source: SourceFile, ctx: CheckContext): ValidationResult {
   return { resources, diagnostics };
 }
 
+/** Offset of the byte where UTF-8 decoding first fails; `stream` tolerates a cut-off last character. */
+function firstInvalidUtf8(bytes: Uint8Array): number {
+  // Binary search for the shortest prefix that cannot be the start of valid UTF-8.
+  let lo = 0;
+  let hi = bytes.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    try {
+      new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(0, mid + 1), { stream: true });
+      lo = mid + 1;
+    } catch {
+      hi = mid;
+    }
+  }
+  return Math.min(lo, bytes.length - 1);
+}
+
+/** Line and column (in bytes) of an offset in text that cannot be decoded; LF, CRLF and CR end lines. */
+function bytePosition(bytes: Uint8Array, offset: number): { line: number; col: number } {
+  let line = 1;
+  let lineStart = 0;
+  for (let i = 0; i < offset; i++) {
+    const b = bytes[i];
+    if (b === 0x0a || (b === 0x0d && bytes[i + 1] !== 0x0a)) {
+      line++;
+      lineStart = i + 1;
+    }
+  }
+  return { line, col: offset - lineStart + 1 };
+}
+
 function validateDocument(
   file: string,
   digest: string,
@@ -95,12 +132,14 @@ function validateDocument(
   const problem = (pointer: string, message: string, atValue = false): Diagnostic => ({ file, ...at(pointer, atValue), resource: label, message });
 
   if (obj.apiVersion !== API_VERSION) {
-    const got = obj.apiVersion === undefined ? 'missing' : `got ${JSON.stringify(obj.apiVersion)}`;
-    return { diagnostics: [problem('/apiVersion', `unknown apiVersion (${got}); qwamos reads ${API_VERSION}`, true)] };
+    const message =
+      obj.apiVersion === undefined
+        ? `missing required field "apiVersion" (qwamos reads ${API_VERSION})`
+        : `unknown apiVersion (got ${show(obj.apiVersion)}); qwamos reads ${API_VERSION}`;
+    return { diagnostics: [problem('/apiVersion', message, true)] };
   }
   if (!isKind(obj.kind)) {
-    const got = obj.kind === undefined ? 'missing' : `got ${JSON.stringify(obj.kind)}`;
-    return { diagnostics: [problem('/kind', `unknown kind (${got}); known kinds: ${KINDS.join(', ')}`, true)] };
+    return { diagnostics: [problem('/kind', kindMessage(obj.kind), true)] };
   }
   const issues = checkSchema(obj.kind, obj);
   if (issues.length > 0) {
@@ -111,6 +150,19 @@ function validateDocument(
   const diagnostics = semantic.map((i) => ({ ...problem(i.pointer, i.message), ...(i.severity ? { severity: i.severity } : {}) }));
   if (semantic.some((i) => i.severity !== 'warning')) return { diagnostics };
   return { resource: { resource, key: resourceKey(resource), file, digest, positions: doc.positions }, diagnostics };
+}
+
+/** Says what is wrong with a kind, suggesting the kind that was probably meant. */
+function kindMessage(kind: unknown): string {
+  if (kind === undefined) return `missing required field "kind" (one of ${KINDS.join(', ')})`;
+  const guess = typeof kind === 'string' ? nearestKind(kind) : undefined;
+  return `unknown kind (got ${show(kind)}); ${guess ? `did you mean ${guess}?` : `known kinds: ${KINDS.join(', ')}`}`;
+}
+
+/** A CLI short name (vm, fw) or a near-miss spelling (Rout, virtualmachine) of a known kind. */
+function nearestKind(word: string): string | undefined {
+  if (word.length > 64) return undefined;
+  return KIND_ALIASES[word.toLowerCase()] ?? closest(word, KINDS);
 }
 
 /** 'Kind/name' as far as the document says, for messages about a document that may be malformed. */

@@ -1,6 +1,6 @@
 // Reads YAML into documents while remembering where every key and value came from, so each error can
 // point at the offending field. Built on js-yaml's event stream (parseEvents + constructFromEvents).
-import { parseEvents, constructFromEvents, getScalarValue, EVENT_ID, type Event } from 'js-yaml';
+import { parseEvents, constructFromEvents, getScalarValue, EVENT_ID, SCALAR_STYLE, type Event } from 'js-yaml';
 import { MAX_DOCUMENTS_PER_FILE, MAX_YAML_DEPTH } from '../config.ts';
 
 export interface Position {
@@ -13,6 +13,16 @@ export class PositionMap {
   readonly keys = new Map<string, number>();
   readonly values = new Map<string, number>();
   constructor(private readonly lines: LineIndex) {}
+
+  /** Records where a key is; an empty node (offset -1) has no place in the text to record. */
+  setKey(pointer: string, offset: number): void {
+    if (offset >= 0) this.keys.set(pointer, offset);
+  }
+
+  /** Records where a value is; an empty value is then found at its key instead. */
+  setValue(pointer: string, offset: number): void {
+    if (offset >= 0) this.values.set(pointer, offset);
+  }
 
   /** Where a field is: its key if it has one, else its value, else the nearest enclosing field. */
   locate(pointer: string): Position {
@@ -56,7 +66,8 @@ export function pointerEscape(key: string): string {
 class LineIndex {
   private readonly starts: number[] = [0];
   constructor(text: string) {
-    for (let i = text.indexOf('\n'); i !== -1; i = text.indexOf('\n', i + 1)) this.starts.push(i + 1);
+    // YAML breaks lines at LF, CRLF and a lone CR; counting only LF would put a CR-only file on line 1.
+    for (const m of text.matchAll(/\r\n?|\n/g)) this.starts.push(m.index + m[0].length);
   }
   position(offset: number): Position {
     let lo = 0;
@@ -95,16 +106,12 @@ export function parseYaml(text: string, filename: string): ParsedYaml {
   const documents: YamlDocument[] = [];
   const errors: YamlError[] = [];
   let stack: Frame[] = [];
-  let docStart = 0;
-  let positions = new PositionMap(lines);
-  let firstOffset = -1;
+  let doc = newDocument(0, lines);
 
   for (let i = 0; i < events.length; i++) {
     const ev = events[i]!;
     if (ev.type === EVENT_ID.DOCUMENT) {
-      docStart = i;
-      positions = new PositionMap(lines);
-      firstOffset = -1;
+      doc = newDocument(i, lines);
       stack = [{ kind: 'document', path: '', expectingKey: false, pendingKey: '', nextIndex: 0 }];
       continue;
     }
@@ -112,30 +119,30 @@ export function parseYaml(text: string, filename: string): ParsedYaml {
       const frame = stack.pop();
       if (frame?.kind !== 'document') continue;
       const index = documents.length + errors.filter((e) => e.index !== undefined).length + 1;
+      const start = lines.position(Math.max(0, doc.firstOffset));
       if (index > MAX_DOCUMENTS_PER_FILE) {
-        errors.push({ message: `more than ${MAX_DOCUMENTS_PER_FILE} documents in one file`, position: lines.position(Math.max(0, firstOffset)), index });
+        errors.push({ message: `more than ${MAX_DOCUMENTS_PER_FILE} documents in one file`, position: start, index });
         break;
       }
-      const start = lines.position(Math.max(0, firstOffset));
-      try {
-        const [value] = constructFromEvents(events.slice(docStart, i + 1), { source: text, filename, maxAliases: 0 });
-        documents.push({ index, value, positions, start });
-      } catch (err) {
-        const e = yamlError(err, lines);
-        if (/maxAliases/.test(e.message)) e.message = 'YAML aliases (*name) are not allowed in manifests';
-        errors.push({ ...e, index });
-      }
+      const built = construct(events.slice(doc.eventStart, i + 1), doc, { text, filename, lines });
+      if ('error' in built) errors.push({ ...built.error, index });
+      else documents.push({ index, value: built.value, positions: doc.positions, start });
       continue;
     }
 
     const offset = eventOffset(ev);
-    if (firstOffset < 0) firstOffset = offset;
+    if (doc.firstOffset < 0) doc.firstOffset = offset;
     const parent = stack[stack.length - 1]!;
     let path: string;
     if (parent.kind === 'mapping' && parent.expectingKey) {
       const key = ev.type === EVENT_ID.SCALAR ? getScalarValue(text, ev) : '?';
+      if (ev.type === EVENT_ID.SCALAR) doc.keyAt.set(ev.valueStart, key);
+      // js-yaml reports complex keys without a position; report them here, at the key.
+      if (ev.type === EVENT_ID.MAPPING || ev.type === EVENT_ID.SEQUENCE) {
+        doc.problem ??= { message: 'YAML: complex keys (a list or mapping as a key) are not allowed in manifests', position: lines.position(offset) };
+      }
       path = `${parent.path}/${pointerEscape(key)}`;
-      positions.keys.set(path, offset);
+      doc.positions.setKey(path, offset);
       parent.pendingKey = key;
       parent.expectingKey = false;
     } else {
@@ -147,7 +154,7 @@ export function parseYaml(text: string, filename: string): ParsedYaml {
       } else {
         path = '';
       }
-      positions.values.set(path, offset);
+      doc.positions.setValue(path, offset);
     }
     if (ev.type === EVENT_ID.MAPPING || ev.type === EVENT_ID.SEQUENCE) {
       stack.push({
@@ -162,10 +169,57 @@ export function parseYaml(text: string, filename: string): ParsedYaml {
   return { documents, errors };
 }
 
+/** What the walk collects about the document it is in. */
+interface DocumentState {
+  eventStart: number;
+  positions: PositionMap;
+  /** Offset of the document's first node, -1 until one is seen. */
+  firstOffset: number;
+  /** Scalar keys by the offset js-yaml reports them at, to name a duplicated key. */
+  keyAt: Map<number, string>;
+  /** A problem found during the walk that construction would report badly or not at all. */
+  problem?: YamlError;
+}
+
+function newDocument(eventStart: number, lines: LineIndex): DocumentState {
+  return { eventStart, positions: new PositionMap(lines), firstOffset: -1, keyAt: new Map() };
+}
+
+/** Builds one document's value; its errors get messages that say what to fix. */
+function construct(
+  events: Event[],
+  doc: DocumentState,
+  src: { text: string; filename: string; lines: LineIndex },
+): { value: unknown } | { error: YamlError } {
+  if (doc.problem) return { error: doc.problem };
+  try {
+    const [value] = constructFromEvents(events, { source: src.text, filename: src.filename, maxAliases: 0 });
+    return { value };
+  } catch (err) {
+    const e = yamlError(err, src.lines);
+    if (/maxAliases/.test(e.message)) e.message = 'YAML aliases (*name) are not allowed in manifests';
+    const key = doc.keyAt.get((err as { mark?: { position?: number } }).mark?.position ?? -1);
+    if (/duplicated mapping key/.test(e.message) && key !== undefined) e.message += ` ${quote(key)}`;
+    return { error: e };
+  }
+}
+
+/** A key from the input, quoted and cut short for a message. */
+function quote(value: string, max = 60): string {
+  const text = JSON.stringify(value);
+  return text.length > max ? `${text.slice(0, max - 4)}..."` : text;
+}
+
+/** Where an event's node starts in the text, or -1 when it has no text (an empty value). */
 function eventOffset(ev: Event): number {
   switch (ev.type) {
-    case EVENT_ID.SCALAR:
-      return ev.anchorStart >= 0 ? ev.anchorStart - 1 : ev.tagStart >= 0 ? ev.tagStart : ev.valueStart;
+    case EVENT_ID.SCALAR: {
+      if (ev.anchorStart >= 0) return ev.anchorStart - 1;
+      if (ev.tagStart >= 0) return ev.tagStart;
+      // A quoted scalar's value starts after its quote; point at the quote, where the user sees it begin.
+      const quoted = ev.style === SCALAR_STYLE.SINGLE_QUOTED || ev.style === SCALAR_STYLE.DOUBLE_QUOTED;
+      return quoted && ev.valueStart > 0 ? ev.valueStart - 1 : ev.valueStart;
+    }
     case EVENT_ID.MAPPING:
     case EVENT_ID.SEQUENCE:
       return ev.anchorStart >= 0 ? ev.anchorStart - 1 : ev.start;

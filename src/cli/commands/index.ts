@@ -4,5 +4,6 @@ import { validateCommand } from './validate.ts';
 import { keygenCommand } from './keygen.ts';
 import { signCommand } from './sign.ts';
 import { verifyCommand } from './verify.ts';
+import { applyCommand } from './apply.ts';
 
-export const commands: CliCommand[] = [validateCommand, keygenCommand, signCommand, verifyCommand];
+export const commands: CliCommand[] = [applyCommand, validateCommand, keygenCommand, signCommand, verifyCommand];

@@ -1,0 +1,31 @@
+// Converting between what the store holds and what validation reads, and comparing the two.
+import { isDeepStrictEqual } from 'node:util';
+import type { AnyResource, LoadedResource } from '../resources/types.ts';
+import type { StoredResource } from '../store/store.ts';
+
+/** Stored resources as validation's `known` set, so references to already-applied resources resolve. */
+export function storedAsLoaded(stored: StoredResource[]): LoadedResource[] {
+  return stored
+    .filter((r) => !r.deletionRequestedAt)
+    .map((r) => ({
+      resource: { apiVersion: r.apiVersion, kind: r.kind, metadata: r.metadata, spec: r.spec } as unknown as AnyResource,
+      key: `${r.kind}/${r.metadata.name}`,
+      file: r.source.path,
+      digest: r.source.digest,
+    }));
+}
+
+/** What applying would do to the store, without doing it. */
+export function applyResultOf(stored: StoredResource | undefined, next: AnyResource): 'created' | 'configured' | 'unchanged' {
+  if (!stored || stored.deletionRequestedAt) return 'created';
+  const same =
+    isDeepStrictEqual(JSON.parse(JSON.stringify(stored.spec)), JSON.parse(JSON.stringify(next.spec))) &&
+    isDeepStrictEqual(stored.metadata.labels ?? {}, next.metadata.labels ?? {}) &&
+    isDeepStrictEqual(stored.metadata.annotations ?? {}, next.metadata.annotations ?? {});
+  return same ? 'unchanged' : 'configured';
+}
+
+/** True when a stored resource came from one of the given files or directories. */
+export function cameFrom(stored: StoredResource, paths: string[]): boolean {
+  return paths.some((p) => stored.source.path === p || stored.source.path.startsWith(p.endsWith('/') ? p : `${p}/`));
+}
