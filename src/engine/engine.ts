@@ -58,7 +58,8 @@ export class Engine {
 
   /** Reads the store; creates, updates or drops actors. Returns the keys that changed. */
   async sync(): Promise<string[]> {
-    const resources = await this.store.listResources();
+    const [resources, statuses] = await Promise.all([this.store.listResources(), this.store.listStatuses()]);
+    const statusOf = new Map(statuses.map((s) => [`${s.kind}/${s.name}`, s]));
     const changed: string[] = [];
     const seen = new Set<string>();
     for (const r of resources) {
@@ -66,7 +67,11 @@ export class Engine {
       seen.add(key);
       const entry = this.entries.get(key);
       if (!entry) {
-        this.entries.set(key, this.createEntry(r));
+        // A resource that was in sync at this generation (before a restart) counts as in sync, so
+        // what differs now is drift, not a first apply.
+        const st = statusOf.get(key);
+        const synced = st && st.observedGeneration === r.generation && (st.phase === 'Ready' || st.phase === 'Drifted');
+        this.entries.set(key, this.createEntry(r, synced ? r.generation : 0));
         changed.push(key);
         continue;
       }
@@ -135,7 +140,7 @@ export class Engine {
     return true;
   }
 
-  private createEntry(resource: StoredResource): Entry {
+  private createEntry(resource: StoredResource, syncedGeneration: number): Entry {
     const controller = this.controllers.get(resource.kind) ?? unsupported(resource.kind);
     const entry = { resource, controller, pendingWrites: [] } as unknown as Entry;
     const key = keyOf(resource);
@@ -143,6 +148,7 @@ export class Engine {
       input: {
         key,
         generation: resource.generation,
+        syncedGeneration,
         driftPolicy: driftPolicyOf(resource),
         suspended: Boolean(resource.suspended),
         steps: {

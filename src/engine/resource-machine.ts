@@ -47,6 +47,8 @@ export interface ResourceInput {
   key: string;
   steps: ReconcileSteps;
   generation: number;
+  /** Generation last known to be in sync (from the stored status), 0 if none. */
+  syncedGeneration: number;
   driftPolicy: 'heal' | 'warn';
   suspended: boolean;
 }
@@ -106,7 +108,7 @@ export const resourceMachine = setup({
     key: input.key,
     steps: input.steps,
     generation: input.generation,
-    syncedGeneration: 0,
+    syncedGeneration: input.syncedGeneration,
     driftPolicy: input.driftPolicy,
     deleting: false,
     actual: undefined,

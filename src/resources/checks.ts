@@ -81,21 +81,25 @@ function checkRoute(route: Route, ctx: CheckContext): Issue[] {
     if (!address) issues.push({ pointer: '/spec', message: `missing required field "spec.address" (mode ${mode} needs an address)` });
     if (!gateway) issues.push({ pointer: '/spec', message: `missing required field "spec.gateway" (mode ${mode} needs a gateway)` });
   }
-  if (address) {
-    const { ip, prefix } = parseCidr(address);
-    if (prefix > 30) issues.push({ pointer: '/spec/address', message: `spec.address: /${prefix} leaves no room for a gateway (use /30 or larger)` });
-    else if (isNetworkOrBroadcast(ip, prefix)) issues.push({ pointer: '/spec/address', message: `spec.address: ${ip} is the network or broadcast address of its /${prefix}` });
-    if (gateway) {
-      if (gateway === ip) issues.push({ pointer: '/spec/gateway', message: `spec.gateway: ${gateway} is the route's own address` });
-      else if (!sameSubnet(ip, gateway, prefix)) issues.push({ pointer: '/spec/gateway', message: `spec.gateway: ${gateway} is outside the route's subnet ${address}` });
-    }
-  }
+  if (address) issues.push(...addressIssues(address, gateway));
   if (mode === 'tor' && dns !== 'tor' && dns !== 'none') {
     issues.push({ pointer: '/spec/dns', message: `spec.dns: a tor route resolves through Tor: use dns tor (got ${dns}); anything else would leak` });
   }
   if (dns === 'tor' && mode !== 'tor') {
     issues.push({ pointer: '/spec/dns', message: `spec.dns: dns tor needs mode tor (got ${mode})` });
   }
+  return issues;
+}
+
+/** A route's address must be a host address with room for a gateway, and the gateway on its subnet. */
+function addressIssues(address: string, gateway: string | undefined): Issue[] {
+  const { ip, prefix } = parseCidr(address);
+  // A /31 or /32 has no room for a gateway; that every gateway is then "outside" adds nothing.
+  if (prefix > 30) return [{ pointer: '/spec/address', message: `spec.address: /${prefix} leaves no room for a gateway (use /30 or larger)` }];
+  const issues: Issue[] = [];
+  if (isNetworkOrBroadcast(ip, prefix)) issues.push({ pointer: '/spec/address', message: `spec.address: ${ip} is the network or broadcast address of its /${prefix}` });
+  if (gateway === ip) issues.push({ pointer: '/spec/gateway', message: `spec.gateway: ${gateway} is the route's own address` });
+  else if (gateway && !sameSubnet(ip, gateway, prefix)) issues.push({ pointer: '/spec/gateway', message: `spec.gateway: ${gateway} is outside the route's subnet ${address}` });
   return issues;
 }
 

@@ -11,9 +11,11 @@ export interface CrossIssue extends Issue {
 
 /**
  * `resources` are the ones being checked; `known` are others already in force (e.g. in the store)
- * that references may resolve to. A resource in both counts as the one being checked.
+ * that references may resolve to. A resource in both counts as the one being checked. `invalid` are
+ * the keys of resources declared but already reported as invalid: a reference to one is not reported
+ * again as "does not exist", which would send the user looking for a resource that is right there.
  */
-export function crossCheck(resources: LoadedResource[], known: LoadedResource[] = []): CrossIssue[] {
+export function crossCheck(resources: LoadedResource[], known: LoadedResource[] = [], invalid: ReadonlySet<string> = new Set()): CrossIssue[] {
   const issues: CrossIssue[] = [];
   const byKey = new Map<string, LoadedResource>();
   for (const lr of resources) {
@@ -44,18 +46,20 @@ export function crossCheck(resources: LoadedResource[], known: LoadedResource[] 
         const routeName = r.spec.network?.route;
         if (routeName) {
           const route = all.get(`Route/${routeName}`);
-          if (!route || route.kind !== 'Route') add('/spec/network/route', `spec.network.route: Route "${routeName}" does not exist`);
+          if (!route || route.kind !== 'Route') {
+            if (!invalid.has(`Route/${routeName}`)) add('/spec/network/route', `spec.network.route: Route "${routeName}" does not exist`);
+          }
           else if (route.spec.vm !== r.metadata.name) add('/spec/network/route', `spec.network.route: Route "${routeName}" belongs to VM "${route.spec.vm}", not "${r.metadata.name}"`);
         }
         const level = r.spec.gpu?.trustLevel;
-        if (level && !isBuiltinGpuLevel(level) && !gpuLevels.has(level)) {
+        if (level && !isBuiltinGpuLevel(level) && !gpuLevels.has(level) && !invalid.has(`GpuTrustLevel/${level}`)) {
           add('/spec/gpu/trustLevel', `spec.gpu.trustLevel: GPU trust level "${level}" is neither built in (untrusted, low, medium, high, system) nor declared`);
         }
         const node = r.spec.placement?.node;
-        if (node && !nodes.has(node)) add('/spec/placement/node', `spec.placement.node: ClusterNode "${node}" does not exist`);
+        if (node && !nodes.has(node) && !invalid.has(`ClusterNode/${node}`)) add('/spec/placement/node', `spec.placement.node: ClusterNode "${node}" does not exist`);
         (r.spec.dependsOn ?? []).forEach((dep, i) => {
           const key = `${dep.kind ?? 'VirtualMachine'}/${dep.name}`;
-          if (!all.has(key)) add(`/spec/dependsOn/${i}`, `spec.dependsOn[${i}]: ${key} does not exist`);
+          if (!all.has(key) && !invalid.has(key)) add(`/spec/dependsOn/${i}`, `spec.dependsOn[${i}]: ${key} does not exist`);
           if (key === lr.key) add(`/spec/dependsOn/${i}`, `spec.dependsOn[${i}]: a VM cannot depend on itself`);
         });
         break;
@@ -71,12 +75,12 @@ export function crossCheck(resources: LoadedResource[], known: LoadedResource[] 
           const gatewayClash = routes.find((o) => o.spec.gateway === ip);
           if (gatewayClash) add('/spec/address', `spec.address: ${ip} is the gateway of Route "${gatewayClash.metadata.name}"`);
         }
-        if (vmNames.size > 0 && !vmNames.has(vm)) add('/spec/vm', `spec.vm: VirtualMachine "${vm}" is not declared (the route is created without a VM)`, 'warning');
+        if (vmNames.size > 0 && !vmNames.has(vm) && !invalid.has(`VirtualMachine/${vm}`)) add('/spec/vm', `spec.vm: VirtualMachine "${vm}" is not declared (the route is created without a VM)`, 'warning');
         break;
       }
       case 'FirewallPolicy': {
         (r.spec.vms ?? []).forEach((name, i) => {
-          if (!vmNames.has(name)) add(`/spec/vms/${i}`, `spec.vms[${i}]: VirtualMachine "${name}" does not exist`);
+          if (!vmNames.has(name) && !invalid.has(`VirtualMachine/${name}`)) add(`/spec/vms/${i}`, `spec.vms[${i}]: VirtualMachine "${name}" does not exist`);
         });
         const match = r.spec.selector?.matchLabels;
         if (match && !vms.some((vm) => Object.entries(match).every(([k, v]) => vm.metadata.labels?.[k] === v))) {
@@ -109,7 +113,9 @@ function dependencyCycles(checked: Map<string, LoadedResource>, all: Map<string,
       const id = [...cycle].sort().join();
       if (owner && !reported.has(id)) {
         reported.add(id);
-        issues.push({ at: owner, pointer: '/spec/dependsOn', message: `spec.dependsOn: dependency cycle ${cycle.join(' -> ')}` });
+        // Point at the owner's own entry that starts the cycle, not at the whole dependsOn list.
+        const i = edges(key).indexOf(cycle[1]!);
+        issues.push({ at: owner, pointer: `/spec/dependsOn/${i}`, message: `spec.dependsOn[${i}]: dependency cycle ${cycle.join(' -> ')}` });
       }
       return;
     }

@@ -28,12 +28,14 @@ export interface ValidationResult {
 export function validateSources(files: SourceFile[], ctx: ValidateContext): ValidationResult {
   const diagnostics: Diagnostic[] = [];
   const resources: LoadedResource[] = [];
+  const invalid = new Set<string>();
   for (const source of files) {
     const result = validateFile(source, ctx);
     diagnostics.push(...result.diagnostics);
     resources.push(...result.resources);
+    for (const key of result.invalid) invalid.add(key);
   }
-  for (const issue of crossCheck(resources, ctx.known)) {
+  for (const issue of crossCheck(resources, ctx.known, invalid)) {
     const pos = issue.at.positions?.locate(issue.pointer) ?? { line: 1, col: 1 };
     diagnostics.push({ file: issue.at.file, ...pos, resource: issue.at.key, message: issue.message, ...(issue.severity ? { severity: issue.severity } : {}) });
   }
@@ -42,11 +44,17 @@ export function validateSources(files: SourceFile[], ctx: ValidateContext): Vali
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
-function validateFile(source: SourceFile, ctx: CheckContext): ValidationResult {
+interface FileResult extends ValidationResult {
+  /** Keys of resources the file declares that are invalid (and already reported). */
+  invalid: string[];
+}
+
+function validateFile(source: SourceFile, ctx: CheckContext): FileResult {
   const { file, bytes } = source;
-  const fileError = (message: string, line = 1, col = 1): ValidationResult => ({
+  const fileError = (message: string, line = 1, col = 1): FileResult => ({
     resources: [],
     diagnostics: [{ file, line, col, resource: 'file', message }],
+    invalid: [],
   });
   if (bytes.length > MAX_MANIFEST_BYTES) return fileError(`file is ${bytes.length} bytes, over the ${MAX_MANIFEST_BYTES}-byte limit for a manifest`);
   const nul = bytes.indexOf(0);
@@ -73,6 +81,7 @@ function validateFile(source: SourceFile, ctx: CheckContext): ValidationResult {
     message: e.message,
   }));
   const resources: LoadedResource[] = [];
+  const invalid: string[] = [];
   const present = parsed.documents.filter((d) => d.value !== null && d.value !== undefined);
   if (present.length === 0 && parsed.errors.length === 0) return fileError('no resources in file (empty, or only comments)');
 
@@ -80,8 +89,17 @@ function validateFile(source: SourceFile, ctx: CheckContext): ValidationResult {
     const result = validateDocument(file, digest, doc, ctx);
     diagnostics.push(...result.diagnostics);
     if (result.resource) resources.push(result.resource);
+    else if (declaredKey(doc.value)) invalid.push(declaredKey(doc.value)!);
   }
-  return { resources, diagnostics };
+  return { resources, diagnostics, invalid };
+}
+
+/** 'Kind/name' of a document that names a known kind and a name, valid or not. */
+function declaredKey(value: unknown): string | undefined {
+  const obj = value as { kind?: unknown; metadata?: { name?: unknown } } | null;
+  if (typeof obj !== 'object' || obj === null || !isKind(obj.kind)) return undefined;
+  const name = typeof obj.metadata === 'object' && obj.metadata !== null ? obj.metadata.name : undefined;
+  return typeof name === 'string' ? `${obj.kind}/${name}` : undefined;
 }
 
 /** Offset of the byte where UTF-8 decoding first fails; `stream` tolerates a cut-off last character. */
@@ -98,7 +116,14 @@ function firstInvalidUtf8(bytes: Uint8Array): number {
       hi = mid;
     }
   }
-  return Math.min(lo, bytes.length - 1);
+  // The decoder fails at the byte that breaks a sequence; the sequence began at its lead byte.
+  const bad = Math.min(lo, bytes.length - 1);
+  for (let back = 1; back <= 3 && bad - back >= 0; back++) {
+    const b = bytes[bad - back]!;
+    if (b >= 0xc0) return bad - back;
+    if (b < 0x80) break;
+  }
+  return bad;
 }
 
 /** Line and column (in bytes) of an offset in text that cannot be decoded; LF, CRLF and CR end lines. */

@@ -69,6 +69,11 @@ class LineIndex {
     // YAML breaks lines at LF, CRLF and a lone CR; counting only LF would put a CR-only file on line 1.
     for (const m of text.matchAll(/\r\n?|\n/g)) this.starts.push(m.index + m[0].length);
   }
+  /** Offset where a 1-based line starts, if the text has that line. */
+  start(line: number): number | undefined {
+    return this.starts[line - 1];
+  }
+
   position(offset: number): Position {
     let lo = 0;
     let hi = this.starts.length - 1;
@@ -100,7 +105,7 @@ export function parseYaml(text: string, filename: string): ParsedYaml {
   try {
     events = parseEvents(text, { filename, maxDepth: MAX_YAML_DEPTH });
   } catch (err) {
-    return { documents: [], errors: [yamlError(err, lines)] };
+    return { documents: [], errors: [yamlError(err, lines, text)] };
   }
 
   const documents: YamlDocument[] = [];
@@ -196,9 +201,8 @@ function construct(
     const [value] = constructFromEvents(events, { source: src.text, filename: src.filename, maxAliases: 0 });
     return { value };
   } catch (err) {
-    const e = yamlError(err, src.lines);
-    if (/maxAliases/.test(e.message)) e.message = 'YAML aliases (*name) are not allowed in manifests';
-    const key = doc.keyAt.get((err as { mark?: { position?: number } }).mark?.position ?? -1);
+    const e = yamlError(err, src.lines, src.text);
+    const key = doc.keyAt.get((err as YamlException).mark?.position ?? -1);
     if (/duplicated mapping key/.test(e.message) && key !== undefined) e.message += ` ${quote(key)}`;
     return { error: e };
   }
@@ -230,9 +234,45 @@ function eventOffset(ev: Event): number {
   }
 }
 
-function yamlError(err: unknown, lines: LineIndex): YamlError {
-  const e = err as { reason?: string; message?: string; mark?: { line: number; column: number; position?: number } };
-  const message = e.reason || (e.message ?? String(err)).split('\n')[0]!.replace(/\s*\(\d+:\d+\)$/, '');
-  const position = e.mark ? { line: e.mark.line + 1, col: e.mark.column + 1 } : lines.position(0);
-  return { message: `YAML: ${message}`, position };
+interface YamlException {
+  reason?: string;
+  message?: string;
+  mark?: { line: number; column: number; position?: number };
+}
+
+/** A js-yaml error as one line at the place the user has to change, which is not always its mark. */
+function yamlError(err: unknown, lines: LineIndex, text: string): YamlError {
+  const e = err as YamlException;
+  const reason = e.reason || (e.message ?? String(err)).split('\n')[0]!.replace(/\s*\(\d+:\d+\)$/, '');
+  // Positions from our own line index, which agrees with the rest on CR-only line ends. An error at
+  // the very end of the text (an unclosed bracket) is shown on the last line that has content.
+  const mark = e.mark?.position ?? 0;
+  const offset = mark >= text.length && /(^|[\r\n])\s*$/.test(text) ? (previousContentLine(text, lines, mark) ?? mark) : mark;
+  if (/maxAliases/.test(reason)) {
+    const star = text[offset - 1] === '*' ? offset - 1 : offset; // the mark is just after the '*'
+    return { message: 'YAML aliases (*name) are not allowed in manifests', position: lines.position(star) };
+  }
+  if (/multiline key may not be an implicit key/.test(reason)) {
+    // 'cpus 2' then 'memory: 1Gi' reads as one key spanning two lines; the line to fix is the first.
+    const above = previousContentLine(text, lines, offset);
+    return { message: `YAML: ${reason} (is a ':' missing?)`, position: lines.position(above ?? offset) };
+  }
+  if (/deficient indentation/.test(reason)) {
+    // Only a quoted string or a [ ] / { } collection continues onto a less indented line: one was left
+    // open on a line above, most likely the one just above.
+    const above = previousContentLine(text, lines, offset);
+    return { message: `YAML: ${reason} (a quote or bracket left open?)`, position: lines.position(above ?? offset) };
+  }
+  return { message: `YAML: ${reason}`, position: lines.position(offset) };
+}
+
+/** Offset of the first character of the nearest line above `offset` that holds more than a comment. */
+function previousContentLine(text: string, lines: LineIndex, offset: number): number | undefined {
+  for (let n = lines.position(offset).line - 1; n >= 1; n--) {
+    const start = lines.start(n)!;
+    const content = text.slice(start, lines.start(n + 1) ?? text.length);
+    const first = content.search(/\S/);
+    if (first >= 0 && content[first] !== '#') return start + first;
+  }
+  return undefined;
 }

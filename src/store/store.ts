@@ -365,6 +365,31 @@ export class Store {
     });
   }
 
+  // ---- reconcile requests (CLI -> daemon) --------------------------------------------------------
+
+  /** Asks the running controller to reconcile these keys (all when empty). */
+  async requestReconcile(keys: string[]): Promise<void> {
+    const dir = path.join(this.dir, 'requests');
+    await ensureDir(dir);
+    const file = path.join(dir, `${Date.now()}-${randomBytes(4).toString('hex')}.json`);
+    await writeFileAtomic(file, toJson({ keys }));
+  }
+
+  /** Takes (reads and removes) pending reconcile requests; `[]` in the result means everything. */
+  async takeRequests(): Promise<string[][]> {
+    const dir = path.join(this.dir, 'requests');
+    const names = (await listDir(dir)).filter((n) => n.endsWith('.json') && !n.startsWith('.'));
+    const out: string[][] = [];
+    for (const name of names.sort()) {
+      const file = path.join(dir, name);
+      const req = await readJsonFile<{ keys?: unknown }>(file);
+      await removeFile(file);
+      const keys = Array.isArray(req?.keys) ? req.keys.filter((k): k is string => typeof k === 'string' && k.length < 200) : [];
+      out.push(keys);
+    }
+    return out;
+  }
+
   // ---- status -----------------------------------------------------------------------------------
 
   async getStatus(kind: string, name: string): Promise<ResourceStatus | undefined> {

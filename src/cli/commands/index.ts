@@ -5,5 +5,10 @@ import { keygenCommand } from './keygen.ts';
 import { signCommand } from './sign.ts';
 import { verifyCommand } from './verify.ts';
 import { applyCommand } from './apply.ts';
+import { controllerCommand } from './controller.ts';
+import { diffCommand } from './diff.ts';
+import { deleteCommand } from './delete.ts';
+import { reconcileCommand } from './reconcile.ts';
+import { resumeCommand, suspendCommand } from './suspend.ts';
 
-export const commands: CliCommand[] = [applyCommand, validateCommand, keygenCommand, signCommand, verifyCommand];
+export const commands: CliCommand[] = [applyCommand, diffCommand, deleteCommand, reconcileCommand, suspendCommand, resumeCommand, validateCommand, keygenCommand, signCommand, verifyCommand, controllerCommand];

@@ -1,0 +1,145 @@
+// qwamos get [KIND [NAME]] [-o wide|json|yaml|name]: list stored resources with their status, kubectl-style.
+// Exit 0 (also when there is nothing to list), 1 when a named resource does not exist, 2 on usage errors.
+import { Option } from 'commander';
+import { UsageError, UserError, printable } from '../../errors.ts';
+import { assertName, type ResourceStatus, type Store, type StoredResource } from '../../store/store.ts';
+import type { CliCommand } from '../command.ts';
+import { EXIT } from '../exit.ts';
+import {
+  createdAt,
+  formatAge,
+  messageOf,
+  parseKind,
+  parseKinds,
+  readyOf,
+  renderTable,
+  statusOf,
+  toJson,
+  toYaml,
+} from '../format.ts';
+import { openStoreForRead } from '../state-read.ts';
+
+type Output = 'wide' | 'json' | 'yaml' | 'name';
+
+interface Entry {
+  resource: StoredResource;
+  status: ResourceStatus | undefined;
+}
+
+/** A resource as -o json / -o yaml show it: the stored manifest and its bookkeeping, plus its status (null before the controller wrote one). */
+export function resourceObject(r: StoredResource, status: ResourceStatus | undefined): Record<string, unknown> {
+  const { apiVersion, kind, metadata, spec, ...rest } = r;
+  let st: Omit<ResourceStatus, 'kind' | 'name'> | null = null;
+  if (status) {
+    const { kind: _k, name: _n, ...s } = status;
+    st = s;
+  }
+  return { apiVersion, kind, metadata, spec, ...rest, status: st };
+}
+
+/** Splits `KIND/NAME` or `KIND NAME` (either part may be absent). */
+export function splitRef(first: string | undefined, second: string | undefined): { kind?: string; name?: string } {
+  if (first !== undefined && first.includes('/')) {
+    if (second !== undefined) throw new UsageError('give KIND/NAME or KIND NAME, not both');
+    const slash = first.indexOf('/');
+    const name = first.slice(slash + 1);
+    if (!name) throw new UsageError(`missing NAME in ${JSON.stringify(first)}`);
+    return { kind: first.slice(0, slash), name };
+  }
+  return { ...(first !== undefined ? { kind: first } : {}), ...(second !== undefined ? { name: second } : {}) };
+}
+
+/** One stored resource with its status, or undefined (also for a name that cannot exist). */
+export async function findResource(store: Store | undefined, kind: string, name: string): Promise<Entry | undefined> {
+  if (!store) return undefined;
+  try {
+    assertName(name);
+  } catch {
+    return undefined;
+  }
+  const resource = await store.getResource(kind, name);
+  if (!resource) return undefined;
+  return { resource, status: await store.getStatus(kind, name) };
+}
+
+/** Every stored resource of the given kinds with its status, sorted by kind then name. */
+export async function listEntries(store: Store | undefined, kinds: readonly string[]): Promise<Entry[]> {
+  if (!store) return [];
+  const entries: Entry[] = [];
+  for (const kind of kinds) {
+    const [resources, statuses] = await Promise.all([store.listResources(kind), store.listStatuses(kind)]);
+    const byName = new Map(statuses.map((s) => [s.name, s]));
+    for (const resource of resources) entries.push({ resource, status: byName.get(resource.metadata.name) });
+  }
+  return entries.sort(
+    (a, b) => cmp(a.resource.kind, b.resource.kind) || cmp(a.resource.metadata.name, b.resource.metadata.name),
+  );
+}
+
+const cmp = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+
+function table(entries: Entry[], wide: boolean): string {
+  const now = Date.now();
+  const header = ['KIND', 'NAME', 'READY', 'STATUS', 'AGE'];
+  if (wide) header.push('GEN', 'OBSERVED', 'SOURCE', 'MESSAGE');
+  const rows = entries.map(({ resource: r, status: s }) => {
+    const row = [r.kind, r.metadata.name, readyOf(s), statusOf(r, s), formatAge(createdAt(r), now)];
+    if (wide) {
+      const commit = r.source.commit ? `@${r.source.commit.slice(0, 7)}` : '';
+      row.push(String(r.generation), s ? String(s.observedGeneration) : '-', `${r.source.path}${commit}`, messageOf(s));
+    }
+    return row;
+  });
+  return renderTable(header, rows);
+}
+
+export const getCommand: CliCommand = {
+  name: 'get [kind] [name]',
+  define: (cmd) =>
+    cmd
+      .description(
+        'list resources and their status; KIND is a kind, its short name (vm, rt, fw, gpu, node), a comma-separated list, or all (the default); also KIND/NAME',
+      )
+      .addOption(new Option('-o, --output <format>', 'output format').choices(['wide', 'json', 'yaml', 'name'])),
+
+  async run(first: string | undefined, second: string | undefined, opts: { output?: Output }) {
+    const ref = splitRef(first, second);
+    const store = await openStoreForRead();
+    let entries: Entry[];
+    let single = false;
+    if (ref.name !== undefined) {
+      const kind = parseKind(ref.kind!);
+      const entry = await findResource(store, kind, ref.name);
+      if (!entry) throw new UserError(`${kind} "${ref.name}" not found`);
+      entries = [entry];
+      single = true;
+    } else {
+      entries = await listEntries(store, parseKinds(ref.kind));
+    }
+
+    const objects = () => entries.map((e) => resourceObject(e.resource, e.status));
+    switch (opts.output) {
+      case 'json':
+        process.stdout.write(toJson(single ? objects()[0] : objects()));
+        return EXIT.ok;
+      case 'yaml':
+        process.stdout.write(toYaml(single ? objects()[0] : objects()));
+        return EXIT.ok;
+      case 'name':
+        process.stdout.write(renderNames(entries));
+        return EXIT.ok;
+      default:
+        if (entries.length === 0) {
+          process.stderr.write('No resources found.\n');
+          return EXIT.ok;
+        }
+        process.stdout.write(table(entries, opts.output === 'wide'));
+        return EXIT.ok;
+    }
+  },
+};
+
+function renderNames(entries: Entry[]): string {
+  // Names and kinds passed the store's checks, but the files may have been edited by hand.
+  return entries.map((e) => `${printable(`${e.resource.kind}/${e.resource.metadata.name}`)}\n`).join('');
+}

@@ -1,0 +1,99 @@
+// The controller daemon: holds the reconciler lease, reconciles every resource, follows the store
+// (changes from `qwamos apply`), the host's network events and a periodic resync with jitter. It stops
+// cleanly on SIGTERM without touching what runs on the host.
+import path from 'node:path';
+import { watch as watchFiles } from 'chokidar';
+import { UserError } from './errors.ts';
+import { watchHostNetwork } from './drivers/monitor.ts';
+import type { PassResult } from './engine/engine.ts';
+import { DAEMON_LEASE, RECONCILER_LEASE, createEngine, hostLayout, openStore, waitForLease } from './runtime.ts';
+
+export interface DaemonOptions {
+  resyncMs: number;
+  log: (line: string) => void;
+  /** Resolves when the daemon should stop (e.g. on SIGTERM). */
+  stopSignal: Promise<void>;
+}
+
+export async function runDaemon(opts: DaemonOptions): Promise<void> {
+  const store = await openStore();
+  const daemonLease = await store.acquireLease(DAEMON_LEASE);
+  if (!daemonLease) {
+    const holder = await store.leaseHolder(DAEMON_LEASE);
+    throw new UserError(`another qwamos controller runs (pid ${holder?.pid ?? '?'})`);
+  }
+  let stopping = false;
+  void opts.stopSignal.then(() => (stopping = true));
+  const reconcilerLease = await (async () => {
+    for (;;) {
+      const lease = await waitForLease(store, RECONCILER_LEASE, 1000);
+      if (lease || stopping) return lease;
+      opts.log(`waiting for the reconciler lease (held by pid ${(await store.leaseHolder(RECONCILER_LEASE))?.pid ?? '?'})`);
+    }
+  })();
+  if (!reconcilerLease) {
+    await daemonLease.release();
+    return;
+  }
+
+  const lastState = new Map<string, string>();
+  const onSettled = (r: PassResult) => {
+    // Log what changed, not every quiet resync.
+    if (r.applied.length === 0 && lastState.get(r.key) === r.state) return;
+    lastState.set(r.key, r.state);
+    const what = r.applied.length ? `${r.drifted ? 'healed drift' : 'applied'}: ${r.applied.map((a) => a.describe).join('; ')}` : r.message;
+    opts.log(`${r.key} ${r.state}${what ? `: ${what}` : ''}`);
+  };
+  const engine = createEngine(store, { onSettled });
+  await engine.sync();
+  engine.enqueueAll();
+  engine.start();
+  opts.log(`controller started (pid ${process.pid}), ${engine.resources().length} resources, resync every ${Math.round(opts.resyncMs / 1000)}s`);
+
+  // Store changes: re-read it, reconcile what changed, and serve reconcile requests.
+  let syncing = Promise.resolve();
+  const resync = (all: boolean) => {
+    syncing = syncing.then(async () => {
+      const changed = await engine.sync();
+      engine.enqueue(changed);
+      for (const keys of await store.takeRequests()) engine.enqueue(keys.length ? keys : engine.resources().map((r) => `${r.kind}/${r.metadata.name}`));
+      if (all) engine.enqueueAll();
+    }).catch((err) => opts.log(`error reading the store: ${(err as Error).message}`));
+    return syncing;
+  };
+  let storeTimer: NodeJS.Timeout | undefined;
+  const watcher = watchFiles([path.join(store.dir, 'resources'), path.join(store.dir, 'requests')], {
+    ignoreInitial: true,
+    ignored: (p) => path.basename(p).startsWith('.'),
+  });
+  watcher.on('all', () => {
+    clearTimeout(storeTimer);
+    storeTimer = setTimeout(() => void resync(false), 30);
+  });
+  watcher.on('error', (err) => opts.log(`store watch error: ${(err as Error).message}`));
+
+  // Host events: any change to what the prefix owns re-checks the Routes at once.
+  const monitor = watchHostNetwork(hostLayout(), () => engine.enqueue(engine.resources('Route').map((r) => `Route/${r.metadata.name}`)));
+
+  // Periodic resync with ±10% jitter, so many hosts do not observe in lockstep.
+  let resyncTimer: NodeJS.Timeout | undefined;
+  const scheduleResync = () => {
+    resyncTimer = setTimeout(() => {
+      void resync(true);
+      scheduleResync();
+    }, opts.resyncMs * (0.9 + 0.2 * Math.random()));
+  };
+  scheduleResync();
+
+  await opts.stopSignal;
+  opts.log('stopping: finishing the passes in flight; VMs and namespaces are left as they are');
+  clearTimeout(resyncTimer);
+  clearTimeout(storeTimer);
+  monitor.close();
+  await watcher.close();
+  await syncing;
+  await engine.stop();
+  await reconcilerLease.release();
+  await daemonLease.release();
+  opts.log('controller stopped');
+}
