@@ -1,0 +1,229 @@
+// Routes end to end: the real bin, real ip/nft, inside a private test host. Checks use the test's own
+// `ip -j` / `nft -j` calls, not the driver's.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { rm } from 'node:fs/promises';
+import { ipJson, listAllNetns, tryIn } from '../helpers/hostns.ts';
+import { Store } from '../../src/store/store.ts';
+import { createSandbox, route, until, type Sandbox } from './harness.ts';
+
+const netnsOf = async (sb: Sandbox) => (await listAllNetns()).filter((n) => n.startsWith(`${sb.host.prefix}-`)).sort();
+const hostLinks = async (sb: Sandbox) => (await ipJson<{ ifname: string }>(sb.host.hostNs, ['link', 'show'])).map((l) => l.ifname).filter((n) => n.startsWith(`${sb.host.prefix}h-`)).sort();
+async function natRules(sb: Sandbox): Promise<string[]> {
+  const r = await tryIn(sb.host.hostNs, ['nft', '-j', 'list', 'table', 'ip', `${sb.host.prefix}_qwamos`]);
+  if (r.exitCode !== 0) return [];
+  const items = JSON.parse(r.stdout).nftables as { rule?: { comment?: string } }[];
+  return items.filter((i) => i.rule).map((i) => i.rule!.comment ?? '').sort();
+}
+
+describe('apply, dry-run, diff and delete', () => {
+  let sb: Sandbox;
+  before(async () => (sb = await createSandbox()));
+  after(async () => sb?.cleanup());
+
+  test('--dry-run changes nothing', async () => {
+    const file = await sb.manifest('dev.yaml', route('dev', 'direct', '10.8.0.4/24'));
+    const r = await sb.qwamos(['apply', '--dry-run', '-f', file]);
+    assert.equal(r.exitCode, 0, r.stderr);
+    assert.match(r.stdout, /^Route\/dev created \(dry run\)$/m);
+    assert.deepEqual(await netnsOf(sb), []);
+    assert.deepEqual(await hostLinks(sb), []);
+    const store = await Store.open(sb.stateDir);
+    assert.equal(await store.getResource('Route', 'dev'), undefined);
+  });
+
+  test('apply creates the netns, veth, addresses, routes and NAT the host shows', async () => {
+    const dev = await sb.manifest('dev.yaml', route('dev', 'direct', '10.8.0.4/24'));
+    const iso = await sb.manifest('sandbox.yaml', route('sandbox', 'isolated', '10.8.0.5/24'));
+    const r = await sb.qwamos(['apply', '-f', dev, '-f', iso]);
+    assert.equal(r.exitCode, 0, r.stderr);
+    assert.match(r.stdout, /^Route\/dev created$/m);
+    assert.match(r.stdout, /^Route\/sandbox created$/m);
+    const p = sb.host.prefix;
+    assert.deepEqual(await netnsOf(sb), [`${p}-dev`, `${p}-sandbox`]);
+    const vmAddr = await ipJson<{ ifname: string; addr_info: { local: string; prefixlen: number }[] }>(`${p}-dev`, ['addr', 'show', `${p}v-dev`]);
+    assert.deepEqual(vmAddr[0]!.addr_info.filter((a) => a.local.includes('.')).map((a) => `${a.local}/${a.prefixlen}`), ['10.8.0.4/24']);
+    const routes = await ipJson<{ dst: string; gateway?: string }>(`${p}-dev`, ['route', 'show', 'default']);
+    assert.equal(routes[0]?.gateway, '10.8.0.1');
+    assert.deepEqual(await hostLinks(sb), [`${p}h-dev`], 'isolated routes get no veth');
+    const sandboxLinks = (await ipJson<{ ifname: string }>(`${p}-sandbox`, ['link', 'show'])).map((l) => l.ifname);
+    assert.deepEqual(sandboxLinks, ['lo']);
+    assert.deepEqual(await natRules(sb), ['Route/dev']);
+    // Traffic: the direct VM reaches the "internet"; the isolated one reaches nothing.
+    assert.equal((await tryIn(`${p}-dev`, ['busybox', 'ping', '-c1', '-W2', sb.host.internetAddr])).exitCode, 0);
+    assert.notEqual((await tryIn(`${p}-sandbox`, ['busybox', 'ping', '-c1', '-W1', sb.host.internetAddr])).exitCode, 0);
+
+    const again = await sb.qwamos(['apply', '-f', dev, '-f', iso]);
+    assert.match(again.stdout, /^Route\/dev unchanged$/m);
+  });
+
+  test('diff exits 0 in sync, 1 with host drift or a changed manifest, 2 on invalid input', async () => {
+    const dev = `${sb.manifests}/dev.yaml`;
+    assert.equal((await sb.qwamos(['diff', '-f', dev])).exitCode, 0);
+    await tryIn(undefined, ['ip', 'netns', 'del', `${sb.host.prefix}-dev`]);
+    const drift = await sb.qwamos(['diff', '-f', dev]);
+    assert.equal(drift.exitCode, 1);
+    assert.match(drift.stdout, /Route\/dev \(host differs\)/);
+    assert.match(drift.stdout, /\+ create netns/);
+    const changed = await sb.manifest('dev2.yaml', route('dev', 'direct', '10.8.0.9/24'));
+    const d2 = await sb.qwamos(['diff', '-f', changed]);
+    assert.equal(d2.exitCode, 1);
+    assert.match(d2.stdout, /~ spec\.address: "10\.8\.0\.4\/24" -> "10\.8\.0\.9\/24"/);
+    await rm(changed);
+    await rm(`${changed}.sig`);
+    const bad = await sb.manifest('bad.yaml', 'apiVersion: qwamos.io/v1alpha1\nkind: Route\nmetadata: {name: x}\nspec: {vm: x, mode: teleport}\n');
+    const d3 = await sb.qwamos(['diff', '-f', bad]);
+    assert.equal(d3.exitCode, 2);
+    assert.match(d3.stderr, /bad\.yaml:4:\d+: Route\/x: spec\.mode: must be one of/);
+    await rm(bad);
+    await rm(`${bad}.sig`);
+    // Heal what the diff showed.
+    assert.equal((await sb.qwamos(['reconcile', 'route/dev'])).exitCode, 0);
+    assert.equal((await sb.qwamos(['diff', '-f', dev])).exitCode, 0);
+  });
+
+  test('unsigned, tampered or invalid manifests change nothing on the host', async () => {
+    const before = await netnsOf(sb);
+    const unsigned = await sb.manifest('u.yaml', route('unsig', 'direct', '10.8.0.20/24'), { sign: false });
+    const r1 = await sb.qwamos(['apply', '-f', unsigned]);
+    assert.equal(r1.exitCode, 1);
+    assert.match(r1.stderr, /u\.yaml:1:1: signature: refused: unsigned/);
+    const tampered = await sb.manifest('t.yaml', route('tamp', 'direct', '10.8.0.21/24'));
+    const { appendFile } = await import('node:fs/promises');
+    await appendFile(tampered, '  dns: host\n');
+    const r2 = await sb.qwamos(['apply', '-f', tampered, '-f', `${sb.manifests}/dev.yaml`]);
+    assert.equal(r2.exitCode, 1);
+    assert.match(r2.stderr, /tampered/);
+    assert.match(r2.stderr, /nothing was applied/);
+    assert.deepEqual(await netnsOf(sb), before);
+    await rm(unsigned);
+    await rm(tampered);
+    await rm(`${tampered}.sig`);
+  });
+
+  test('delete removes exactly what the route created', async () => {
+    const r = await sb.qwamos(['delete', 'route/dev']);
+    assert.equal(r.exitCode, 0, r.stderr);
+    assert.match(r.stdout, /^Route\/dev deleted$/m);
+    assert.deepEqual(await netnsOf(sb), [`${sb.host.prefix}-sandbox`]);
+    await until('host veth gone', async () => (await hostLinks(sb)).length === 0);
+    assert.deepEqual(await natRules(sb), []);
+    assert.equal((await sb.qwamos(['delete', 'route/dev'])).exitCode, 1, 'deleting twice: not found');
+    const store = await Store.open(sb.stateDir);
+    assert.equal(await store.getResource('Route', 'dev'), undefined);
+  });
+});
+
+describe('prune', () => {
+  let sb: Sandbox;
+  before(async () => (sb = await createSandbox()));
+  after(async () => sb?.cleanup());
+
+  test('--prune deletes what left the applied directory, and nothing else', async () => {
+    await sb.manifest('a.yaml', route('alpha', 'direct', '10.8.0.2/24'));
+    const b = await sb.manifest('b.yaml', route('beta', 'direct', '10.8.0.3/24'));
+    const other = await sb.manifest('../other.yaml', route('gamma', 'isolated', '10.8.0.9/24'));
+    assert.equal((await sb.qwamos(['apply', '-f', sb.manifests])).exitCode, 0);
+    assert.equal((await sb.qwamos(['apply', '-f', other])).exitCode, 0);
+    await rm(b);
+    await rm(`${b}.sig`);
+    const r = await sb.qwamos(['apply', '--prune', '-f', sb.manifests]);
+    assert.equal(r.exitCode, 0, r.stderr);
+    assert.match(r.stdout, /^Route\/beta deleted$/m);
+    const p = sb.host.prefix;
+    assert.deepEqual(await netnsOf(sb), [`${p}-alpha`, `${p}-gamma`]);
+    assert.deepEqual(await natRules(sb), ['Route/alpha']);
+  });
+});
+
+describe('the controller daemon', () => {
+  let sb: Sandbox;
+  let daemon: import('node:child_process').ChildProcess;
+  before(async () => (sb = await createSandbox()));
+  after(async () => sb?.cleanup());
+
+  test('a netns deleted by hand is detected, recorded as drift and healed', async () => {
+    daemon = await sb.startDaemon();
+    const dev = await sb.manifest('dev.yaml', route('dev', 'direct', '10.8.0.4/24'));
+    const r = await sb.qwamos(['apply', '--wait', '-f', dev]);
+    assert.equal(r.exitCode, 0, r.stderr);
+    const ns = `${sb.host.prefix}-dev`;
+    assert.ok((await netnsOf(sb)).includes(ns));
+    await tryIn(undefined, ['ip', 'netns', 'del', ns]);
+    const store = await Store.open(sb.stateDir);
+    await until('drift healed', async () => (await store.listDrift({ state: 'healed', resource: 'Route/dev' })).some((d) => d.field === 'netns'));
+    assert.ok((await netnsOf(sb)).includes(ns));
+    const healed = (await store.listDrift({ resource: 'Route/dev' })).find((d) => d.field === 'netns')!;
+    assert.equal(healed.desired, ns);
+    assert.equal(healed.actual, '(none)');
+    assert.equal((await tryIn(ns, ['busybox', 'ping', '-c1', '-W2', sb.host.internetAddr])).exitCode, 0, 'healed route works');
+  });
+
+  test('driftPolicy warn reports drift without healing it', async () => {
+    const w = await sb.manifest('watch.yaml', route('watch', 'direct', '10.8.0.6/24', '  driftPolicy: warn\n'));
+    assert.equal((await sb.qwamos(['apply', '--wait', '-f', w])).exitCode, 0);
+    const vmIf = `${sb.host.prefix}v-watch`;
+    await tryIn(`${sb.host.prefix}-watch`, ['ip', 'link', 'set', vmIf, 'down']);
+    const store = await Store.open(sb.stateDir);
+    await until('drift reported', async () => (await store.getStatus('Route', 'watch'))?.phase === 'Drifted');
+    const open = await store.listDrift({ state: 'open', resource: 'Route/watch' });
+    assert.ok(open.some((d) => d.field === 'vmIf.up' && d.actual === 'false'), JSON.stringify(open));
+    await new Promise((r) => setTimeout(r, 500));
+    const link = await ipJson<{ flags: string[] }>(`${sb.host.prefix}-watch`, ['link', 'show', vmIf]);
+    assert.ok(!link[0]!.flags.includes('UP'), 'warn must not heal');
+    const ready = (await store.getStatus('Route', 'watch'))!.conditions.find((c) => c.type === 'Ready')!;
+    assert.equal(ready.status, 'False');
+    assert.equal(ready.reason, 'DriftDetected');
+  });
+
+  test('one daemon at a time; SIGTERM stops it cleanly and leaves the host as it is', async () => {
+    const before = await netnsOf(sb);
+    const second = await sb.startDaemon().catch((e) => e as Error);
+    assert.ok(second instanceof Error && /another qwamos controller runs/.test(second.message), String(second));
+    const exited = new Promise<number | null>((r) => daemon.once('exit', (code) => r(code)));
+    daemon.kill('SIGTERM');
+    assert.equal(await exited, 0);
+    assert.match((daemon as unknown as { output: () => string }).output(), /controller stopped/);
+    assert.deepEqual(await netnsOf(sb), before, 'stopping touches nothing on the host');
+    const store = await Store.open(sb.stateDir);
+    assert.equal(await store.leaseHolder('controller'), null, 'lease released');
+    assert.equal(await store.leaseHolder('reconciler'), null, 'lease released');
+  });
+});
+
+describe('kill -9 of the daemon mid-apply', () => {
+  let sb: Sandbox;
+  before(async () => (sb = await createSandbox()));
+  after(async () => sb?.cleanup());
+
+  test('after a restart everything converges, with no duplicates and no leftovers', async () => {
+    const names = Array.from({ length: 24 }, (_, i) => `r${i}`);
+    await sb.manifests_(Object.fromEntries(names.map((n, i) => [`${n}.yaml`, route(n, i % 3 === 0 ? 'isolated' : 'direct', `10.9.${i}.2/24`)])));
+    const daemon = await sb.startDaemon();
+    const apply = await sb.qwamos(['apply', '-f', sb.manifests]);
+    assert.equal(apply.exitCode, 0, apply.stderr);
+    assert.match(apply.stderr, /handed to the qwamos controller/);
+    // Kill it while it works (some namespaces exist, not all).
+    await until('daemon started creating', async () => (await netnsOf(sb)).length > 0, 20_000);
+    daemon.kill('SIGKILL');
+    await new Promise((r) => daemon.once('exit', r));
+
+    await sb.startDaemon();
+    const store = await Store.open(sb.stateDir);
+    await until(
+      'all ready',
+      async () => (await Promise.all(names.map((n) => store.getStatus('Route', n)))).every((s) => s?.phase === 'Ready'),
+      60_000,
+    );
+    const p = sb.host.prefix;
+    assert.deepEqual(await netnsOf(sb), names.map((n) => `${p}-${n}`).sort());
+    const direct = names.filter((_, i) => i % 3 !== 0);
+    assert.deepEqual(await hostLinks(sb), direct.map((n) => `${p}h-${n}`).sort());
+    assert.deepEqual(await natRules(sb), direct.map((n) => `Route/${n}`).sort());
+    for (const [i, n] of names.entries()) {
+      if (i % 3 === 0) continue;
+      const addrs = await ipJson<{ addr_info: { local: string; family: string }[] }>(`${p}-${n}`, ['addr', 'show', `${p}v-${n}`]);
+      assert.deepEqual(addrs[0]!.addr_info.filter((a) => a.family === 'inet').map((a) => a.local), [`10.9.${i}.2`], `one address on ${n}`);
+    }
+  });
+});

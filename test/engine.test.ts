@@ -1,0 +1,608 @@
+// The engine against a fake controller: an in-memory "host" (a Map of what exists) with call counters
+// and switches to make observe/apply/plan fail. No real host tool is run.
+import assert from 'node:assert/strict';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { test, type TestContext } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { blocked, type Action, type Controller, type FieldDiff } from '../src/controllers/contract.ts';
+import { Engine, type EngineOptions } from '../src/engine/engine.ts';
+import { TerminalError } from '../src/engine/resource-machine.ts';
+import { Store, type ResourceStatus, type StoredResource } from '../src/store/store.ts';
+
+// ---- the fake controller ---------------------------------------------------------------------------
+
+interface FakeSpec {
+  value: string;
+  driftPolicy?: 'heal' | 'warn';
+  dependsOn?: string[];
+  /** Plan a terminal 'blocked' action with this message. */
+  blocked?: string;
+}
+
+interface FakeActual {
+  value: string;
+}
+
+type FakeAction = Action & { type: 'create' | 'update' | 'remove'; value?: string };
+
+class FakeController implements Controller<FakeActual, Action> {
+  readonly kind = 'Fake';
+  /** What exists on the fake host: 'Fake/name' -> value. */
+  readonly host = new Map<string, string>();
+  /** One entry per observe call: the keys observed in that batch. */
+  readonly observed: string[][] = [];
+  /** One entry per apply call: the actions applied in that batch. */
+  readonly applied: Action[][] = [];
+  readonly plans: { key: string; deleting: boolean }[] = [];
+  failApply: false | 'transient' | 'terminal' = false;
+  failObserve = false;
+  failPlan = false;
+  /** While set, apply waits for it (holds a resource "in flight"). */
+  gate?: Promise<void>;
+
+  get observeCalls(): number {
+    return this.observed.length;
+  }
+  get applyCalls(): number {
+    return this.applied.length;
+  }
+  /** Keys that ever appeared in an apply call. */
+  appliedKeys(): string[] {
+    return this.applied.flat().map((a) => a.resource);
+  }
+
+  async observe(resources: StoredResource[]): Promise<Map<string, FakeActual>> {
+    this.observed.push(resources.map(keyOf));
+    if (this.failObserve) throw new Error('fake observe failed: ip -j exited 1');
+    const found = new Map<string, FakeActual>();
+    for (const r of resources) {
+      const v = this.host.get(keyOf(r));
+      if (v !== undefined) found.set(keyOf(r), { value: v });
+    }
+    return found;
+  }
+
+  plan(r: StoredResource, actual: FakeActual | undefined, deleting: boolean): Action[] {
+    const key = keyOf(r);
+    this.plans.push({ key, deleting });
+    if (this.failPlan) throw new Error('fake plan exploded');
+    const spec = r.spec as unknown as FakeSpec;
+    if (deleting) return actual ? [act('remove', key, `remove ${key}`)] : [];
+    if (spec.blocked) return [blocked(key, spec.blocked, true)];
+    if (!actual) return [act('create', key, `create ${key} = ${spec.value}`, spec.value)];
+    if (actual.value !== spec.value) return [act('update', key, `set ${key} to ${spec.value}`, spec.value)];
+    return [];
+  }
+
+  diff(r: StoredResource, actual: FakeActual | undefined): FieldDiff[] {
+    const spec = r.spec as unknown as FakeSpec;
+    if (actual?.value === spec.value) return [];
+    return [{ field: 'value', desired: spec.value, actual: actual?.value ?? '(absent)' }];
+  }
+
+  async apply(actions: Action[]): Promise<void> {
+    this.applied.push(actions);
+    if (this.gate) await this.gate;
+    if (this.failApply === 'transient') throw new Error('fake apply failed: device busy');
+    if (this.failApply === 'terminal') throw new TerminalError('fake apply refused: image is corrupt');
+    for (const a of actions as FakeAction[]) {
+      if (a.type === 'remove') this.host.delete(a.resource);
+      else this.host.set(a.resource, a.value!);
+    }
+  }
+
+  dependencies(r: StoredResource): string[] {
+    return (r.spec as unknown as FakeSpec).dependsOn ?? [];
+  }
+}
+
+const keyOf = (r: { kind: string; metadata: { name: string } }) => `${r.kind}/${r.metadata.name}`;
+const act = (type: FakeAction['type'], resource: string, describe: string, value?: string): FakeAction => ({
+  type,
+  resource,
+  describe,
+  ...(value !== undefined ? { value } : {}),
+});
+
+// ---- harness ---------------------------------------------------------------------------------------
+
+interface Harness {
+  store: Store;
+  fake: FakeController;
+  newEngine(opts?: Partial<EngineOptions>): Engine;
+}
+
+async function harness(t: TestContext): Promise<Harness> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'qwamos-engine-'));
+  t.after(() => fs.rm(dir, { recursive: true, force: true }));
+  const store = await Store.open(dir);
+  const fake = new FakeController();
+  return {
+    store,
+    fake,
+    newEngine: (opts = {}) =>
+      new Engine({ store, controllers: [fake as Controller], concurrency: 4, queue: { baseDelayMs: 10, maxDelayMs: 100 }, ...opts }),
+  };
+}
+
+async function put(store: Store, name: string, spec: FakeSpec): Promise<number> {
+  const { generation } = await store.putResource(
+    { apiVersion: 'qwamos.io/v1alpha1', kind: 'Fake', metadata: { name }, spec: spec as unknown as Record<string, unknown> },
+    { path: '/x', digest: 'd' },
+  );
+  return generation;
+}
+
+/** A `since` strictly after every pass result emitted so far (results carry a ms timestamp). */
+async function mark(): Promise<number> {
+  await sleep(2);
+  return Date.now();
+}
+
+/** Enqueues keys and waits for their pass; fails the test if they do not settle. */
+async function pass(engine: Engine, keys: string[], untilConverged = true, timeoutMs = 3000): Promise<void> {
+  const since = await mark();
+  engine.enqueue(keys);
+  const ok = await engine.settle(keys, { untilConverged, timeoutMs, since });
+  assert.ok(ok, `${keys.join(', ')} did not settle: ${JSON.stringify(keys.map((k) => engine.last.get(k)))}`);
+}
+
+/** Runs a first pass: sync, enqueue everything, start, wait until converged. */
+async function startAndSettle(engine: Engine, keys: string[], untilConverged = true): Promise<void> {
+  const since = await mark();
+  await engine.sync();
+  engine.enqueueAll();
+  engine.start();
+  const ok = await engine.settle(keys, { untilConverged, timeoutMs: 3000, since });
+  assert.ok(ok, `${keys.join(', ')} did not settle: ${JSON.stringify(keys.map((k) => engine.last.get(k)))}`);
+}
+
+async function until(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 2000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > deadline) assert.fail(`timed out waiting for: ${what}`);
+    await sleep(5);
+  }
+}
+
+function condition(st: ResourceStatus | undefined, type: 'Ready' | 'Reconciling' | 'Stalled') {
+  const c = st?.conditions.find((x) => x.type === type);
+  assert.ok(c, `status has no ${type} condition: ${JSON.stringify(st)}`);
+  return c;
+}
+
+async function reasons(store: Store, key: string): Promise<string[]> {
+  return (await store.listEvents({ resource: key })).map((e) => e.reason);
+}
+
+// ---- tests -----------------------------------------------------------------------------------------
+
+test('first pass creates and reports Ready; a second pass is a no-op; a spec change is applied', async (t) => {
+  const { store, fake, newEngine } = await harness(t);
+  await put(store, 'a', { value: 'one' });
+  const engine = newEngine();
+  try {
+    await startAndSettle(engine, ['Fake/a']);
+    assert.deepEqual(fake.applied, [[{ type: 'create', resource: 'Fake/a', describe: 'create Fake/a = one', value: 'one' }]]);
+    assert.equal(fake.host.get('Fake/a'), 'one');
+    assert.equal(fake.observeCalls, 2, 'observe, then observe again to verify');
+
+    const st = await store.getStatus('Fake', 'a');
+    const r = await store.getResource('Fake', 'a');
+    assert.equal(st?.phase, 'Ready');
+    assert.equal(st?.observedGeneration, r?.generation);
+    assert.equal(condition(st, 'Ready').status, 'True');
+    assert.equal(condition(st, 'Reconciling').status, 'False');
+    assert.equal(condition(st, 'Stalled').status, 'False');
+    const events = await store.listEvents({ resource: 'Fake/a' });
+    assert.deepEqual(events.map((e) => [e.type, e.reason, e.message]), [['Normal', 'Applied', 'create Fake/a = one']]);
+    assert.equal(engine.last.get('Fake/a')?.state, 'ready');
+
+    // Second pass: the host already matches; apply is not called and nothing new is logged.
+    const observesBefore = fake.observeCalls;
+    await pass(engine, ['Fake/a']);
+    assert.equal(fake.applyCalls, 1, 'an in-sync resource must not be applied again');
+    assert.equal(fake.observeCalls, observesBefore + 1, 'a no-op pass still observes the host once');
+    assert.deepEqual(await reasons(store, 'Fake/a'), ['Applied']);
+    assert.equal((await store.getStatus('Fake', 'a'))?.phase, 'Ready');
+
+    // A new generation is applied (an update, not drift) and observedGeneration follows.
+    assert.equal(await put(store, 'a', { value: 'two' }), 2);
+    assert.deepEqual(await engine.sync(), ['Fake/a']);
+    await pass(engine, ['Fake/a']);
+    assert.deepEqual(fake.applied.at(-1), [{ type: 'update', resource: 'Fake/a', describe: 'set Fake/a to two', value: 'two' }]);
+    assert.equal(fake.host.get('Fake/a'), 'two');
+    assert.equal((await store.getStatus('Fake', 'a'))?.observedGeneration, 2);
+    assert.deepEqual(await reasons(store, 'Fake/a'), ['Applied', 'Applied']);
+    assert.deepEqual(await store.listDrift(), [], 'a spec change is not drift');
+  } finally {
+    await engine.stop();
+  }
+});
+
+test('resources reconciling together share observe and apply calls', async (t) => {
+  const { store, fake, newEngine } = await harness(t);
+  const keys: string[] = [];
+  for (let i = 0; i < 50; i++) {
+    await put(store, `r${i}`, { value: `v${i}` });
+    keys.push(`Fake/r${i}`);
+  }
+  const engine = newEngine({ concurrency: 16 });
+  try {
+    await startAndSettle(engine, keys);
+    assert.equal(fake.host.size, 50);
+    // Each resource is observed twice (before and after apply) and applied once...
+    assert.equal(fake.observed.flat().length, 100);
+    assert.deepEqual(fake.appliedKeys().sort(), [...keys].sort());
+    // ...but in batches: one call per wave of 16 workers, not one per resource.
+    assert.ok(fake.observeCalls <= 12, `observe called ${fake.observeCalls} times for 50 resources`);
+    assert.ok(fake.applyCalls <= 6, `apply called ${fake.applyCalls} times for 50 resources`);
+    assert.ok(Math.max(...fake.observed.map((b) => b.length)) >= 16, 'a full wave shares one observe call');
+  } finally {
+    await engine.stop();
+  }
+
+  // With enough workers, all 50 go in one wave: one observe, one apply, one verify.
+  const { store: store2, fake: fake2, newEngine: newEngine2 } = await harness(t);
+  for (const k of keys) await put(store2, k.slice('Fake/'.length), { value: 'x' });
+  const wide = newEngine2({ concurrency: 64 });
+  try {
+    await startAndSettle(wide, keys);
+    assert.ok(fake2.observeCalls <= 3, `observe called ${fake2.observeCalls} times`);
+    assert.ok(fake2.applyCalls <= 2, `apply called ${fake2.applyCalls} times`);
+    assert.equal(fake2.applied.flat().length, 50);
+  } finally {
+    await wide.stop();
+  }
+});
+
+test('drift is recorded, healed and marked healed', async (t) => {
+  const { store, fake, newEngine } = await harness(t);
+  await put(store, 'a', { value: 'one' });
+  const engine = newEngine();
+  try {
+    await startAndSettle(engine, ['Fake/a']);
+    assert.deepEqual(await store.listDrift(), []);
+
+    fake.host.set('Fake/a', 'tampered'); // behind the engine's back
+    await pass(engine, ['Fake/a']);
+
+    assert.equal(fake.host.get('Fake/a'), 'one', 'drift must be healed');
+    assert.equal(fake.applyCalls, 2);
+    assert.deepEqual(fake.applied.at(-1), [{ type: 'update', resource: 'Fake/a', describe: 'set Fake/a to one', value: 'one' }]);
+    const drift = await store.listDrift({ resource: 'Fake/a' });
+    assert.equal(drift.length, 1);
+    assert.deepEqual(
+      { field: drift[0]!.field, desired: drift[0]!.desired, actual: drift[0]!.actual, policy: drift[0]!.policy, state: drift[0]!.state },
+      { field: 'value', desired: 'one', actual: 'tampered', policy: 'heal', state: 'healed' },
+    );
+    assert.ok(drift[0]!.healedAt, 'a healed record says when');
+    assert.deepEqual(await store.listDrift({ state: 'open' }), []);
+    assert.deepEqual(await reasons(store, 'Fake/a'), ['Applied', 'DriftHealed']);
+    const st = await store.getStatus('Fake', 'a');
+    assert.equal(st?.phase, 'Ready');
+    assert.equal(condition(st, 'Ready').status, 'True');
+    assert.equal(engine.last.get('Fake/a')?.drifted, true);
+  } finally {
+    await engine.stop();
+  }
+});
+
+test('driftPolicy warn records and reports drift without healing it', async (t) => {
+  const { store, fake, newEngine } = await harness(t);
+  await put(store, 'a', { value: 'one', driftPolicy: 'warn' });
+  const engine = newEngine();
+  try {
+    await startAndSettle(engine, ['Fake/a']);
+    assert.equal(fake.host.get('Fake/a'), 'one', 'warn still creates on the first pass');
+    const appliesBefore = fake.applyCalls;
+
+    fake.host.set('Fake/a', 'tampered');
+    await pass(engine, ['Fake/a']);
+
+    assert.equal(fake.host.get('Fake/a'), 'tampered', 'warn must not heal');
+    assert.equal(fake.applyCalls, appliesBefore, 'warn must not call apply');
+    assert.equal(engine.last.get('Fake/a')?.state, 'drifted');
+    const st = await store.getStatus('Fake', 'a');
+    assert.equal(st?.phase, 'Drifted');
+    const ready = condition(st, 'Ready');
+    assert.equal(ready.status, 'False');
+    assert.equal(ready.reason, 'DriftDetected');
+    assert.match(ready.message, /value/);
+    const open = await store.listDrift({ state: 'open', resource: 'Fake/a' });
+    assert.equal(open.length, 1);
+    assert.deepEqual([open[0]!.field, open[0]!.desired, open[0]!.actual, open[0]!.policy], ['value', 'one', 'tampered', 'warn']);
+    assert.deepEqual(await reasons(store, 'Fake/a'), ['Applied', 'DriftDetected']);
+
+    // Seen again: the same record is updated, not duplicated; still not healed.
+    await pass(engine, ['Fake/a']);
+    const again = await store.listDrift({ resource: 'Fake/a' });
+    assert.equal(again.length, 1);
+    assert.equal(again[0]!.count, 2);
+    assert.equal(fake.applyCalls, appliesBefore);
+
+    // Someone puts the host right by hand: in sync again, the open record is closed.
+    fake.host.set('Fake/a', 'one');
+    await pass(engine, ['Fake/a']);
+    assert.equal((await store.getStatus('Fake', 'a'))?.phase, 'Ready');
+    assert.deepEqual(await store.listDrift({ state: 'open' }), [], 'a resource back in sync has no open drift');
+    assert.equal(fake.applyCalls, appliesBefore);
+  } finally {
+    await engine.stop();
+  }
+});
+
+test('a transient failure backs off, is retried by the queue, and recovers on its own', async (t) => {
+  const { store, fake, newEngine } = await harness(t);
+  await put(store, 'a', { value: 'one' });
+  fake.failApply = 'transient';
+  const engine = newEngine();
+  try {
+    await startAndSettle(engine, ['Fake/a'], false);
+    assert.equal(engine.last.get('Fake/a')?.state, 'backoff');
+    const st = await store.getStatus('Fake', 'a');
+    assert.equal(st?.phase, 'Degraded');
+    const reconciling = condition(st, 'Reconciling');
+    assert.equal(reconciling.status, 'True');
+    assert.equal(reconciling.reason, 'ProgressingWithRetry');
+    assert.match(reconciling.message, /device busy/);
+    assert.equal(condition(st, 'Ready').status, 'False');
+    assert.equal(condition(st, 'Stalled').status, 'False');
+    assert.ok((await reasons(store, 'Fake/a')).includes('ReconcileFailed'));
+
+    // The queue retries without anyone enqueueing it.
+    await until('apply retried', () => fake.applyCalls >= 3);
+    assert.ok(engine.queue.failuresOf('Fake/a') >= 2, 'failures are counted for the backoff');
+
+    fake.failApply = false;
+    const since = await mark();
+    assert.ok(await engine.settle(['Fake/a'], { untilConverged: true, timeoutMs: 3000, since }), 'recovers without a manual enqueue');
+    assert.equal(fake.host.get('Fake/a'), 'one');
+    const ready = await store.getStatus('Fake', 'a');
+    assert.equal(ready?.phase, 'Ready');
+    assert.equal(condition(ready, 'Ready').status, 'True');
+    assert.equal(condition(ready, 'Reconciling').status, 'False');
+    assert.equal(engine.queue.failuresOf('Fake/a'), 0, 'success forgets the failures');
+  } finally {
+    await engine.stop();
+  }
+});
+
+test('a terminal error or a terminal blocked action stalls without retries until the spec changes', async (t) => {
+  const { store, fake, newEngine } = await harness(t);
+  await put(store, 'a', { value: 'one' });
+  await put(store, 'b', { value: 'one', blocked: 'mode tor is not supported on this host yet' });
+  fake.failApply = 'terminal';
+  const engine = newEngine();
+  try {
+    await startAndSettle(engine, ['Fake/a', 'Fake/b']);
+    for (const [name, msg] of [['a', /image is corrupt/], ['b', /mode tor is not supported/]] as const) {
+      assert.equal(engine.last.get(`Fake/${name}`)?.state, 'stalled');
+      const st = await store.getStatus('Fake', name);
+      assert.equal(st?.phase, 'Stalled');
+      const stalled = condition(st, 'Stalled');
+      assert.equal(stalled.status, 'True');
+      assert.match(stalled.message, msg);
+      assert.equal(condition(st, 'Ready').status, 'False');
+      assert.equal(condition(st, 'Reconciling').status, 'False');
+      assert.ok((await reasons(store, `Fake/${name}`)).includes('Stalled'));
+    }
+    assert.ok(!fake.appliedKeys().includes('Fake/b'), 'a blocked plan is never applied');
+
+    // Not retried: the counters stay flat.
+    const [observes, applies] = [fake.observeCalls, fake.applyCalls];
+    await sleep(250);
+    assert.equal(fake.observeCalls, observes, 'a stalled resource is not observed again by itself');
+    assert.equal(fake.applyCalls, applies, 'a stalled resource is not applied again by itself');
+    assert.equal(engine.queue.delayed, 0, 'nothing waits on a backoff timer');
+
+    // A new generation takes both out of stalled.
+    fake.failApply = false;
+    await put(store, 'a', { value: 'two' });
+    await put(store, 'b', { value: 'one' });
+    const changed = await engine.sync();
+    assert.deepEqual(changed.sort(), ['Fake/a', 'Fake/b']);
+    await pass(engine, changed);
+    for (const name of ['a', 'b']) {
+      const st = await store.getStatus('Fake', name);
+      assert.equal(st?.phase, 'Ready', `${name}: ${JSON.stringify(st)}`);
+      assert.equal(st?.observedGeneration, 2);
+      assert.equal(condition(st, 'Stalled').status, 'False');
+    }
+    assert.equal(fake.host.get('Fake/a'), 'two');
+    assert.equal(fake.host.get('Fake/b'), 'one');
+  } finally {
+    await engine.stop();
+  }
+});
+
+test('a dependant waits for its dependency to be Ready, then runs by itself', async (t) => {
+  const { store, fake, newEngine } = await harness(t);
+  await put(store, 'a', { value: 'one' });
+  await put(store, 'b', { value: 'two', dependsOn: ['Fake/a'] });
+  let release!: () => void;
+  fake.gate = new Promise((r) => (release = r)); // holds A in apply
+  const engine = newEngine();
+  try {
+    await engine.sync();
+    engine.enqueueAll();
+    engine.start();
+    await until('b waiting', () => engine.last.get('Fake/b')?.state === 'waiting');
+    const st = await store.getStatus('Fake', 'b');
+    const ready = condition(st, 'Ready');
+    assert.equal(ready.status, 'False');
+    assert.equal(ready.reason, 'DependencyNotReady');
+    assert.match(ready.message, /Fake\/a/);
+    assert.ok(!fake.observed.flat().includes('Fake/b'), 'b is not even observed while a is not ready');
+    assert.ok(!fake.host.has('Fake/b'));
+
+    const since = await mark();
+    release();
+    fake.gate = undefined;
+    assert.ok(await engine.settle(['Fake/a', 'Fake/b'], { untilConverged: true, timeoutMs: 3000, since }), JSON.stringify([...engine.last.values()]));
+    assert.equal(fake.host.get('Fake/b'), 'two');
+    assert.equal((await store.getStatus('Fake', 'b'))?.phase, 'Ready');
+    const order = fake.appliedKeys();
+    assert.ok(order.indexOf('Fake/a') < order.indexOf('Fake/b'), `a applied before b: ${order.join(', ')}`);
+  } finally {
+    release();
+    await engine.stop();
+  }
+});
+
+test('a suspended resource is not reconciled; resuming heals it', async (t) => {
+  const { store, fake, newEngine } = await harness(t);
+  await put(store, 'a', { value: 'one' });
+  const engine = newEngine();
+  try {
+    await startAndSettle(engine, ['Fake/a']);
+
+    await store.setSuspended('Fake', 'a', true);
+    assert.deepEqual(await engine.sync(), ['Fake/a']);
+    await pass(engine, ['Fake/a']);
+    const st = await store.getStatus('Fake', 'a');
+    assert.equal(st?.phase, 'Suspended');
+    assert.equal(condition(st, 'Reconciling').reason, 'Suspended');
+
+    fake.host.set('Fake/a', 'tampered');
+    const [observes, applies] = [fake.observeCalls, fake.applyCalls];
+    await pass(engine, ['Fake/a']); // e.g. a periodic resync
+    assert.equal(engine.last.get('Fake/a')?.state, 'suspended');
+    assert.equal(fake.host.get('Fake/a'), 'tampered', 'a suspended resource is not healed');
+    assert.equal(fake.observeCalls, observes);
+    assert.equal(fake.applyCalls, applies);
+
+    await store.setSuspended('Fake', 'a', false);
+    assert.deepEqual(await engine.sync(), ['Fake/a']);
+    await pass(engine, ['Fake/a']);
+    assert.equal(fake.host.get('Fake/a'), 'one', 'resumed: healed');
+    assert.equal((await store.getStatus('Fake', 'a'))?.phase, 'Ready');
+    assert.deepEqual(await store.listDrift({ state: 'open' }), []);
+    assert.equal((await store.listDrift({ resource: 'Fake/a' })).length, 1);
+    assert.equal((await reasons(store, 'Fake/a')).at(-1), 'DriftHealed');
+  } finally {
+    await engine.stop();
+  }
+});
+
+test('delete plans with deleting=true, cleans the host, removes the resource, dependants first', async (t) => {
+  const { store, fake, newEngine } = await harness(t);
+  await put(store, 'a', { value: 'one' });
+  await put(store, 'b', { value: 'two', dependsOn: ['Fake/a'] });
+  await put(store, 'c', { value: 'three' });
+  const engine = newEngine();
+  try {
+    await startAndSettle(engine, ['Fake/a', 'Fake/b', 'Fake/c']);
+
+    assert.ok(await store.markForDeletion('Fake', 'c'));
+    assert.deepEqual(await engine.sync(), ['Fake/c']);
+    await pass(engine, ['Fake/c']);
+    assert.ok(fake.plans.some((p) => p.key === 'Fake/c' && p.deleting), 'plan is called with deleting=true');
+    assert.deepEqual(fake.applied.at(-1), [{ type: 'remove', resource: 'Fake/c', describe: 'remove Fake/c' }]);
+    assert.ok(!fake.host.has('Fake/c'), 'the host is cleaned');
+    assert.equal(await store.getResource('Fake', 'c'), undefined);
+    assert.equal(await store.getStatus('Fake', 'c'), undefined);
+    assert.equal(engine.last.get('Fake/c')?.state, 'deleted');
+    assert.ok(!engine.resources().some((r) => r.metadata.name === 'c'));
+    const events = await store.listEvents({ resource: 'Fake/c' });
+    assert.deepEqual(events.at(-1) && [events.at(-1)!.reason, events.at(-1)!.message], ['Deleted', 'remove Fake/c']);
+
+    // Deleting a and b: a (the dependency) goes only after b (its dependant).
+    await store.markForDeletion('Fake', 'a');
+    await store.markForDeletion('Fake', 'b');
+    assert.deepEqual((await engine.sync()).sort(), ['Fake/a', 'Fake/b']);
+    await pass(engine, ['Fake/a', 'Fake/b']);
+    assert.equal(fake.host.size, 0);
+    assert.deepEqual(await store.listResources(), []);
+    const removed = fake.appliedKeys().slice(-2);
+    assert.deepEqual(removed, ['Fake/b', 'Fake/a'], 'the dependant is removed before its dependency');
+  } finally {
+    await engine.stop();
+  }
+});
+
+test('after a restart, a host change to a Ready resource is drift, not a first apply', async (t) => {
+  const { store, fake, newEngine } = await harness(t);
+  await put(store, 'a', { value: 'one' });
+  const first = newEngine();
+  try {
+    await startAndSettle(first, ['Fake/a']);
+  } finally {
+    await first.stop();
+  }
+  assert.equal((await store.getStatus('Fake', 'a'))?.observedGeneration, 1);
+
+  // Unchanged host: the new engine adopts it without applying anything.
+  const second = newEngine();
+  try {
+    await startAndSettle(second, ['Fake/a']);
+    assert.equal(fake.applyCalls, 1);
+  } finally {
+    await second.stop();
+  }
+
+  // The host changed while no controller ran.
+  fake.host.set('Fake/a', 'tampered');
+  const third = newEngine();
+  try {
+    await startAndSettle(third, ['Fake/a']);
+    const drift = await store.listDrift({ resource: 'Fake/a' });
+    assert.equal(drift.length, 1, 'recorded as drift');
+    assert.deepEqual([drift[0]!.field, drift[0]!.desired, drift[0]!.actual, drift[0]!.state], ['value', 'one', 'tampered', 'healed']);
+    assert.deepEqual(await reasons(store, 'Fake/a'), ['Applied', 'DriftHealed']);
+    assert.equal(fake.host.get('Fake/a'), 'one');
+    assert.equal(third.last.get('Fake/a')?.drifted, true);
+  } finally {
+    await third.stop();
+  }
+
+  // But a spec changed while no controller ran is an apply, not drift.
+  await put(store, 'a', { value: 'two' });
+  const fourth = newEngine();
+  try {
+    await startAndSettle(fourth, ['Fake/a']);
+    assert.equal(fake.host.get('Fake/a'), 'two');
+    assert.deepEqual(await reasons(store, 'Fake/a'), ['Applied', 'DriftHealed', 'Applied']);
+    assert.equal((await store.listDrift({ resource: 'Fake/a' })).length, 1, 'no new drift record');
+  } finally {
+    await fourth.stop();
+  }
+});
+
+test('a controller that throws never crashes the process: the pass ends in backoff and recovers', async (t) => {
+  const { store, fake, newEngine } = await harness(t);
+  await put(store, 'a', { value: 'one' });
+  fake.failObserve = true;
+  const engine = newEngine();
+  try {
+    await startAndSettle(engine, ['Fake/a'], false);
+    assert.equal(engine.last.get('Fake/a')?.state, 'backoff');
+    const st = await store.getStatus('Fake', 'a');
+    assert.equal(condition(st, 'Reconciling').reason, 'ProgressingWithRetry');
+    assert.match(condition(st, 'Ready').message, /fake observe failed/);
+    await until('observe retried', () => fake.observeCalls >= 3);
+    assert.equal(fake.applyCalls, 0);
+
+    fake.failObserve = false;
+    let since = await mark();
+    assert.ok(await engine.settle(['Fake/a'], { untilConverged: true, timeoutMs: 3000, since }));
+    assert.equal(fake.host.get('Fake/a'), 'one');
+
+    // A throw inside the machine itself (plan is called from an XState action) must not kill the
+    // resource for good either: it backs off, and the pass after the fix succeeds.
+    fake.failPlan = true;
+    fake.host.set('Fake/a', 'tampered');
+    await pass(engine, ['Fake/a'], false);
+    assert.equal(engine.last.get('Fake/a')?.state, 'backoff');
+    await until('plan retried', () => fake.plans.filter((p) => p.key === 'Fake/a').length >= 4);
+    fake.failPlan = false;
+    since = await mark();
+    assert.ok(await engine.settle(['Fake/a'], { untilConverged: true, timeoutMs: 3000, since }), JSON.stringify(engine.last.get('Fake/a')));
+    assert.equal(fake.host.get('Fake/a'), 'one');
+    assert.equal((await store.getStatus('Fake', 'a'))?.phase, 'Ready');
+  } finally {
+    await engine.stop();
+  }
+});
