@@ -1,8 +1,10 @@
 // npm run bench [name...]: runs the benches, each printing a table and writing bench/results/NAME.json.
+import { benchRoutes } from './routes.ts';
 import { benchValidate } from './validate.ts';
 
 const benches: Record<string, () => Promise<void>> = {
   validate: benchValidate,
+  routes: benchRoutes,
 };
 
 const wanted = process.argv.slice(2);

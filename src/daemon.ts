@@ -73,7 +73,10 @@ export async function runDaemon(opts: DaemonOptions): Promise<void> {
   watcher.on('error', (err) => opts.log(`store watch error: ${(err as Error).message}`));
 
   // Host events: any change to what the prefix owns re-checks the Routes at once.
-  const monitor = watchHostNetwork(hostLayout(), () => engine.enqueue(engine.resources('Route').map((r) => `Route/${r.metadata.name}`)));
+  const monitor = watchHostNetwork(hostLayout(), (vms) => {
+    const routes = engine.resources('Route').filter((r) => vms === 'all' || vms.has((r.spec as { vm?: string }).vm ?? ''));
+    engine.enqueue(routes.map((r) => `Route/${r.metadata.name}`));
+  });
 
   // Periodic resync with ±10% jitter, so many hosts do not observe in lockstep.
   let resyncTimer: NodeJS.Timeout | undefined;

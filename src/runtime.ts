@@ -34,7 +34,8 @@ export function createEngine(
   engine = new Engine({
     store,
     controllers,
-    concurrency: opts.concurrency ?? Number(env.QWAMOS_CONCURRENCY || 16),
+    // Host work is batched per kind, so a wide pass is cheap; controllers limit heavy work themselves.
+    concurrency: opts.concurrency ?? Number(env.QWAMOS_CONCURRENCY || 256),
     ...(opts.queue ? { queue: opts.queue } : {}),
     ...(opts.onSettled ? { onSettled: opts.onSettled } : {}),
   });

@@ -1,5 +1,5 @@
 // The shape every CLI command file exports.
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 
 export interface CliCommand {
   /** Name with its positional arguments, as commander takes it, e.g. 'sign [files...]'. */
@@ -13,4 +13,9 @@ export interface CliCommand {
 /** Collects a repeatable option such as `-f a -f b`. */
 export function collect(value: string, previous: string[] = []): string[] {
   return [...previous, value];
+}
+
+/** `-o json` for commands that print a report: other values are usage errors. */
+export function jsonOutputOption(): Option {
+  return new Option('-o, --output <format>', 'json for machine-readable results').choices(['json']);
 }

@@ -1,12 +1,6 @@
 // Resource references on the command line: KIND/NAME or KIND NAME, kinds by name or kubectl-style alias.
 import { UsageError } from '../errors.ts';
-import { KINDS, KIND_ALIASES, type Kind } from '../resources/kinds.ts';
-
-export function parseKind(text: string): Kind {
-  const kind = KIND_ALIASES[text.toLowerCase()] ?? KINDS.find((k) => k.toLowerCase() === text.toLowerCase());
-  if (!kind) throw new UsageError(`unknown kind ${JSON.stringify(text)} (known: ${KINDS.join(', ')})`);
-  return kind;
-}
+import { parseKind } from './format.ts';
 
 /** 'vm/browser' or ['vm', 'browser'] -> 'VirtualMachine/browser'. */
 export function parseRefs(args: string[]): string[] {

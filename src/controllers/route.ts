@@ -34,7 +34,7 @@ export class RouteController implements Controller<RouteActual, RouteAction> {
 
   async observe(resources: StoredResource[]): Promise<Map<string, RouteActual>> {
     const [nets, nat, uplink] = await Promise.all([
-      observeRouteNets(this.layout),
+      observeRouteNets(this.layout, resources.map((r) => specOf(r).vm)),
       observeNat(this.layout),
       resolveUplink(this.layout.hostNetns, this.env),
     ]);

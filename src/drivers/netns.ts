@@ -190,13 +190,16 @@ function toLink(raw: IpLink): ObservedLink {
 // per line) between marker lines. Names arrive as arguments, never inside the script text.
 const OBSERVE_SCRIPT = `
 p=$1 h=$2
+shift 2
 echo "@@host"
-if [ -n "$h" ]; then set -- -n "$h"; else set --; fi
-ip -d -j "$@" -batch - <<'EOB' || echo "@@fail"
+if [ -n "$h" ]; then hostopt="-n $h"; else hostopt=""; fi
+ip -d -j $hostopt -batch - <<'EOB' || echo "@@fail"
 addr show
 route show
 EOB
-for f in /run/netns/"$p"-*; do
+# The VM netns asked for by name, or all of the prefix's.
+if [ $# -eq 0 ]; then set -- /run/netns/"$p"-*; else for n; do shift; set -- "$@" /run/netns/"$p-$n"; done; fi
+for f; do
   [ -e "$f" ] || continue
   ns=\${f##*/}
   echo "@@ns $ns"
@@ -263,10 +266,15 @@ function parseObserveOutput(stdout: string): { host?: Section; netns: Map<string
  * Everything qwamos owns for Routes under the layout's prefix, found by name (VM netns `P-*` and host
  * links `Ph-*`), declared or not. Spawns one process regardless of the number of Routes.
  */
-export async function observeRouteNets(layout: NetLayout): Promise<Map<string, ObservedRouteNet>> {
+/**
+ * @param only VM names whose netns to look into (the host side is always read whole); all of the
+ *   prefix's when omitted. Scoping keeps a one-route heal cheap on a host with hundreds of routes.
+ */
+export async function observeRouteNets(layout: NetLayout, only?: readonly string[]): Promise<Map<string, ObservedRouteNet>> {
   checkLayout(layout);
   const { prefix } = layout;
-  const r = await runResult(['sh', '-c', OBSERVE_SCRIPT, 'qwamos-observe', prefix, layout.hostNetns ?? '']);
+  for (const vm of only ?? []) if (!VM_RE.test(vm)) throw new Error(`invalid VM name ${JSON.stringify(vm)}`);
+  const r = await runResult(['sh', '-c', OBSERVE_SCRIPT, 'qwamos-observe', prefix, layout.hostNetns ?? '', ...(only ?? [])]);
   const out = parseObserveOutput(r.stdout);
   if (!out.complete || !out.host || out.host.failed) {
     const why = r.stderr.split('\n').find((l) => l.trim()) ?? `exit code ${r.exitCode}`;

@@ -2,7 +2,7 @@
 // Level-triggered: every pass starts by observing the host as it is; the store says what should be.
 import { createActor, waitFor, type Actor } from 'xstate';
 import type { Action, Controller } from '../controllers/contract.ts';
-import type { Condition, ConditionPatch, Store, StoredResource } from '../store/store.ts';
+import type { Condition, ConditionPatch, StatusPatch, Store, StoredResource } from '../store/store.ts';
 import { Batcher, fulfilled } from './batcher.ts';
 import { WorkQueue, type QueueOptions } from './queue.ts';
 import { SETTLED_STATES, resourceMachine, type SettledState } from './resource-machine.ts';
@@ -31,8 +31,16 @@ interface Entry {
   resource: StoredResource;
   controller: Controller;
   actor: Actor<typeof resourceMachine>;
+  /** The last status patch written (JSON), to skip writing the same again. */
+  lastStatus?: string;
   /** Store writes started from inside the machine (drift records), awaited before status is written. */
   pendingWrites: Promise<unknown>[];
+  /**
+   * The store may hold open drift records of this resource: set when drift is recorded, and at first
+   * (records from before a restart). A pass that ends in sync closes them, also when it healed nothing
+   * itself (warn drift put right by hand, a heal whose retry found the host already fixed).
+   */
+  driftMayBeOpen: boolean;
 }
 
 export const keyOf = (r: { kind: string; metadata: { name: string } }) => `${r.kind}/${r.metadata.name}`;
@@ -48,6 +56,8 @@ export class Engine {
   /** dependency key -> keys waiting for it to be ready */
   private readonly waiting = new Map<string, Set<string>>();
   private workers: Promise<void>[] = [];
+  /** Passes whose outcome is still being written to the store (see work()). */
+  private readonly finishing = new Set<Promise<void>>();
   private readonly store: Store;
 
   constructor(private readonly opts: EngineOptions) {
@@ -118,6 +128,7 @@ export class Engine {
     this.queue.shutDown();
     await Promise.all(this.workers);
     this.workers = [];
+    while (this.finishing.size > 0) await Promise.all(this.finishing);
     for (const e of this.entries.values()) e.actor.stop();
   }
 
@@ -142,7 +153,13 @@ export class Engine {
 
   private createEntry(resource: StoredResource, syncedGeneration: number): Entry {
     const controller = this.controllers.get(resource.kind) ?? unsupported(resource.kind);
-    const entry = { resource, controller, pendingWrites: [] } as unknown as Entry;
+    const entry = { resource, controller, pendingWrites: [], driftMayBeOpen: true } as unknown as Entry;
+    this.startActor(entry, syncedGeneration);
+    return entry;
+  }
+
+  private startActor(entry: Entry, syncedGeneration: number): void {
+    const { resource, controller } = entry;
     const key = keyOf(resource);
     entry.actor = createActor(resourceMachine, {
       input: {
@@ -157,18 +174,17 @@ export class Engine {
           apply: (actions) => this.applier(controller).load(actions),
           onDrift: (actual, _plan, healing) => {
             const policy = healing ? 'heal' : 'warn';
-            for (const d of controller.diff(entry.resource, actual)) {
-              entry.pendingWrites.push(this.store.recordDrift({ resource: key, field: d.field, desired: d.desired, actual: d.actual, policy }));
-            }
+            entry.driftMayBeOpen = true;
+            const diffs = controller.diff(entry.resource, actual);
+            if (diffs.length) entry.pendingWrites.push(this.store.recordDrifts(key, diffs, policy));
           },
         },
       },
     });
     // An actor error must never take the process down; the machine handles its own failures.
-    entry.actor.subscribe({ error: (err) => this.emit(key, resource.generation, 'backoff', [], false, String(err)) });
+    entry.actor.subscribe({ error: (err) => this.emit(key, entry.resource.generation, 'backoff', [], false, String(err)) });
     entry.actor.start();
     if (resource.suspended) entry.actor.send({ type: 'SUSPEND' });
-    return entry;
   }
 
   private observer(controller: Controller): Batcher<StoredResource, unknown> {
@@ -202,20 +218,35 @@ export class Engine {
     for (;;) {
       const key = await this.queue.get();
       if (key === undefined) return;
-      try {
-        await this.reconcile(key);
-      } catch (err) {
+      const failed = (err: unknown) => {
         this.emit(key, this.entries.get(key)?.resource.generation ?? 0, 'backoff', [], false, String(err));
         this.queue.addRateLimited(key);
-      } finally {
+      };
+      let finish: (() => Promise<void>) | undefined;
+      try {
+        finish = await this.reconcile(key);
+      } catch (err) {
+        failed(err);
         this.queue.done(key);
+        continue;
       }
+      // The worker takes its next key as soon as the host work of this pass is done, while the outcome
+      // is written to the store (the key stays "processing" until then, so it never runs twice at once).
+      // Awaiting the writes here made each worker leave at its own time, as store writes are serialized
+      // by its lock, so after the first wave every observe/apply batch held one resource (50 resources
+      // at concurrency 16 cost 70 observe calls instead of 8).
+      const tracked: Promise<void> = (finish ? finish() : Promise.resolve()).catch(failed).finally(() => {
+        this.finishing.delete(tracked);
+        this.queue.done(key);
+      });
+      this.finishing.add(tracked);
     }
   }
 
-  private async reconcile(key: string): Promise<void> {
+  /** Runs the host work of one pass of key; returns what writes its outcome to the store (slower). */
+  private async reconcile(key: string): Promise<(() => Promise<void>) | undefined> {
     const entry = this.entries.get(key);
-    if (!entry) return;
+    if (!entry) return undefined;
     const r = entry.resource;
     const deleting = Boolean(r.deletionRequestedAt);
 
@@ -226,7 +257,7 @@ export class Engine {
         this.waiting.get(b)!.add(key);
       }
       const message = deleting ? `waiting for ${blockers.join(', ')} to be deleted first` : `waiting for ${blockers.join(', ')} to be ready`;
-      await this.store.updateStatus(r.kind, r.metadata.name, {
+      await this.writeStatus(entry, {
         phase: deleting ? 'Deleting' : 'Pending',
         conditions: [
           { type: 'Ready', status: 'False', reason: 'DependencyNotReady', message },
@@ -234,15 +265,43 @@ export class Engine {
         ],
       });
       this.emit(key, r.generation, 'waiting', [], false, message);
-      return;
+      return undefined;
     }
 
+    // An exception thrown inside the machine (a controller's plan or diff runs in XState actions) leaves
+    // the actor in status 'error' for good: every later waitFor rejected at once without calling the
+    // controller again, so the resource backed off forever even after the cause was gone. Start afresh,
+    // keeping what was known to be in sync.
+    if (entry.actor.getSnapshot().status === 'error') {
+      const synced = entry.actor.getSnapshot().context.syncedGeneration;
+      entry.actor.stop();
+      this.startActor(entry, synced);
+    }
     const actor = entry.actor;
+    // sync() sends SUSPEND/RESUME when the store changes, but a SUSPEND arriving mid-pass is ignored by
+    // the machine (and never sent again): make the machine agree with the store before each pass.
+    const snap = actor.getSnapshot();
+    if (!deleting && Boolean(r.suspended) !== snap.matches('suspended')) actor.send({ type: r.suspended ? 'SUSPEND' : 'RESUME' });
     actor.send(deleting ? { type: 'DELETE' } : { type: 'RECONCILE' });
     const snapshot = await waitFor(actor, (s) => (SETTLED_STATES as readonly string[]).includes(s.value as string) && !s.matches('pending'));
-    const state = snapshot.value as SettledState;
-    const ctx = snapshot.context;
+    return () => this.finish(entry, snapshot.value as SettledState, snapshot.context);
+  }
+
+  /** Writes the outcome of a pass and acts on it (retry, wake dependants, forget a deleted resource). */
+  private async finish(entry: Entry, state: SettledState, ctx: { applied: Action[]; drifted: boolean; error?: { message: string } }): Promise<void> {
+    const r = entry.resource;
+    const key = keyOf(r);
     await Promise.all(entry.pendingWrites.splice(0));
+    if (state === 'deleted') {
+      // Gone from the store and the engine before the pass is reported and dependants are woken. It used
+      // to be removed after waking them: a dependency being deleted then ran its blockers() check while
+      // this entry still existed, found itself blocked again and was never woken (deleting two resources
+      // where one depends on the other hung in "waiting for ... to be deleted first"); and settle() could
+      // report 'deleted' while the resource was still in the store.
+      await this.store.deleteResource(r.kind, r.metadata.name);
+      entry.actor.stop();
+      this.entries.delete(key);
+    }
     await this.record(entry, state, ctx.applied, ctx.drifted, ctx.error?.message);
 
     if (state === 'backoff') this.queue.addRateLimited(key);
@@ -251,11 +310,6 @@ export class Engine {
       const waiters = this.waiting.get(key);
       this.waiting.delete(key);
       if (waiters) this.enqueue(waiters);
-    }
-    if (state === 'deleted') {
-      await this.store.deleteResource(r.kind, r.metadata.name);
-      actor.stop();
-      this.entries.delete(key);
     }
   }
 
@@ -293,8 +347,12 @@ export class Engine {
     switch (state) {
       case 'ready': {
         message = applied.length ? `applied ${applied.length} change(s)` : 'in sync';
-        if (drifted) await this.store.resolveDrift(key);
-        await this.store.updateStatus(kind, name, {
+        // In sync: no difference is open any more, whoever put the host right (see driftMayBeOpen).
+        if (drifted || entry.driftMayBeOpen) {
+          await this.store.resolveDrift(key);
+          entry.driftMayBeOpen = false;
+        }
+        await this.writeStatus(entry, {
           phase: 'Ready',
           observedGeneration: r.generation,
           conditions: conditions(['True', 'ReconciliationSucceeded', message], ['False', 'ReconciliationSucceeded', ''], ['False', 'ReconciliationSucceeded', '']),
@@ -305,7 +363,7 @@ export class Engine {
         const open = await this.store.listDrift({ state: 'open', resource: key });
         message = `host differs (${open.map((d) => d.field).join(', ')}); driftPolicy warn: not healed`;
         await this.store.appendEvent({ resource: key, type: 'Warning', reason: 'DriftDetected', message });
-        await this.store.updateStatus(kind, name, {
+        await this.writeStatus(entry, {
           phase: 'Drifted',
           observedGeneration: r.generation,
           conditions: conditions(['False', 'DriftDetected', message], ['False', 'DriftDetected', ''], ['False', 'DriftDetected', '']),
@@ -318,7 +376,7 @@ export class Engine {
         const stalled = state === 'stalled';
         const retry = stalled ? '' : ` (retry ${this.queue.failuresOf(key) + 1})`;
         await this.store.appendEvent({ resource: key, type: 'Warning', reason: stalled ? 'Stalled' : 'ReconcileFailed', message: message + retry });
-        await this.store.updateStatus(kind, name, {
+        await this.writeStatus(entry, {
           phase: stalled ? 'Stalled' : 'Degraded',
           observedGeneration: r.generation,
           conditions: stalled
@@ -329,7 +387,7 @@ export class Engine {
       }
       case 'suspended':
         message = 'suspended: not reconciled until resumed';
-        await this.store.updateStatus(kind, name, {
+        await this.writeStatus(entry, {
           phase: 'Suspended',
           conditions: [{ type: 'Reconciling', status: 'False', reason: 'Suspended', message }],
         });
@@ -342,6 +400,17 @@ export class Engine {
         break;
     }
     this.emit(key, r.generation, state, applied, drifted, message);
+  }
+
+  /**
+   * Writes a status patch unless it equals the last one this engine wrote for the resource: a quiet
+   * resync of hundreds of resources then costs no store I/O (the store's lock serializes writes).
+   */
+  private async writeStatus(entry: Entry, patch: StatusPatch): Promise<void> {
+    const text = JSON.stringify(patch);
+    if (entry.lastStatus === text) return;
+    await this.store.updateStatus(entry.resource.kind, entry.resource.metadata.name, patch);
+    entry.lastStatus = text;
   }
 
   private emit(key: string, generation: number, state: PassState, applied: Action[], drifted: boolean, message: string): void {

@@ -4,7 +4,8 @@
 //                                       │  └─(drift, driftPolicy warn)────► drifted
 //                                       └─► applying ─► verifying ─(in sync)► ready
 //   any step failing ─► failed ─► backoff (retried by the queue) | stalled (retrying cannot fix it)
-//   SUSPEND ─► suspended ─RESUME─► observing;  DELETE: the same path with nothing desired, ending in deleted.
+//   SUSPEND ─► suspended ─RESUME─► pending (the queue starts the next pass);
+//   DELETE: the same path with nothing desired, ending in deleted.
 import { assign, fromPromise, setup } from 'xstate';
 import type { Action } from '../controllers/contract.ts';
 
@@ -201,7 +202,11 @@ export const resourceMachine = setup({
       },
     },
     suspended: {
-      on: { RESUME: { target: 'observing', actions: 'startPass' }, RECONCILE: {} },
+      // RESUME used to start a pass right here, outside the work queue: past the concurrency limit, and
+      // when it ended before the queued RECONCILE arrived its outcome (DriftHealed event, healed drift
+      // records, status) was never written, as the engine records only passes it started. Like a spec
+      // change out of stalled, resuming only makes the resource ready for the queue's next pass.
+      on: { RESUME: 'pending', RECONCILE: {} },
     },
     deleted: { type: 'final' },
   },

@@ -46,10 +46,11 @@ export function crossCheck(resources: LoadedResource[], known: LoadedResource[] 
         const routeName = r.spec.network?.route;
         if (routeName) {
           const route = all.get(`Route/${routeName}`);
-          if (!route || route.kind !== 'Route') {
-            if (!invalid.has(`Route/${routeName}`)) add('/spec/network/route', `spec.network.route: Route "${routeName}" does not exist`);
+          if (route?.kind === 'Route') {
+            if (route.spec.vm !== r.metadata.name) add('/spec/network/route', `spec.network.route: Route "${routeName}" belongs to VM "${route.spec.vm}", not "${r.metadata.name}"`);
+          } else if (!invalid.has(`Route/${routeName}`)) {
+            add('/spec/network/route', `spec.network.route: Route "${routeName}" does not exist`);
           }
-          else if (route.spec.vm !== r.metadata.name) add('/spec/network/route', `spec.network.route: Route "${routeName}" belongs to VM "${route.spec.vm}", not "${r.metadata.name}"`);
         }
         const level = r.spec.gpu?.trustLevel;
         if (level && !isBuiltinGpuLevel(level) && !gpuLevels.has(level) && !invalid.has(`GpuTrustLevel/${level}`)) {

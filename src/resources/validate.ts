@@ -187,7 +187,9 @@ function kindMessage(kind: unknown): string {
 /** A CLI short name (vm, fw) or a near-miss spelling (Rout, virtualmachine) of a known kind. */
 function nearestKind(word: string): string | undefined {
   if (word.length > 64) return undefined;
-  return KIND_ALIASES[word.toLowerCase()] ?? closest(word, KINDS);
+  const lower = word.toLowerCase();
+  // hasOwn: a kind of "constructor" must not find Object.prototype's.
+  return (Object.hasOwn(KIND_ALIASES, lower) ? KIND_ALIASES[lower] : undefined) ?? closest(word, KINDS);
 }
 
 /** 'Kind/name' as far as the document says, for messages about a document that may be malformed. */

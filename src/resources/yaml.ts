@@ -141,7 +141,7 @@ export function parseYaml(text: string, filename: string): ParsedYaml {
     let path: string;
     if (parent.kind === 'mapping' && parent.expectingKey) {
       const key = ev.type === EVENT_ID.SCALAR ? getScalarValue(text, ev) : '?';
-      if (ev.type === EVENT_ID.SCALAR) doc.keyAt.set(ev.valueStart, key);
+      if (ev.type === EVENT_ID.SCALAR) doc.keyAt.set(ev.valueStart, { key, offset });
       // js-yaml reports complex keys without a position; report them here, at the key.
       if (ev.type === EVENT_ID.MAPPING || ev.type === EVENT_ID.SEQUENCE) {
         doc.problem ??= { message: 'YAML: complex keys (a list or mapping as a key) are not allowed in manifests', position: lines.position(offset) };
@@ -180,8 +180,8 @@ interface DocumentState {
   positions: PositionMap;
   /** Offset of the document's first node, -1 until one is seen. */
   firstOffset: number;
-  /** Scalar keys by the offset js-yaml reports them at, to name a duplicated key. */
-  keyAt: Map<number, string>;
+  /** Scalar keys (and where they start, quote included) by the offset js-yaml reports them at. */
+  keyAt: Map<number, { key: string; offset: number }>;
   /** A problem found during the walk that construction would report badly or not at all. */
   problem?: YamlError;
 }
@@ -202,8 +202,8 @@ function construct(
     return { value };
   } catch (err) {
     const e = yamlError(err, src.lines, src.text);
-    const key = doc.keyAt.get((err as YamlException).mark?.position ?? -1);
-    if (/duplicated mapping key/.test(e.message) && key !== undefined) e.message += ` ${quote(key)}`;
+    const dup = /duplicated mapping key/.test(e.message) ? doc.keyAt.get((err as YamlException).mark?.position ?? -1) : undefined;
+    if (dup) return { error: { message: `${e.message} ${quote(dup.key)}`, position: src.lines.position(dup.offset) } };
     return { error: e };
   }
 }

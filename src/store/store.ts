@@ -518,31 +518,45 @@ export class Store {
 
   /** Records a difference; an open record for the same resource and field is updated, not duplicated. */
   async recordDrift(d: { resource: string; field: string; desired: string; actual: string; policy: DriftPolicy }): Promise<DriftRecord> {
-    const { kind, name } = parseRef(d.resource);
+    const [rec] = await this.recordDrifts(d.resource, [d], d.policy);
+    return rec!;
+  }
+
+  /** Records several differences of one resource in one write (an open record per field is updated). */
+  async recordDrifts(
+    resource: string,
+    diffs: { field: string; desired: string; actual: string }[],
+    policy: DriftPolicy,
+  ): Promise<DriftRecord[]> {
+    const { kind, name } = parseRef(resource);
     const file = this.driftFile(kind, name);
     return this.mutate(file, async () => {
       const records = (await readJsonFile<DriftRecord[]>(file)) ?? [];
       const t = now();
-      let rec = records.find((r) => r.state === 'open' && r.field === d.field);
-      if (rec) {
-        Object.assign(rec, { desired: d.desired, actual: d.actual, policy: d.policy, lastSeenAt: t, count: rec.count + 1 });
-      } else {
-        rec = {
-          id: randomBytes(6).toString('hex'),
-          resource: `${kind}/${name}`,
-          field: d.field,
-          desired: d.desired,
-          actual: d.actual,
-          detectedAt: t,
-          lastSeenAt: t,
-          count: 1,
-          policy: d.policy,
-          state: 'open',
-        };
-        records.push(rec);
+      const out: DriftRecord[] = [];
+      for (const d of diffs) {
+        let rec = records.find((r) => r.state === 'open' && r.field === d.field);
+        if (rec) {
+          Object.assign(rec, { desired: d.desired, actual: d.actual, policy, lastSeenAt: t, count: rec.count + 1 });
+        } else {
+          rec = {
+            id: randomBytes(6).toString('hex'),
+            resource: `${kind}/${name}`,
+            field: d.field,
+            desired: d.desired,
+            actual: d.actual,
+            detectedAt: t,
+            lastSeenAt: t,
+            count: 1,
+            policy,
+            state: 'open',
+          };
+          records.push(rec);
+        }
+        out.push(rec);
       }
       await this.writeDrift(file, records);
-      return rec;
+      return out;
     });
   }
 

@@ -6,7 +6,7 @@ import { UsageError, printable } from '../../errors.ts';
 import { hasErrors } from '../../resources/manifests.ts';
 import { openStore } from '../../runtime.ts';
 import { applyResultOf, cameFrom, storedAsLoaded } from '../applied.ts';
-import type { CliCommand } from '../command.ts';
+import { jsonOutputOption, type CliCommand } from '../command.ts';
 import { parseDuration } from '../duration.ts';
 import { EXIT } from '../exit.ts';
 import { loadManifests, manifestOptions, printDiagnostics, type ManifestFlags } from '../manifest-options.ts';
@@ -28,7 +28,7 @@ export const applyCommand: CliCommand = {
       .option('--prune', 'delete resources applied earlier from these files or directories that are no longer in them')
       .option('--wait', 'wait until every resource is ready (or stalled), retrying failures, up to --timeout')
       .option('--timeout <duration>', 'how long to reconcile or wait', '120s')
-      .option('-o, --output <format>', 'json for machine-readable results'),
+      .addOption(jsonOutputOption()),
 
   async run(flags: Flags) {
     const timeoutMs = parseDuration(flags.timeout);

@@ -8,7 +8,7 @@ import type { LoadedResource } from '../../resources/types.ts';
 import { hostLayout, openStore } from '../../runtime.ts';
 import type { StoredResource } from '../../store/store.ts';
 import { applyResultOf, storedAsLoaded } from '../applied.ts';
-import type { CliCommand } from '../command.ts';
+import { jsonOutputOption, type CliCommand } from '../command.ts';
 import { EXIT } from '../exit.ts';
 import { loadManifests, manifestOptions, printDiagnostics, type ManifestFlags } from '../manifest-options.ts';
 
@@ -26,10 +26,7 @@ interface ResourceDiff {
 export const diffCommand: CliCommand = {
   name: 'diff',
   define: (cmd: Command) =>
-    manifestOptions(cmd.description('show what apply would change in the store and on the host; exit 0 none, 1 differences, 2 error')).option(
-      '-o, --output <format>',
-      'json for machine-readable results',
-    ),
+    manifestOptions(cmd.description('show what apply would change in the store and on the host; exit 0 none, 1 differences, 2 error')).addOption(jsonOutputOption()),
 
   async run(flags: Flags) {
     const store = await openStore();

@@ -1,7 +1,7 @@
 // qwamos validate -f FILE|DIR ...: verify signatures and validate, reporting every problem in one pass.
 import type { Command } from 'commander';
 import { EXIT } from '../exit.ts';
-import type { CliCommand } from '../command.ts';
+import { jsonOutputOption, type CliCommand } from '../command.ts';
 import { hasErrors } from '../../resources/manifests.ts';
 import { loadManifests, manifestOptions, printDiagnostics, type ManifestFlags } from '../manifest-options.ts';
 import { sortDiagnostics } from '../../resources/diagnostics.ts';
@@ -14,7 +14,7 @@ export const validateCommand: CliCommand = {
   name: 'validate',
   define: (cmd: Command) =>
     manifestOptions(cmd.description('check manifests: signatures, YAML, schema and cross-references; exit 0 valid, 1 invalid, 2 usage error'))
-      .option('-o, --output <format>', 'json for machine-readable results'),
+      .addOption(jsonOutputOption()),
 
   async run(flags: Flags) {
     const set = await loadManifests(flags);
