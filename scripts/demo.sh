@@ -7,7 +7,15 @@ bash "$repo/scripts/setup.sh"
 
 work=$(mktemp -d /tmp/qwamos-demo.XXXXXX)
 chmod 700 "$work"
-cleanup() { cd /; rm -rf "$work"; }
+# The host side of the demo runs in a sandbox network namespace: the machine's own network is never touched.
+prefix="qd$(od -An -N1 -tx1 /dev/urandom | tr -d ' \n')"
+daemon_pid=""
+cleanup() {
+  [ -n "$daemon_pid" ] && kill -TERM "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
+  bash "$repo/scripts/sandbox-host.sh" destroy "$prefix"
+  cd /
+  rm -rf "$work"
+}
 trap cleanup EXIT
 export QWAMOS_STATE_DIR="$work/state"
 qwamos() { node "$repo/bin/qwamos.js" "$@"; }
@@ -33,6 +41,7 @@ sed -i 's/mode: tor/mode: direct/' manifests/route-browser.yaml
 echo "(changed route-browser.yaml after signing)"
 run verify manifests/route-browser.yaml || echo "-> exit $?: refused"
 run validate -f manifests || echo "-> exit $?: nothing of it is accepted"
+cp "$repo/examples/route-browser.yaml" manifests/   # put the signed original back
 
 step "5. A broken manifest is reported with file, line and resource"
 cat > broken.yaml <<'YAML'
@@ -47,5 +56,33 @@ spec:
     kernel: guest/../../../etc/shadow
 YAML
 run validate --allow-unsigned -f broken.yaml || echo "-> exit $?"
+
+step "6. Routes made real: the dev VM's direct route and the malware VM's isolated one"
+bash "$repo/scripts/sandbox-host.sh" create "$prefix"
+export QWAMOS_PREFIX="$prefix" QWAMOS_HOST_NETNS="${prefix}_host"
+echo "(host side: netns ${prefix}_host with an uplink to a fake internet, netns ${prefix}_inet at 203.0.113.1)"
+run apply -f manifests/route-dev.yaml -f manifests/route-malware.yaml
+run get routes -o wide
+echo "\$ ip netns list | grep ${prefix}-"
+ip netns list | grep "^${prefix}-" || true
+echo "\$ ip netns exec ${prefix}-dev busybox ping -c1 203.0.113.1    # direct: NATed out of the uplink"
+ip netns exec "${prefix}-dev" busybox ping -c1 -W2 203.0.113.1 | tail -2
+echo "\$ ip netns exec ${prefix}-malware busybox ping -c1 203.0.113.1    # isolated: no way out"
+ip netns exec "${prefix}-malware" busybox ping -c1 -W1 203.0.113.1 2>&1 | tail -1 || true
+run apply -f manifests/route-browser.yaml || echo "-> exit $?: tor routes are refused until the Tor gateway exists (fail closed)"
+
+step "7. The controller daemon heals drift: someone deletes the dev VM's namespace"
+node "$repo/bin/qwamos.js" controller > controller.log 2>&1 &
+daemon_pid=$!
+for _ in $(seq 50); do grep -q 'controller started' controller.log 2>/dev/null && break; sleep 0.1; done
+echo "\$ ip netns del ${prefix}-dev"
+ip netns del "${prefix}-dev"
+for _ in $(seq 100); do ip netns list | grep -q "^${prefix}-dev" && break; sleep 0.05; done
+sleep 0.3
+run drift --all
+run get route dev
+echo "--- controller log"
+cat controller.log
+kill -TERM "$daemon_pid"; wait "$daemon_pid" 2>/dev/null || true; daemon_pid=""
 
 printf '\nDemo done.\n'
