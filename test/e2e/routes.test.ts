@@ -227,3 +227,23 @@ describe('kill -9 of the daemon mid-apply', () => {
     }
   });
 });
+
+describe('suspend and resume', () => {
+  let sb: Sandbox;
+  before(async () => (sb = await createSandbox()));
+  after(async () => sb?.cleanup());
+
+  test('a suspended route is left as it is; resume heals it', async () => {
+    const file = await sb.manifest('s.yaml', route('sus', 'isolated', '10.8.0.7/24'));
+    assert.equal((await sb.qwamos(['apply', '-f', file])).exitCode, 0);
+    const ns = `${sb.host.prefix}-sus`;
+    assert.match((await sb.qwamos(['suspend', 'rt/sus'])).stdout, /Route\/sus suspended/);
+    await tryIn(undefined, ['ip', 'netns', 'del', ns]);
+    const r = await sb.qwamos(['reconcile', 'route/sus']);
+    assert.match(r.stdout, /Route\/sus suspended/);
+    assert.ok(!(await netnsOf(sb)).includes(ns), 'suspended: not healed');
+    assert.match((await sb.qwamos(['get', 'route', 'sus'])).stdout, /Suspended/);
+    assert.equal((await sb.qwamos(['resume', 'route/sus'])).exitCode, 0);
+    assert.ok((await netnsOf(sb)).includes(ns), 'resumed: healed');
+  });
+});
