@@ -1,6 +1,5 @@
 // End-to-end tests of `qwamos get`, `describe` and `drift` over a state dir filled through the Store API.
-// They run the real bin once the commands are registered in src/cli/commands/index.ts, and until then
-// test/fixtures/run-command.ts, which builds the commander program the same way main.ts does.
+// They run the real bin.
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
@@ -9,13 +8,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { load } from 'js-yaml';
-import { commands } from '../src/cli/commands/index.ts';
 import { formatAge, parseKinds, renderTable, resolveKind, toJson, toYaml } from '../src/cli/format.ts';
 import { Store } from '../src/store/store.ts';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const registered = ['get', 'describe', 'drift'].every((n) => commands.some((c) => c.name.split(' ')[0] === n));
-const entry = registered ? ['bin/qwamos.js'] : ['--import', 'tsx', 'test/fixtures/run-command.ts'];
+const entry = ['bin/qwamos.js'];
 const tempDirs: string[] = [];
 
 after(async () => {

@@ -9,6 +9,9 @@
 // `isolated` is the VM netns alone: no veth at all, nothing can leave.
 import type { Action, FieldDiff } from '../controllers/contract.ts';
 import { CommandError, run, runResult } from './exec.ts';
+import { IFNAME_MAX as IFNAMSIZ, derivedNames as namesOf, maxVmNameLength, tooLongDerivedName, type DerivedNames } from '../resources/names.ts';
+
+export type { DerivedNames };
 
 export type RouteMode = 'isolated' | 'direct' | 'tor' | 'i2p';
 
@@ -28,13 +31,6 @@ export interface NetLayout {
   prefix: string;
   /** Named netns that plays the host side (tests). Undefined = the machine's own namespace. */
   hostNetns?: string;
-}
-
-export interface DerivedNames {
-  netns: string;
-  hostIf: string;
-  vmIf: string;
-  tap: string;
 }
 
 export interface ObservedLink {
@@ -97,7 +93,6 @@ export type NetActionType = NetAction['type'];
 const PREFIX_RE = /^[a-z][a-z0-9]{1,3}$/;
 const VM_RE = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/;
 const NETNS_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
-const IFNAMSIZ = 15;
 
 function checkLayout(layout: NetLayout): void {
   if (!PREFIX_RE.test(layout.prefix)) throw new Error(`invalid qwamos prefix ${JSON.stringify(layout.prefix)}`);
@@ -106,21 +101,16 @@ function checkLayout(layout: NetLayout): void {
   }
 }
 
-/** Names qwamos derives for a VM. Throws when the VM name cannot make a valid interface name. */
+/** Names qwamos derives for a VM (see resources/names.ts). Throws when they cannot be valid interface names. */
 export function derivedNames(prefix: string, vm: string): DerivedNames {
   if (!PREFIX_RE.test(prefix)) throw new Error(`invalid qwamos prefix ${JSON.stringify(prefix)}`);
   if (!VM_RE.test(vm)) throw new Error(`invalid VM name ${JSON.stringify(vm)}`);
-  const names = { netns: `${prefix}-${vm}`, hostIf: `${prefix}h-${vm}`, vmIf: `${prefix}v-${vm}`, tap: `${prefix}t-${vm}` };
-  if (Buffer.byteLength(names.hostIf) > IFNAMSIZ) {
-    throw new Error(`VM name ${JSON.stringify(vm)} is too long: interface ${names.hostIf} exceeds ${IFNAMSIZ} bytes`);
-  }
-  return names;
+  const tooLong = tooLongDerivedName(prefix, vm);
+  if (tooLong) throw new Error(`VM name ${JSON.stringify(vm)} is too long: interface ${tooLong} exceeds ${IFNAMSIZ} bytes`);
+  return namesOf(prefix, vm);
 }
 
-/** Longest VM name that fits under a prefix. */
-export function maxVmNameLength(prefix: string): number {
-  return IFNAMSIZ - prefix.length - 2;
-}
+export { maxVmNameLength };
 
 /** The IP of a CIDR ('10.8.0.2/24' -> '10.8.0.2'). */
 export function ipOf(cidr: string): string {

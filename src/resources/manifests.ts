@@ -3,6 +3,7 @@
 import { open, readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { MAX_MANIFEST_BYTES } from '../config.ts';
+import { mapLimit } from '../concurrency.ts';
 import { UsageError } from '../errors.ts';
 import { verifyFile } from '../trust/signature.ts';
 import { loadTrustStore, type TrustStore } from '../trust/truststore.ts';
@@ -115,18 +116,4 @@ async function readAndVerify(
   }
   const hint = forgivable ? ' (sign with `qwamos sign`, trust the key, or pass --allow-unsigned)' : '';
   return { diagnostics: [{ file, line: 1, col: 1, resource: 'signature', message: `refused: ${outcome.message}${hint}` }] };
-}
-
-/** Maps with at most `limit` calls in flight; results keep the input order. */
-export async function mapLimit<T, R>(items: T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const results = new Array<R>(items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const i = next++;
-      results[i] = await fn(items[i]!);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return results;
 }

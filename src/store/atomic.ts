@@ -114,17 +114,3 @@ export async function listDir(dir: string): Promise<string[]> {
     throw err;
   }
 }
-
-/** Maps items with at most `limit` in flight, so a large store does not run out of file descriptors. */
-export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const out = new Array<R>(items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await fn(items[i] as T);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return out;
-}

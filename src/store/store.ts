@@ -23,12 +23,12 @@ import {
   fsyncDir,
   isErrno,
   listDir,
-  mapLimit,
   readJsonFile,
   removeFile,
   tempOwner,
   writeFileAtomic,
 } from './atomic.ts';
+import { mapLimit } from '../concurrency.ts';
 import { FileLock, liveHolder, processAlive, release, tryAcquire } from './lock.ts';
 
 export interface ResourceMetadata {
