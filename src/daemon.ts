@@ -4,9 +4,8 @@
 import path from 'node:path';
 import { watch as watchFiles } from 'chokidar';
 import { UserError } from './errors.ts';
-import { watchHostNetwork } from './drivers/monitor.ts';
 import type { PassResult } from './engine/engine.ts';
-import { DAEMON_LEASE, RECONCILER_LEASE, createEngine, hostLayout, openStore, waitForLease } from './runtime.ts';
+import { DAEMON_LEASE, RECONCILER_LEASE, createEngine, openStore, waitForLease } from './runtime.ts';
 
 export interface DaemonOptions {
   resyncMs: number;
@@ -72,11 +71,8 @@ export async function runDaemon(opts: DaemonOptions): Promise<void> {
   });
   watcher.on('error', (err) => opts.log(`store watch error: ${(err as Error).message}`));
 
-  // Host events: any change to what the prefix owns re-checks the Routes at once.
-  const monitor = watchHostNetwork(hostLayout(), (vms) => {
-    const routes = engine.resources('Route').filter((r) => vms === 'all' || vms.has((r.spec as { vm?: string }).vm ?? ''));
-    engine.enqueue(routes.map((r) => `Route/${r.metadata.name}`));
-  });
+  // Host events (ip monitor, QMP sockets closing, ...): what they name is re-checked at once.
+  const watches = engine.watch();
 
   // Periodic resync with ±10% jitter, so many hosts do not observe in lockstep.
   let resyncTimer: NodeJS.Timeout | undefined;
@@ -92,7 +88,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<void> {
   opts.log('stopping: finishing the passes in flight; VMs and namespaces are left as they are');
   clearTimeout(resyncTimer);
   clearTimeout(storeTimer);
-  monitor.close();
+  watches.close();
   await watcher.close();
   await syncing;
   await engine.stop();

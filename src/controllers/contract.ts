@@ -1,6 +1,6 @@
 // The contract every controller (one per kind) follows: observe the host in one batch, plan purely,
 // apply the plan, observe again. An empty plan means the resource is in sync.
-import type { StoredResource } from '../store/store.ts';
+import type { ConditionPatch, StoredResource } from '../store/store.ts';
 
 /** One small, typed host change. `describe` is what `diff` and events print. */
 export interface Action {
@@ -47,4 +47,16 @@ export interface Controller<Actual = unknown, A extends Action = Action> {
   apply(actions: A[]): Promise<void>;
   /** Resources this one must wait for (e.g. a VM for its Route), as 'Kind/name'. */
   dependencies?(resource: StoredResource, all: StoredResource[]): string[];
+  /** Kind-specific status from the last observation (e.g. a VM's pid and RestartRequired). Pure. */
+  report?(resource: StoredResource, actual: Actual | undefined): StatusReport;
+  /**
+   * Event sources that see host changes at once (e.g. a VM's QMP socket closing when QEMU dies); the
+   * daemon starts them and re-checks the keys they name.
+   */
+  watch?(notify: (keys: string[]) => void): { close(): void };
+}
+
+export interface StatusReport {
+  conditions?: ConditionPatch[];
+  fields?: Record<string, unknown>;
 }

@@ -2,6 +2,7 @@
 // routes forwarding plus NAT out of the uplink. Observe is one `ip` round and one `nft` round for all
 // Routes; plan is pure; apply batches host changes.
 import { diffRouteNet, observeRouteNets, planRouteNet, applyNetActions, ipOf, type NetAction, type NetLayout, type ObservedRouteNet, type RouteNet } from '../drivers/netns.ts';
+import { watchHostNetwork } from '../drivers/monitor.ts';
 import { observeNat, resolveUplink, syncNat, type ObservedNat } from '../drivers/nft.ts';
 import type { RouteSpec } from '../resources/generated.ts';
 import type { StoredResource } from '../store/store.ts';
@@ -85,6 +86,14 @@ export class RouteController implements Controller<RouteActual, RouteAction> {
       if (!uplink) throw new Error('no uplink for direct traffic: the host has no default route and QWAMOS_UPLINK is not set');
       await syncNat({ ...this.layout, uplink }, this.directAddresses());
     }
+  }
+
+  /** `ip monitor` and /run/netns: a route whose links or namespace change is re-checked at once. */
+  watch(notify: (keys: string[]) => void): { close(): void } {
+    return watchHostNetwork(this.layout, (vms) => {
+      const routes = this.routes().filter((r) => vms === 'all' || vms.has(specOf(r).vm));
+      notify(routes.map((r) => `Route/${r.metadata.name}`));
+    });
   }
 
   /** Every direct Route that is desired now: the NAT table is rewritten whole from this list. */

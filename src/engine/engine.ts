@@ -31,6 +31,8 @@ interface Entry {
   resource: StoredResource;
   controller: Controller;
   actor: Actor<typeof resourceMachine>;
+  /** What the last pass observed, for the controller's status report. */
+  lastActual?: unknown;
   /** The last status patch written (JSON), to skip writing the same again. */
   lastStatus?: string;
   /** Store writes started from inside the machine (drift records), awaited before status is written. */
@@ -109,6 +111,12 @@ export class Engine {
   /** Resources in the store, as last synced. */
   resources(kind?: string): StoredResource[] {
     return [...this.entries.values()].map((e) => e.resource).filter((r) => !kind || r.kind === kind);
+  }
+
+  /** Starts every controller's event sources; what they report is reconciled at once. */
+  watch(): { close(): void } {
+    const handles = [...this.controllers.values()].flatMap((c) => (c.watch ? [c.watch((keys) => this.enqueue(keys))] : []));
+    return { close: () => handles.forEach((h) => h.close()) };
   }
 
   enqueue(keys: Iterable<string>): void {
@@ -288,7 +296,7 @@ export class Engine {
   }
 
   /** Writes the outcome of a pass and acts on it (retry, wake dependants, forget a deleted resource). */
-  private async finish(entry: Entry, state: SettledState, ctx: { applied: Action[]; drifted: boolean; error?: { message: string } }): Promise<void> {
+  private async finish(entry: Entry, state: SettledState, ctx: { applied: Action[]; drifted: boolean; error?: { message: string }; actual?: unknown }): Promise<void> {
     const r = entry.resource;
     const key = keyOf(r);
     await Promise.all(entry.pendingWrites.splice(0));
@@ -302,6 +310,7 @@ export class Engine {
       entry.actor.stop();
       this.entries.delete(key);
     }
+    entry.lastActual = ctx.actual;
     await this.record(entry, state, ctx.applied, ctx.drifted, ctx.error?.message);
 
     if (state === 'backoff') this.queue.addRateLimited(key);
@@ -406,7 +415,14 @@ export class Engine {
    * Writes a status patch unless it equals the last one this engine wrote for the resource: a quiet
    * resync of hundreds of resources then costs no store I/O (the store's lock serializes writes).
    */
-  private async writeStatus(entry: Entry, patch: StatusPatch): Promise<void> {
+  private async writeStatus(entry: Entry, base: StatusPatch): Promise<void> {
+    // The controller's own conditions and fields (a VM's pid, RestartRequired, ...) ride along.
+    const extra = entry.controller.report?.(entry.resource, entry.lastActual) ?? {};
+    const patch: StatusPatch = {
+      ...base,
+      ...(base.conditions || extra.conditions ? { conditions: [...(base.conditions ?? []), ...(extra.conditions ?? [])] } : {}),
+      ...(extra.fields ? { fields: extra.fields } : {}),
+    };
     const text = JSON.stringify(patch);
     if (entry.lastStatus === text) return;
     await this.store.updateStatus(entry.resource.kind, entry.resource.metadata.name, patch);

@@ -66,7 +66,8 @@ export interface StoredResource extends Manifest {
 
 export type ApplyResult = 'created' | 'configured' | 'unchanged';
 
-export type ConditionType = 'Ready' | 'Reconciling' | 'Stalled';
+/** Ready, Reconciling and Stalled for every kind; the others are set by the controllers that need them. */
+export type ConditionType = 'Ready' | 'Reconciling' | 'Stalled' | 'RestartRequired' | 'GpuUnavailable' | 'Paused';
 export type ConditionStatus = 'True' | 'False' | 'Unknown';
 
 export interface Condition {
