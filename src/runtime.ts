@@ -1,5 +1,5 @@
 // Wires the store, the controllers and the engine for this host, as configured by the environment.
-import { hostPrefix, stateDir } from './config.ts';
+import { hostPrefix, imageRoot, stateDir } from './config.ts';
 import { createControllers } from './controllers/index.ts';
 import type { NetLayout } from './drivers/netns.ts';
 import { Engine, type PassResult } from './engine/engine.ts';
@@ -28,6 +28,8 @@ export function createEngine(
   let engine: Engine | undefined;
   const controllers = createControllers({
     layout: hostLayout(env),
+    stateDir: stateDir(env),
+    imageRoot: imageRoot(env),
     desired: (kind) => engine?.resources(kind) ?? [],
     env,
   });

@@ -52,6 +52,10 @@ export interface VirtualMachineSpec {
   dependsOn?: Dependency[];
   driftPolicy?: 'heal' | 'warn';
   /**
+   * What a spec change that needs a restart does to a running VM: Manual sets the RestartRequired condition, Restart restarts it.
+   */
+  updatePolicy?: 'Manual' | 'Restart';
+  /**
    * What happens to the VM's disks when the VM is deleted.
    */
   deletionPolicy?: 'Retain' | 'Delete';

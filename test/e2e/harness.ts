@@ -40,6 +40,8 @@ export async function createSandbox(): Promise<Sandbox> {
     QWAMOS_PREFIX: host.prefix,
     QWAMOS_HOST_NETNS: host.hostNs,
     QWAMOS_RESYNC: '30s',
+    QWAMOS_IMAGE_ROOT: path.join(dir, 'images'),
+    QWAMOS_STOP_TIMEOUT_MS: '1500',
   };
   const daemons: ChildProcess[] = [];
   const qwamos = async (args: string[]) => {
@@ -120,4 +122,22 @@ export async function until(what: string, check: () => Promise<boolean>, timeout
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+/** The tiny guest (kernel + initramfs), built once per machine and linked into the sandbox's image root. */
+export const GUEST_CACHE = '/tmp/qwamos-guest-cache';
+
+export async function installGuest(sb: Sandbox): Promise<void> {
+  const r = await execa('bash', [path.join(repo, 'scripts/build-guest.sh'), GUEST_CACHE], { reject: false, timeout: 300_000 });
+  if (r.exitCode !== 0) throw new Error(`build-guest.sh failed: ${r.stderr}`);
+  const dest = path.join(sb.env.QWAMOS_IMAGE_ROOT!, 'guest');
+  await mkdir(dest, { recursive: true });
+  const { link } = await import('node:fs/promises');
+  for (const f of ['vmlinux', 'initrd.cpio']) {
+    await link(path.join(GUEST_CACHE, f), path.join(dest, f)).catch(() => copyFile(path.join(GUEST_CACHE, f), path.join(dest, f)));
+  }
+}
+
+export function vm(name: string, extra: string): string {
+  return `apiVersion: qwamos.io/v1alpha1\nkind: VirtualMachine\nmetadata:\n  name: ${name}\nspec:\n  memory: 192Mi\n  boot:\n    kernel: guest/vmlinux\n    initrd: guest/initrd.cpio\n    cmdline: console=ttyS0 quiet panic=-1\n${extra}`;
 }

@@ -1,6 +1,7 @@
 // qwamos describe KIND/NAME (or KIND NAME, or KIND for every resource of it): a human report of one
 // resource: metadata, source, generations, spec, conditions, drift and recent events.
 // Exit 0, 1 when the resource does not exist, 2 on usage errors.
+import { readFile } from 'node:fs/promises';
 import { printable, UserError, oneLine } from '../../errors.ts';
 import type { DriftRecord, ResourceStatus, Store, StoredResource } from '../../store/store.ts';
 import type { CliCommand } from '../command.ts';
@@ -22,8 +23,19 @@ export interface DescribeContext {
  */
 export type DescribeSection = (r: StoredResource, ctx: DescribeContext) => Promise<string[]>;
 
-/** Extra sections, in order; other modules push theirs here. */
-export const extraSections: DescribeSection[] = [];
+/** A VirtualMachine's serial console: the last lines QEMU wrote to serial.log in the state directory. */
+const serialConsole: DescribeSection = async (r, { status }) => {
+  const file = status?.fields.serialLog;
+  if (r.kind !== 'VirtualMachine' || typeof file !== 'string') return [];
+  const text = await readFile(file, 'utf8').catch(() => undefined);
+  if (text === undefined) return ['Serial console:', '  (no output yet)'];
+  const lines = text.replace(/\r/g, '').split('\n').filter((l) => l.trim()).slice(-SERIAL_LINES);
+  return [`Serial console (last ${lines.length} lines of ${file}):`, ...lines.map((l) => `  ${l}`)];
+};
+const SERIAL_LINES = 20;
+
+/** Extra sections, in order; other modules may push theirs here. */
+export const extraSections: DescribeSection[] = [serialConsole];
 
 /** Events shown per resource. */
 const EVENTS_SHOWN = 20;

@@ -5,6 +5,7 @@ import { createControllers } from '../../controllers/index.ts';
 import { printable } from '../../errors.ts';
 import { hasErrors } from '../../resources/manifests.ts';
 import type { LoadedResource } from '../../resources/types.ts';
+import { imageRoot, stateDir } from '../../config.ts';
 import { hostLayout, openStore } from '../../runtime.ts';
 import type { StoredResource } from '../../store/store.ts';
 import { applyResultOf, storedAsLoaded } from '../applied.ts';
@@ -41,6 +42,8 @@ export const diffCommand: CliCommand = {
     for (const r of desired) merged.set(`${r.kind}/${r.metadata.name}`, r);
     const controllers = createControllers({
       layout: hostLayout(),
+      stateDir: stateDir(),
+      imageRoot: imageRoot(),
       desired: (kind) => [...merged.values()].filter((r) => r.kind === kind && !r.deletionRequestedAt),
     });
 
