@@ -9,6 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
 import { processesSpawned } from '../src/drivers/exec.ts';
+import { observeRouteNets, planRouteNet } from '../src/drivers/netns.ts';
 import { watchHostNetwork } from '../src/drivers/monitor.ts';
 import type { Engine } from '../src/engine/engine.ts';
 import { createEngine, hostLayout } from '../src/runtime.ts';
@@ -29,9 +30,19 @@ function handWrittenScript(host: TestHost, names: string[]): string {
     lines.push(`link add ${p}h-${n} type veth peer name ${p}v-${n} netns ${p}-${n}`, `addr add ${gw}/32 dev ${p}h-${n}`, `link set ${p}h-${n} up`, `route add ${ip}/32 dev ${p}h-${n}`);
   });
   lines.push('EOF');
-  names.forEach((n, i) => {
-    const { ip, gw } = addr(i);
-    lines.push(`ip -n ${p}-${n} -batch - <<'EOF'`, 'link set lo up', `addr add ${ip}/24 dev ${p}v-${n}`, `link set ${p}v-${n} up`, `route add default via ${gw} dev ${p}v-${n} onlink`, 'EOF');
+  // The VM netns is the guest's cable: IPv6 off, a bridge, the veth's VM end as its port, no address.
+  names.forEach((n) => {
+    const ns = `${p}-${n}`;
+    lines.push(
+      `ip netns exec ${ns} sh -c 'echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6 && echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6'`,
+      `ip -n ${ns} -batch - <<'EOF'`,
+      'link set lo up',
+      `link add ${p}b-${n} type bridge forward_delay 0`,
+      `link set ${p}v-${n} master ${p}b-${n}`,
+      `link set ${p}b-${n} up`,
+      `link set ${p}v-${n} up`,
+      'EOF',
+    );
   });
   lines.push(`ip netns exec ${host.hostNs} sh -c 'echo 1 > /proc/sys/net/ipv4/ip_forward && nft -f -' <<'EOF'`, `table ip ${p}_qwamos {`, '  chain postrouting { type nat hook postrouting priority srcnat; policy accept;');
   names.forEach((n, i) => lines.push(`    ip saddr ${addr(i).ip} oifname "${host.uplink}" masquerade comment "Route/${n}"`));
@@ -67,7 +78,14 @@ export async function benchRoutes(): Promise<void> {
   try {
     // Baseline: the same host changes, hand-written.
     const script = handWrittenScript(host, names);
-    const baseline = await time(() => execa('bash', ['-c', script]));
+    const baseline = await time(() => execa('bash', ['-e', '-c', script]));
+    // The baseline must build exactly the controller's layout: its plan over the result is empty.
+    const layout = { prefix: host.prefix, hostNetns: host.hostNs };
+    const seen = await observeRouteNets(layout);
+    const left = names.flatMap((n, i) =>
+      planRouteNet(layout, { vm: n, mode: 'direct', address: `${addr(i).ip}/24`, gateway: addr(i).gw }, seen.get(n)).map((a) => a.describe),
+    );
+    if (left.length) throw new Error(`the hand-written baseline differs from the Route layout: ${left.slice(0, 3).join('; ')}`);
     await removeRouteNetns(host);
 
     const store = await Store.open(dir);

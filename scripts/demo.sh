@@ -65,10 +65,15 @@ run apply -f manifests/route-dev.yaml -f manifests/route-malware.yaml
 run get routes -o wide
 echo "\$ ip netns list | grep ${prefix}-"
 ip netns list | grep "^${prefix}-" || true
-echo "\$ ip netns exec ${prefix}-dev busybox ping -c1 203.0.113.1    # direct: NATed out of the uplink"
-ip netns exec "${prefix}-dev" busybox ping -c1 -W2 203.0.113.1 | tail -2
-echo "\$ ip netns exec ${prefix}-malware busybox ping -c1 203.0.113.1    # isolated: no way out"
-ip netns exec "${prefix}-malware" busybox ping -c1 -W1 203.0.113.1 2>&1 | tail -1 || true
+echo "\$ ip -n ${prefix}-dev -br addr    # the VM's netns is its cable: a bridge, the veth's end, no address"
+ip -n "${prefix}-dev" -br addr
+# No VM runs in this demo: a fake guest on each Route's bridge owns the VM's address, as QEMU's guest will.
+bash "$repo/scripts/sandbox-host.sh" guest "$prefix" dev 10.8.0.4/24 10.8.0.1
+bash "$repo/scripts/sandbox-host.sh" guest "$prefix" malware 10.8.0.5/24 10.8.0.1
+echo "\$ ip netns exec ${prefix}_gdev busybox ping -c1 203.0.113.1    # direct: NATed out of the uplink"
+ip netns exec "${prefix}_gdev" busybox ping -c1 -W2 203.0.113.1 | tail -2
+echo "\$ ip netns exec ${prefix}_gmalware busybox ping -c1 203.0.113.1    # isolated: no way out"
+ip netns exec "${prefix}_gmalware" busybox ping -c1 -W1 203.0.113.1 2>&1 | tail -1 || true
 run apply -f manifests/route-browser.yaml || echo "-> exit $?: tor routes are refused until the Tor gateway exists (fail closed)"
 
 step "7. The controller daemon heals drift: someone deletes the dev VM's namespace"

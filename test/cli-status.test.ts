@@ -180,18 +180,18 @@ describe('qwamos get', () => {
     assert.deepEqual(withoutAge(qwamos(state, 'get', 'all').stdout), withoutAge(r.stdout));
   });
 
-  test('-o wide adds GEN, OBSERVED, SOURCE (with the commit) and MESSAGE (the Stalled one when stalled), escaped', async () => {
+  test('-o wide adds GEN, OBSERVED, DETAIL, SOURCE (with the commit) and MESSAGE (the Stalled one when stalled), escaped', async () => {
     const { state } = await populated();
     const r = qwamos(state, 'get', '-o', 'wide');
     assert.equal(r.code, 0, r.stderr);
     const table = rows(r.stdout);
-    assert.deepEqual(table[0], ['KIND', 'NAME', 'READY', 'STATUS', 'AGE', 'GEN', 'OBSERVED', 'SOURCE', 'MESSAGE']);
+    assert.deepEqual(table[0], ['KIND', 'NAME', 'READY', 'STATUS', 'AGE', 'GEN', 'OBSERVED', 'DETAIL', 'SOURCE', 'MESSAGE']);
     const route = table.find((row) => row[0] === 'Route')!;
-    assert.deepEqual(route.slice(5), ['1', '1', '/manifests/dev.yaml@0123456', 'netns qw-dev is up']);
+    assert.deepEqual(route.slice(5), ['1', '1', 'netns qw-dev', '/manifests/dev.yaml@0123456', 'netns qw-dev is up']);
     const vm = table.find((row) => row[0] === 'VirtualMachine' && row[1] === 'dev')!;
-    assert.equal(vm[8], 'no accelerator \\u001b[31m\\u202e available');
+    assert.equal(vm[9], 'no accelerator \\u001b[31m\\u202e available');
     const gpu = table.find((row) => row[0] === 'GpuTrustLevel')!;
-    assert.deepEqual(gpu.slice(5), ['1', '-', '/manifests/gpu.yaml']);
+    assert.deepEqual(gpu.slice(5), ['1', '-', '-', '/manifests/gpu.yaml']);
   });
 
   test('-o json prints an array of {apiVersion, kind, metadata, spec, status}; one NAME prints one object', async () => {

@@ -1,12 +1,17 @@
 // The ip driver for Routes: one network namespace per VM, a veth pair to the host side, Qubes-style
 // point-to-point addressing. Observe is one process for the whole host, plan is pure, apply is batched.
 //
-// Layout of a Route for VM `vm` under prefix P (the host side lives in `hostNetns` when one is configured,
-// in tests; in production it is the machine's own namespace):
-//   VM netns  P-vm   with lo up, and (not for `isolated`) Pv-vm = ADDRESS/len, up, default via GATEWAY
+// The VM netns is the VM's "cable", not an endpoint: the guest (QEMU, on a tap in that netns) owns the
+// VM's address itself, so the netns holds no address and no route at all, only a bridge joining the
+// veth's VM end and the tap. Layout of a Route for VM `vm` under prefix P (the host side lives in
+// `hostNetns` when one is configured, in tests; in production it is the machine's own namespace):
+//   VM netns  P-vm   lo up, IPv6 disabled (all + default), bridge Pb-vm up, no IPv4 address, no route
+//             Pv-vm  the veth's VM end, master Pb-vm, up (not for `isolated`)
+//             Pt-vm  the tap, master Pb-vm, up: created by the VM controller (createTap), never planned
 //   host      Ph-vm = GATEWAY/32, up, route ADDRESS/32 dev Ph-vm
-//   tap       Pt-vm  inside the VM netns, created by the VM controller (helpers below)
-// `isolated` is the VM netns alone: no veth at all, nothing can leave.
+// The host reaches the guest by ARP across the veth and the bridge; the guest's ARP for the gateway is
+// answered by Ph-vm. `isolated` is the VM netns with its bridge alone: no veth, nothing can leave.
+// Any other bridge port or link in the VM netns (a tap, a test's fake guest) is ignored.
 import type { Action, FieldDiff } from '../controllers/contract.ts';
 import { CommandError, run, runResult } from './exec.ts';
 import { IFNAME_MAX as IFNAMSIZ, derivedNames as namesOf, maxVmNameLength, tooLongDerivedName, type DerivedNames } from '../resources/names.ts';
@@ -40,10 +45,23 @@ export interface ObservedLink {
   up: boolean;
   /** CIDRs, IPv4 and non-link-local IPv6. */
   addresses: string[];
-  /** linkinfo.info_kind, e.g. 'veth', 'tun'. */
+  /** linkinfo.info_kind, e.g. 'veth', 'tun', 'bridge'. */
   kind?: string;
   /** For a veth: the peer's ifindex (in the peer's namespace). */
   peerIfindex?: number;
+  /** The link's master (a bridge port's bridge), by name. */
+  master?: string;
+}
+
+/** A main-table IPv4 route inside the VM netns, as `ip -j route show` prints it. */
+export interface ObservedVmRoute {
+  dst: string;
+  dev?: string;
+  /** Set when not unicast ('unreachable', 'blackhole', ...). */
+  type?: string;
+  metric?: number;
+  /** 'kernel' for the routes the kernel adds with an address (they go with it). */
+  protocol?: string;
 }
 
 export interface ObservedRouteNet {
@@ -51,19 +69,27 @@ export interface ObservedRouteNet {
   netnsExists: boolean;
   /** lo up inside the VM netns. */
   loUp?: boolean;
+  /** Addresses on lo other than its own 127.0.0.1/8 and ::1/128 (drift). */
+  loAddresses?: string[];
+  /**
+   * net.ipv6.conf.all and .default disable_ipv6 are both 1 inside the VM netns (also true when the
+   * kernel has no IPv6). Undefined when it could not be read.
+   */
+  ipv6Disabled?: boolean;
+  /** Pb-vm inside the VM netns. */
+  bridge?: ObservedLink;
   /** Pv-vm inside the VM netns. */
   vmIf?: ObservedLink;
   /** Ph-vm in the host netns. */
   hostIf?: ObservedLink;
   /** vmIf and hostIf are both veths and each other's peer. */
   paired: boolean;
-  /** Default route inside the VM netns. */
-  defaultGateway?: string;
-  defaultDev?: string;
+  /** Main-table routes inside the VM netns (there should be none). */
+  vmRoutes?: ObservedVmRoute[];
   /** Destinations of main-table routes via hostIf in the host netns ('10.8.0.2', '10.9.0.0/24'). */
   hostRoutes: string[];
-  /** Pt-vm exists inside the VM netns (created by the VM controller). */
-  tap?: { name: string; up: boolean };
+  /** Pt-vm exists inside the VM netns (created by the VM controller; never planned for). */
+  tap?: { name: string; up: boolean; master?: string };
 }
 
 /** Where a link lives: the host netns, or the VM's netns. */
@@ -76,13 +102,19 @@ export type NetAction =
   | (Base<'create-netns'> & { netns: string })
   /** hostIf: the paired host-side veth, which the kernel removes shortly after; apply waits for it. */
   | (Base<'delete-netns'> & { netns: string; hostIf?: string })
+  /** net.ipv6.conf.{all,default}.disable_ipv6=1 inside the VM netns, so nothing autoconfigures there. */
+  | (Base<'disable-ipv6'> & { netns: string })
+  | (Base<'create-bridge'> & { netns: string; bridge: string })
   | (Base<'create-veth'> & { hostIf: string; vmIf: string; netns: string })
+  /** Enslave a VM-side link to the bridge. */
+  | (Base<'set-master'> & { netns: string; link: string; bridge: string })
   /** netns is set when side = 'vm'. */
   | (Base<'delete-link'> & { side: Side; link: string; netns?: string })
   | (Base<'link-up'> & { side: Side; link: string; netns?: string })
   | (Base<'add-address'> & { side: Side; link: string; cidr: string; netns?: string })
   | (Base<'delete-address'> & { side: Side; link: string; cidr: string; netns?: string })
-  | (Base<'set-default-route'> & { netns: string; gateway: string; link: string })
+  /** A stray route inside the VM netns. */
+  | (Base<'delete-vm-route'> & { netns: string; route: ObservedVmRoute })
   | (Base<'add-host-route'> & { dst: string; link: string })
   | (Base<'delete-host-route'> & { dst: string; link: string });
 
@@ -146,6 +178,7 @@ interface IpLink {
   link_index?: number;
   ifname?: string;
   flags?: string[];
+  master?: string;
   linkinfo?: { info_kind?: string };
   addr_info?: IpAddrInfo[];
 }
@@ -154,6 +187,9 @@ interface IpRoute {
   gateway?: string;
   dev?: string;
   table?: string;
+  type?: string;
+  metric?: number;
+  protocol?: string;
 }
 
 function toLink(raw: IpLink): ObservedLink {
@@ -172,15 +208,25 @@ function toLink(raw: IpLink): ObservedLink {
   };
   if (raw.linkinfo?.info_kind) link.kind = raw.linkinfo.info_kind;
   if (raw.link_index !== undefined) link.peerIfindex = raw.link_index;
+  if (raw.master) link.master = raw.master;
   return link;
 }
 
 // One process for everything: the host netns's links+addresses and routes, then for every VM netns
-// (found by prefix in /run/netns) its links+addresses and routes, as `ip -d -j -batch` (one JSON array
-// per line) between marker lines. Names arrive as arguments, never inside the script text.
+// (found by prefix in /run/netns) its disable_ipv6 sysctls (all, default; "@@ipv6 A B", or "@@ipv6 none"
+// without kernel IPv6) and its links+addresses and routes, as `ip -d -j -batch` (one JSON array per line),
+// between marker lines. Inside a VM netns it is one process chain per netns: nsenter (or `ip netns exec`
+// where there is none) -> sh reading the sysctls with the `read` builtin -> exec ip. Names arrive as
+// arguments, never inside the script text.
 const OBSERVE_SCRIPT = `
 p=$1 h=$2
 shift 2
+v6=; [ -d /proc/sys/net/ipv6/conf ] && v6=1
+if command -v nsenter >/dev/null 2>&1; then
+  inns() { f=$1; shift; nsenter --net="/run/netns/$f" "$@"; }
+else
+  inns() { f=$1; shift; ip netns exec "$f" "$@"; }
+fi
 echo "@@host"
 if [ -n "$h" ]; then hostopt="-n $h"; else hostopt=""; fi
 ip -d -j $hostopt -batch - <<'EOB' || echo "@@fail"
@@ -193,7 +239,16 @@ for f; do
   [ -e "$f" ] || continue
   ns=\${f##*/}
   echo "@@ns $ns"
-  ip -d -j -n "$ns" -batch - 2>/dev/null <<'EOB' || echo "@@fail"
+  inns "$ns" sh -c '
+if [ -n "$1" ]; then
+  a= b=
+  read a < /proc/sys/net/ipv6/conf/all/disable_ipv6
+  read b < /proc/sys/net/ipv6/conf/default/disable_ipv6
+  echo "@@ipv6 $a $b"
+else
+  echo "@@ipv6 none"
+fi
+exec ip -d -j -batch -' qwamos-ns "$v6" 2>/dev/null <<'EOB' || echo "@@fail"
 addr show
 route show
 EOB
@@ -207,6 +262,8 @@ interface Section {
   /** JSON arrays seen (2 when complete). */
   arrays: number;
   failed: boolean;
+  /** disable_ipv6 (all, default) as read; ['none'] without kernel IPv6; undefined when not read. */
+  ipv6?: string[];
 }
 
 function parseObserveOutput(stdout: string): { host?: Section; netns: Map<string, Section>; complete: boolean } {
@@ -223,6 +280,8 @@ function parseObserveOutput(stdout: string): { host?: Section; netns: Map<string
       } else if (t.startsWith('@@ns ')) {
         current = { links: [], routes: [], arrays: 0, failed: false };
         netns.set(t.slice(5), current);
+      } else if (t === '@@ipv6' || t.startsWith('@@ipv6 ')) {
+        if (current) current.ipv6 = t.slice(6).trim().split(/\s+/).filter(Boolean);
       } else if (t === '@@fail') {
         if (current) current.failed = true;
       } else if (t === '@@end') {
@@ -312,13 +371,28 @@ export async function observeRouteNets(layout: NetLayout, only?: readonly string
     if (section.failed) continue; // vanished while we looked, or unreadable: nothing more is known
     const names = derivedNames(prefix, vm);
     for (const raw of section.links) {
-      if (raw.ifname === 'lo') e.loUp = (raw.flags ?? []).includes('UP');
+      if (raw.ifname === 'lo') {
+        e.loUp = (raw.flags ?? []).includes('UP');
+        e.loAddresses = toLink(raw).addresses.filter((c) => c !== '127.0.0.1/8' && c !== '::1/128');
+      } else if (raw.ifname === names.bridge) e.bridge = toLink(raw);
       else if (raw.ifname === names.vmIf) e.vmIf = toLink(raw);
-      else if (raw.ifname === names.tap) e.tap = { name: names.tap, up: (raw.flags ?? []).includes('UP') };
+      else if (raw.ifname === names.tap) {
+        e.tap = { name: names.tap, up: (raw.flags ?? []).includes('UP'), ...(raw.master ? { master: raw.master } : {}) };
+      }
+      // Anything else (another bridge port, a test's fake guest) is not the Route's.
     }
-    const def = section.routes.find((rt) => rt.dst === 'default');
-    if (def?.gateway) e.defaultGateway = def.gateway;
-    if (def?.dev) e.defaultDev = def.dev;
+    e.vmRoutes = section.routes
+      .filter((rt) => rt.dst && (rt.table === undefined || rt.table === 'main'))
+      .map((rt) => ({
+        dst: normDst(rt.dst!),
+        ...(rt.dev ? { dev: rt.dev } : {}),
+        ...(rt.type && rt.type !== 'unicast' ? { type: rt.type } : {}),
+        ...(rt.metric !== undefined ? { metric: rt.metric } : {}),
+        ...(rt.protocol ? { protocol: rt.protocol } : {}),
+      }));
+    const v6 = section.ipv6;
+    if (v6?.[0] === 'none') e.ipv6Disabled = true;
+    else if (v6 && v6.length === 2) e.ipv6Disabled = v6.every((x) => x === '1');
   }
 
   for (const e of result.values()) {
@@ -339,9 +413,24 @@ export async function observeRouteNets(layout: NetLayout, only?: readonly string
 // ----------------------------------------------------------------------------------------------- plan
 
 /**
+ * Routes inside the VM netns that plan removes: every main-table route on lo, on no link (unreachable,
+ * blackhole) or on one of `links` (the Route's links that stay), except the kernel's routes of an
+ * address, which go with the address. Routes on links that are not the Route's are left alone.
+ */
+function strayVmRoutes(a: ObservedRouteNet, links: ReadonlySet<string>): ObservedVmRoute[] {
+  return (a.vmRoutes ?? []).filter((rt) => rt.protocol !== 'kernel' && (rt.dev === undefined || rt.dev === 'lo' || links.has(rt.dev)));
+}
+
+function describeVmRoute(rt: ObservedVmRoute): string {
+  return [rt.type, rt.dst, rt.dev ? `dev ${rt.dev}` : '', rt.metric !== undefined ? `metric ${rt.metric}` : ''].filter(Boolean).join(' ');
+}
+
+/**
  * Pure: the ordered actions that turn `actual` into `desired` (undefined = remove everything the VM's
- * Route created). Empty when in sync. Handles partial states (netns without veth, leftover host veth,
- * wrong addresses, links down, missing routes).
+ * Route created). Empty when in sync. Handles partial states (netns without bridge or veth, veth not
+ * enslaved, bridge down or of the wrong kind, IPv6 on, stray addresses and routes in the VM netns,
+ * leftover host veth, wrong host addresses, missing host routes). Never plans anything for the tap or
+ * any other link in the VM netns that is not the Route's.
  */
 export function planRouteNet(
   layout: NetLayout,
@@ -359,7 +448,7 @@ export function planRouteNet(
   const inNs = n.netns;
 
   // --- delete. Deleting the netns destroys a paired veth (the kernel does it in batches, far faster than
-  // one `link del` each); an unpaired host-side leftover is deleted explicitly.
+  // one `link del` each), the bridge and the tap; an unpaired host-side leftover is deleted explicitly.
   if (!desired) {
     const pairedAway = a.netnsExists && a.paired && !!a.hostIf;
     if (a.hostIf && !pairedAway) acts.push({ type: 'delete-link', resource: res, side: 'host', link: n.hostIf, describe: `delete link ${n.hostIf}` });
@@ -375,44 +464,73 @@ export function planRouteNet(
     return acts;
   }
 
-  // --- the VM netns
-  let loUp = a.loUp === true;
-  if (!a.netnsExists) {
-    acts.push({ type: 'create-netns', resource: res, netns: inNs, describe: `create netns ${inNs}` });
-    loUp = false;
-  }
-  if (!loUp) acts.push({ type: 'link-up', resource: res, side: 'vm', netns: inNs, link: 'lo', describe: `set lo up in ${inNs}` });
-
   const wantsVeth = desired.mode !== 'isolated';
-  const vmIfPresent = a.netnsExists && !!a.vmIf;
+  if (wantsVeth && (!desired.address || !desired.gateway)) {
+    throw new Error(`${res}: mode ${desired.mode} needs an address and a gateway`);
+  }
 
+  // What of the VM netns survives this plan (a new netns has nothing in it).
+  const ns = a.netnsExists;
+  const vmLinks = new Set<string>();
+
+  // --- the VM netns: lo up, IPv6 off
+  if (!ns) acts.push({ type: 'create-netns', resource: res, netns: inNs, describe: `create netns ${inNs}` });
+  if (!(ns && a.loUp === true)) acts.push({ type: 'link-up', resource: res, side: 'vm', netns: inNs, link: 'lo', describe: `set lo up in ${inNs}` });
+  if (!(ns && a.ipv6Disabled === true)) acts.push({ type: 'disable-ipv6', resource: res, netns: inNs, describe: `disable IPv6 in ${inNs}` });
+
+  // --- the bridge (a link of another kind under its name is replaced)
+  const bridgeOk = ns && a.bridge?.kind === 'bridge';
+  if (ns && a.bridge && !bridgeOk) {
+    acts.push({ type: 'delete-link', resource: res, side: 'vm', netns: inNs, link: n.bridge, describe: `delete link ${n.bridge} in ${inNs} (not a bridge)` });
+  }
+  if (!bridgeOk) acts.push({ type: 'create-bridge', resource: res, netns: inNs, bridge: n.bridge, describe: `create bridge ${n.bridge} in ${inNs}` });
+  else vmLinks.add(n.bridge);
+  if (!(bridgeOk && a.bridge!.up)) acts.push({ type: 'link-up', resource: res, side: 'vm', netns: inNs, link: n.bridge, describe: `set ${n.bridge} up in ${inNs}` });
+
+  // --- the veth pair (isolated: none)
+  const vmIfPresent = ns && !!a.vmIf;
+  let vethIntact = false;
   if (!wantsVeth) {
     if (a.hostIf) acts.push({ type: 'delete-link', resource: res, side: 'host', link: n.hostIf, describe: `delete link ${n.hostIf}` });
     if (vmIfPresent && !(a.hostIf && a.paired)) {
       acts.push({ type: 'delete-link', resource: res, side: 'vm', netns: inNs, link: n.vmIf, describe: `delete link ${n.vmIf} in ${inNs}` });
     }
-    return acts;
+  } else {
+    vethIntact = ns && a.paired && !!a.hostIf && !!a.vmIf;
+    if (!vethIntact) {
+      if (a.hostIf) acts.push({ type: 'delete-link', resource: res, side: 'host', link: n.hostIf, describe: `delete link ${n.hostIf}` });
+      if (vmIfPresent) acts.push({ type: 'delete-link', resource: res, side: 'vm', netns: inNs, link: n.vmIf, describe: `delete link ${n.vmIf} in ${inNs}` });
+      acts.push({ type: 'create-veth', resource: res, hostIf: n.hostIf, vmIf: n.vmIf, netns: inNs, describe: `create veth ${n.hostIf} <-> ${n.vmIf} in ${inNs}` });
+    } else vmLinks.add(n.vmIf);
+    const vmIf = vethIntact ? a.vmIf : undefined;
+    // A new bridge has no ports: the veth is enslaved again.
+    if (!(vmIf && bridgeOk && vmIf.master === n.bridge)) {
+      acts.push({ type: 'set-master', resource: res, netns: inNs, link: n.vmIf, bridge: n.bridge, describe: `enslave ${n.vmIf} to ${n.bridge} in ${inNs}` });
+    }
+    if (!vmIf?.up) acts.push({ type: 'link-up', resource: res, side: 'vm', netns: inNs, link: n.vmIf, describe: `set ${n.vmIf} up in ${inNs}` });
   }
 
-  if (!desired.address || !desired.gateway) {
-    throw new Error(`${res}: mode ${desired.mode} needs an address and a gateway`);
+  // --- nothing in the VM netns has an address or a route: the guest owns the VM's address
+  const strays: { link: string; cidr: string }[] = [];
+  if (ns) for (const cidr of a.loAddresses ?? []) strays.push({ link: 'lo', cidr });
+  if (vmLinks.has(n.bridge)) for (const cidr of a.bridge!.addresses) strays.push({ link: n.bridge, cidr });
+  if (vmLinks.has(n.vmIf)) for (const cidr of a.vmIf!.addresses) strays.push({ link: n.vmIf, cidr });
+  for (const { link, cidr } of strays) {
+    acts.push({ type: 'delete-address', resource: res, side: 'vm', netns: inNs, link, cidr, describe: `delete address ${cidr} from ${link} in ${inNs}` });
   }
-  const vmCidr = normCidr(desired.address);
-  const vmIp = ipOf(vmCidr);
-  const gw = desired.gateway.toLowerCase();
+  if (ns) {
+    for (const route of strayVmRoutes(a, vmLinks)) {
+      acts.push({ type: 'delete-vm-route', resource: res, netns: inNs, route, describe: `delete route ${describeVmRoute(route)} in ${inNs}` });
+    }
+  }
+  if (!wantsVeth) return acts;
+
+  const vmIp = ipOf(normCidr(desired.address!));
+  const gw = desired.gateway!.toLowerCase();
   const gwCidr = hostCidr(gw);
 
-  // --- the veth pair
-  const intact = a.netnsExists && a.paired && !!a.hostIf && !!a.vmIf;
-  if (!intact) {
-    if (a.hostIf) acts.push({ type: 'delete-link', resource: res, side: 'host', link: n.hostIf, describe: `delete link ${n.hostIf}` });
-    if (vmIfPresent) acts.push({ type: 'delete-link', resource: res, side: 'vm', netns: inNs, link: n.vmIf, describe: `delete link ${n.vmIf} in ${inNs}` });
-    acts.push({ type: 'create-veth', resource: res, hostIf: n.hostIf, vmIf: n.vmIf, netns: inNs, describe: `create veth ${n.hostIf} <-> ${n.vmIf} in ${inNs}` });
-  }
-  const hostIf: ObservedLink | undefined = intact ? a.hostIf : undefined;
-  const vmIf: ObservedLink | undefined = intact ? a.vmIf : undefined;
-
   // --- host side: up, exactly the gateway address, exactly the route to the VM
+  const hostIf: ObservedLink | undefined = vethIntact ? a.hostIf : undefined;
   if (!hostIf?.up) acts.push({ type: 'link-up', resource: res, side: 'host', link: n.hostIf, describe: `set ${n.hostIf} up` });
   const hostAddrs = hostIf?.addresses ?? [];
   let hostAddrChanged = false;
@@ -434,25 +552,6 @@ export function planRouteNet(
   if (!routes.includes(vmIp) || hostAddrChanged) {
     acts.push({ type: 'add-host-route', resource: res, dst: vmIp, link: n.hostIf, describe: `route ${vmIp} dev ${n.hostIf}` });
   }
-
-  // --- VM side: up, exactly the address, default route via the gateway
-  const vmAddrs = vmIf?.addresses ?? [];
-  let vmAddrChanged = false;
-  for (const c of vmAddrs) {
-    if (c !== vmCidr) {
-      acts.push({ type: 'delete-address', resource: res, side: 'vm', netns: inNs, link: n.vmIf, cidr: c, describe: `delete address ${c} from ${n.vmIf} in ${inNs}` });
-      vmAddrChanged = true;
-    }
-  }
-  if (!vmAddrs.includes(vmCidr)) {
-    acts.push({ type: 'add-address', resource: res, side: 'vm', netns: inNs, link: n.vmIf, cidr: vmCidr, describe: `add address ${vmCidr} to ${n.vmIf} in ${inNs}` });
-    vmAddrChanged = true;
-  }
-  if (!vmIf?.up) acts.push({ type: 'link-up', resource: res, side: 'vm', netns: inNs, link: n.vmIf, describe: `set ${n.vmIf} up in ${inNs}` });
-  const defaultOk = !!vmIf && a.defaultGateway?.toLowerCase() === gw && a.defaultDev === n.vmIf;
-  if (!defaultOk || vmAddrChanged || !vmIf?.up) {
-    acts.push({ type: 'set-default-route', resource: res, netns: inNs, gateway: gw, link: n.vmIf, describe: `default route via ${gw} dev ${n.vmIf} in ${inNs}` });
-  }
   return acts;
 }
 
@@ -464,17 +563,32 @@ export function diffRouteNet(layout: NetLayout, desired: RouteNet, actual: Obser
   const push = (field: string, want: string, have: string) => {
     if (want !== have) d.push({ field, desired: want, actual: have });
   };
-  push('netns', n.netns, a?.netnsExists ? n.netns : '(none)');
-  if (a?.netnsExists) push('lo', 'up', a.loUp ? 'up' : 'down');
+  const ns = !!a?.netnsExists;
+  push('netns', n.netns, ns ? n.netns : '(none)');
+  if (ns) {
+    push('lo', 'up', a!.loUp ? 'up' : 'down');
+    push('ipv6', 'disabled', a!.ipv6Disabled === undefined ? 'unknown' : a!.ipv6Disabled ? 'disabled' : 'enabled');
+  }
+  const br = ns ? a!.bridge : undefined;
+  push('bridge', 'up', !br ? '(none)' : br.kind !== 'bridge' ? `not a bridge (${br.kind ?? 'unknown kind'})` : br.up ? 'up' : 'down');
   const wantsVeth = desired.mode !== 'isolated';
   const vethState = a?.hostIf && a.vmIf ? (a.paired ? 'paired' : 'unpaired') : a?.hostIf || a?.vmIf ? 'partial' : '(none)';
   push('veth', wantsVeth ? 'paired' : '(none)', vethState);
+  if (ns && a) {
+    const links = new Set([n.bridge, n.vmIf]);
+    const addrs = [
+      ...(a.loAddresses ?? []).map((c) => `lo ${c}`),
+      ...(a.bridge?.addresses ?? []).map((c) => `${n.bridge} ${c}`),
+      ...(a.vmIf?.addresses ?? []).map((c) => `${n.vmIf} ${c}`),
+    ];
+    push('vmns.addresses', '(none)', addrs.join(',') || '(none)');
+    push('vmns.routes', '(none)', strayVmRoutes(a, links).map(describeVmRoute).join(',') || '(none)');
+  }
   if (!wantsVeth || !desired.address || !desired.gateway) return d;
+  push('vmIf.master', n.bridge, a?.vmIf?.master ?? '(none)');
   push('vmIf.up', 'true', String(!!a?.vmIf?.up));
-  push('vmIf.addresses', normCidr(desired.address), (a?.vmIf?.addresses ?? []).join(',') || '(none)');
   push('hostIf.up', 'true', String(!!a?.hostIf?.up));
   push('hostIf.addresses', hostCidr(desired.gateway.toLowerCase()), (a?.hostIf?.addresses ?? []).join(',') || '(none)');
-  push('defaultRoute', `via ${desired.gateway.toLowerCase()} dev ${n.vmIf}`, a?.defaultGateway ? `via ${a.defaultGateway} dev ${a.defaultDev ?? '?'}` : '(none)');
   push('hostRoutes', ipOf(normCidr(desired.address)), (a?.hostRoutes ?? []).join(',') || '(none)');
   return d;
 }
@@ -545,20 +659,37 @@ function batchErrors(lines: BatchLine[], stderr: string, exitCode: number): stri
 }
 
 // Runs `ip -force -n NS -batch -` for many namespaces in ONE spawned process. stdin: "@@ns NAME" lines,
-// each followed by that namespace's batch lines. stdout: "@@ns NAME", ip's messages, "@@rc N".
+// each followed by that namespace's batch lines, and "@@ipv6-off" to disable IPv6 in it first (before
+// any link there comes up, so nothing autoconfigures; written inside the netns through nsenter, or
+// `ip netns exec` where there is none). stdout: "@@ns NAME", then "@@sysrc N" after the sysctl writes,
+// ip's messages, "@@rc N".
 const MULTI_BATCH_SCRIPT = `
+if command -v nsenter >/dev/null 2>&1; then
+  inns() { f=$1; shift; nsenter --net="/run/netns/$f" "$@"; }
+else
+  inns() { f=$1; shift; ip netns exec "$f" "$@"; }
+fi
 run() {
   [ -n "$ns" ] || return 0
   echo "@@ns $ns"
-  ip -force -n "$ns" -batch - 2>&1 <<EOB
+  if [ -n "$v6off" ]; then
+    inns "$ns" sh -c 'echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6 && echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6' </dev/null 2>&1
+    echo "@@sysrc $?"
+  fi
+  if [ -n "$buf" ]; then
+    ip -force -n "$ns" -batch - 2>&1 <<EOB
 $buf
 EOB
-  echo "@@rc $?"
+    echo "@@rc $?"
+  else
+    echo "@@rc 0"
+  fi
 }
-ns= buf=
+ns= buf= v6off=
 while IFS= read -r line; do
   case $line in
-    "@@ns "*) run; ns=\${line#@@ns }; buf= ;;
+    "@@ns "*) run; ns=\${line#@@ns }; buf= v6off= ;;
+    "@@ipv6-off") v6off=1 ;;
     *) buf="$buf$line
 " ;;
   esac
@@ -567,11 +698,17 @@ run
 echo "@@end"
 `;
 
-/** One `ip -n NS -batch` per namespace, all from one spawned shell, in order. Throws on the first real failure. */
-async function runNetnsBatches(batches: Map<string, BatchLine[]>): Promise<void> {
-  const todo = [...batches].filter(([, lines]) => lines.length > 0);
+/**
+ * One `ip -n NS -batch` per namespace, all from one spawned shell, in order; IPv6 disabled first in the
+ * namespaces of `ipv6Off`. Throws on the first real failure.
+ */
+async function runNetnsBatches(batches: Map<string, BatchLine[]>, ipv6Off: ReadonlySet<string> = new Set()): Promise<void> {
+  const names = [...new Set([...batches.keys(), ...ipv6Off])];
+  const todo = names.filter((ns) => (batches.get(ns)?.length ?? 0) > 0 || ipv6Off.has(ns));
   if (todo.length === 0) return;
-  const input = todo.map(([ns, lines]) => `@@ns ${ns}\n${lines.map((l) => l.cmd).join('\n')}\n`).join('');
+  const input = todo
+    .map((ns) => [`@@ns ${ns}`, ...(ipv6Off.has(ns) ? ['@@ipv6-off'] : []), ...(batches.get(ns) ?? []).map((l) => l.cmd)].join('\n') + '\n')
+    .join('');
   const argv = ['sh', '-c', MULTI_BATCH_SCRIPT, 'qwamos-batch'];
   const r = await runResult(argv, { input });
   const failures: string[] = [];
@@ -582,6 +719,9 @@ async function runNetnsBatches(batches: Map<string, BatchLine[]>): Promise<void>
     if (line.startsWith('@@ns ')) {
       ns = line.slice(5);
       text = [];
+    } else if (line.startsWith('@@sysrc ') && ns !== undefined) {
+      if (line !== '@@sysrc 0') failures.push(`disable IPv6 in ${ns}: ${text.join(' ').trim() || `exit code ${line.slice(8)}`}`);
+      text = [];
     } else if (line.startsWith('@@rc ') && ns !== undefined) {
       seen.add(ns);
       const errs = batchErrors(batches.get(ns) ?? [], text.join('\n'), Number(line.slice(5)));
@@ -589,7 +729,7 @@ async function runNetnsBatches(batches: Map<string, BatchLine[]>): Promise<void>
       ns = undefined;
     } else if (ns !== undefined) text.push(line);
   }
-  if (!r.stdout.includes('@@end') || todo.some(([n]) => !seen.has(n))) {
+  if (!r.stdout.includes('@@end') || todo.some((n) => !seen.has(n))) {
     const why = r.stderr.split('\n').find((l) => l.trim()) ?? `exit code ${r.exitCode}`;
     failures.unshift(`ip -n NS -batch (${todo.length} netns): ${why.trim()}`);
   }
@@ -612,7 +752,8 @@ function push<K, V>(m: Map<K, V[]>, k: K, v: V): void {
  *   3. netns del/add           one `ip -batch -`
  *   (  wait until the host ends of deleted netns' veths are gone: a few `ip -o link show` polls)
  *   4. host creations          one `ip [-n HOST] -batch -`
- *   5. VM-side configuration   one shell running `ip -n VMNS -batch -` per changed netns
+ *   5. VM-side configuration   one shell: per changed netns, IPv6 off (nsenter) when needed,
+ *                              then `ip -n VMNS -batch -` (bridge, enslaving, links up, stray removal)
  * So a pass spawns at most ~5 processes from Node whatever the number of Routes.
  * Deletions tolerate objects that are already gone. Errors name the failing command.
  */
@@ -623,6 +764,7 @@ export async function applyNetActions(layout: NetLayout, actions: readonly NetAc
   const netnsLines: BatchLine[] = [];
   const hostAdd: BatchLine[] = [];
   const vmAdd = new Map<string, BatchLine[]>();
+  const ipv6Off = new Set<string>();
   const vanishing: string[] = [];
   const nsOf = (x: { netns?: string }): string => {
     if (!x.netns || !NETNS_RE.test(x.netns)) throw new Error(`action without a valid netns: ${JSON.stringify(x)}`);
@@ -638,6 +780,21 @@ export async function applyNetActions(layout: NetLayout, actions: readonly NetAc
         netnsLines.push({ cmd: `netns del ${nsOf(act)}`, tolerant: true });
         if (act.hostIf) vanishing.push(act.hostIf);
         break;
+      case 'disable-ipv6':
+        ipv6Off.add(nsOf(act));
+        break;
+      case 'create-bridge':
+        push(vmAdd, nsOf(act), { cmd: `link add ${act.bridge} type bridge forward_delay 0` });
+        break;
+      case 'set-master':
+        push(vmAdd, nsOf(act), { cmd: `link set ${act.link} master ${act.bridge}` });
+        break;
+      case 'delete-vm-route': {
+        const rt = act.route;
+        const words = ['route del', rt.type, rt.dst, rt.dev ? `dev ${rt.dev}` : '', rt.metric !== undefined ? `metric ${rt.metric}` : '', 'table main'];
+        push(vmAdd, nsOf(act), { cmd: words.filter(Boolean).join(' '), tolerant: true });
+        break;
+      }
       case 'create-veth':
         hostAdd.push({ cmd: `link add ${act.hostIf} type veth peer name ${act.vmIf} netns ${nsOf(act)}` });
         break;
@@ -657,9 +814,6 @@ export async function applyNetActions(layout: NetLayout, actions: readonly NetAc
         if (act.side === 'host') hostDel.push({ cmd: `addr del ${act.cidr} dev ${act.link}`, tolerant: true });
         else push(vmAdd, nsOf(act), { cmd: `addr del ${act.cidr} dev ${act.link}`, tolerant: true });
         break;
-      case 'set-default-route':
-        push(vmAdd, nsOf(act), { cmd: `route replace default via ${act.gateway} dev ${act.link} onlink` });
-        break;
       case 'add-host-route':
         hostAdd.push({ cmd: `route replace ${act.dst} dev ${act.link}` });
         break;
@@ -677,9 +831,24 @@ export async function applyNetActions(layout: NetLayout, actions: readonly NetAc
     if (!/^[A-Za-z0-9 _.:/-]+$/.test(l.cmd)) throw new Error(`refusing ip batch line ${JSON.stringify(l.cmd)}`);
   }
 
-  // VM-side lines in the order the kernel needs: lo, deletions, addresses, links up, routes.
+  // VM-side lines in the order the kernel needs: lo, stray addresses and routes, the bridge, its ports,
+  // links up.
   const rank = (cmd: string): number =>
-    cmd.startsWith('link set lo') ? 0 : cmd.startsWith('addr del') ? 1 : cmd.startsWith('addr') ? 2 : cmd.startsWith('link set') ? 3 : 4;
+    cmd.startsWith('link set lo ')
+      ? 0
+      : cmd.startsWith('addr del')
+        ? 1
+        : cmd.startsWith('route del')
+          ? 2
+          : cmd.startsWith('link add')
+            ? 3
+            : / master /.test(cmd)
+              ? 4
+              : cmd.startsWith('addr')
+                ? 5
+                : cmd.startsWith('link set')
+                  ? 6
+                  : 7;
   const hostRank = (cmd: string): number =>
     cmd.startsWith('link add') ? 0 : cmd.startsWith('link set') ? 1 : cmd.startsWith('addr') ? 2 : 3;
 
@@ -691,7 +860,7 @@ export async function applyNetActions(layout: NetLayout, actions: readonly NetAc
   await runBatch(['ip'], netnsLines);
   if (vanishing.length) await waitLinksGone(layout, vanishing);
   await runBatch(host, stableSort(hostAdd, hostRank));
-  await runNetnsBatches(new Map([...vmAdd].map(([ns, lines]) => [ns, stableSort(lines, rank)])));
+  await runNetnsBatches(new Map([...vmAdd].map(([ns, lines]) => [ns, stableSort(lines, rank)])), ipv6Off);
 }
 
 /**
@@ -734,17 +903,47 @@ export async function reconcileRouteNets(layout: NetLayout, desired: readonly Ro
 
 // ------------------------------------------------------------------------------------------------ tap
 
-/** Create the VM's tap (owned by the VM controller) inside its netns, up. */
+export interface TapSpec {
+  /** The VM netns QEMU runs in (`ip netns exec <netns> qemu ...`). */
+  netns: string;
+  /** The tap's name, for `-netdev tap,ifname=<tap>,script=no,downscript=no`. */
+  tap: string;
+  /** The bridge in the VM netns the tap is a port of (the Route creates it). */
+  bridge: string;
+  /** `ip -n <netns> -batch` lines that create the tap as a port of the bridge, up. */
+  create: string[];
+  /** `ip -n <netns> -batch` lines that remove it. */
+  delete: string[];
+}
+
+/** Pure: where and how the VM's tap lives. Throws when the names cannot be valid. */
+export function tapSpec(prefix: string, vm: string): TapSpec {
+  const n = derivedNames(prefix, vm);
+  return {
+    netns: n.netns,
+    tap: n.tap,
+    bridge: n.bridge,
+    create: [`tuntap add dev ${n.tap} mode tap`, `link set ${n.tap} master ${n.bridge} up`],
+    delete: [`link del ${n.tap}`],
+  };
+}
+
+/**
+ * Create the VM's tap (owned by the VM controller) inside its netns, as a port of the Route's bridge,
+ * up. Fails when the Route's netns or bridge does not exist yet, or the tap exists already.
+ */
 export async function createTap(layout: NetLayout, vm: string): Promise<string> {
-  const n = derivedNames(layout.prefix, vm);
-  await runBatch(['ip', '-n', n.netns], [{ cmd: `tuntap add dev ${n.tap} mode tap` }, { cmd: `link set ${n.tap} up` }]);
-  return n.tap;
+  checkLayout(layout);
+  const t = tapSpec(layout.prefix, vm);
+  await runBatch(['ip', '-n', t.netns], t.create.map((cmd) => ({ cmd })));
+  return t.tap;
 }
 
 /** Remove the VM's tap; fine if it is already gone. */
 export async function deleteTap(layout: NetLayout, vm: string): Promise<void> {
-  const n = derivedNames(layout.prefix, vm);
-  await runBatch(['ip', '-n', n.netns], [{ cmd: `link del ${n.tap}`, tolerant: true }]);
+  checkLayout(layout);
+  const t = tapSpec(layout.prefix, vm);
+  await runBatch(['ip', '-n', t.netns], t.delete.map((cmd) => ({ cmd, tolerant: true })));
 }
 
 /** Names of all netns in /run/netns (one `ip -j netns list`). */

@@ -6,12 +6,14 @@ export interface DerivedNames {
   netns: string;
   hostIf: string;
   vmIf: string;
+  /** The bridge inside the VM netns that the veth's VM end and the tap are ports of. */
+  bridge: string;
   tap: string;
 }
 
 /** Names of the host objects that carry one VM's network. */
 export function derivedNames(prefix: string, vm: string): DerivedNames {
-  return { netns: `${prefix}-${vm}`, hostIf: `${prefix}h-${vm}`, vmIf: `${prefix}v-${vm}`, tap: `${prefix}t-${vm}` };
+  return { netns: `${prefix}-${vm}`, hostIf: `${prefix}h-${vm}`, vmIf: `${prefix}v-${vm}`, bridge: `${prefix}b-${vm}`, tap: `${prefix}t-${vm}` };
 }
 
 /** The longest VM name whose derived names all fit. */
@@ -25,6 +27,6 @@ export function maxVmNameLength(prefix: string): number {
  * not an interface and is shorter than they are, so it is not the one to name in a message.
  */
 export function tooLongDerivedName(prefix: string, vm: string): string | undefined {
-  const { hostIf, vmIf, tap } = derivedNames(prefix, vm);
-  return [hostIf, vmIf, tap].find((n) => Buffer.byteLength(n) > IFNAME_MAX);
+  const { hostIf, vmIf, bridge, tap } = derivedNames(prefix, vm);
+  return [hostIf, vmIf, bridge, tap].find((n) => Buffer.byteLength(n) > IFNAME_MAX);
 }

@@ -11,13 +11,16 @@ import {
   observeRouteNets,
   planRouteNet,
   reconcileRouteNets,
+  tapSpec,
   type NetAction,
   type NetLayout,
+  type ObservedLink,
   type ObservedRouteNet,
   type RouteNet,
 } from '../../src/drivers/netns.ts';
+import type { FieldDiff } from '../../src/controllers/contract.ts';
 import { syncNat } from '../../src/drivers/nft.ts';
-import { createTestHost, ipJson, listAllNetns, tryIn, type TestHost } from '../helpers/hostns.ts';
+import { attachFakeGuest, createTestHost, ipJson, listAllNetns, tryIn, type TestHost } from '../helpers/hostns.ts';
 
 const types = (acts: NetAction[]) => acts.map((a) => a.type);
 
@@ -26,7 +29,8 @@ const types = (acts: NetAction[]) => acts.map((a) => a.type);
 describe('planRouteNet (pure)', () => {
   const layout: NetLayout = { prefix: 'qw' };
   const direct: RouteNet = { vm: 'web', mode: 'direct', address: '10.8.0.2/24', gateway: '10.8.0.1' };
-  const link = (name: string, ifindex: number, peer: number, addresses: string[], up = true) => ({
+  const isolated: RouteNet = { vm: 'web', mode: 'isolated' };
+  const link = (name: string, ifindex: number, peer: number, addresses: string[], up = true): ObservedLink => ({
     name,
     ifindex,
     peerIfindex: peer,
@@ -34,73 +38,192 @@ describe('planRouteNet (pure)', () => {
     up,
     addresses,
   });
+  const bridge = (up = true): ObservedLink => ({ name: 'qwb-web', ifindex: 3, kind: 'bridge', up, addresses: [] });
   const inSync = (): ObservedRouteNet => ({
     vm: 'web',
     netnsExists: true,
     loUp: true,
-    vmIf: link('qwv-web', 2, 7, ['10.8.0.2/24']),
+    loAddresses: [],
+    ipv6Disabled: true,
+    bridge: bridge(),
+    vmIf: { ...link('qwv-web', 2, 7, []), master: 'qwb-web' },
     hostIf: link('qwh-web', 7, 2, ['10.8.0.1/32']),
     paired: true,
-    defaultGateway: '10.8.0.1',
-    defaultDev: 'qwv-web',
+    vmRoutes: [],
     hostRoutes: ['10.8.0.2'],
   });
+  const isolatedInSync = (): ObservedRouteNet => ({
+    vm: 'web',
+    netnsExists: true,
+    loUp: true,
+    loAddresses: [],
+    ipv6Disabled: true,
+    bridge: bridge(),
+    paired: false,
+    vmRoutes: [],
+    hostRoutes: [],
+  });
+  const fields = (d: FieldDiff[]) => d.map((x) => x.field);
 
   test('derived names', () => {
-    assert.deepEqual(derivedNames('qw', 'web'), { netns: 'qw-web', hostIf: 'qwh-web', vmIf: 'qwv-web', tap: 'qwt-web' });
+    assert.deepEqual(derivedNames('qw', 'web'), { netns: 'qw-web', hostIf: 'qwh-web', vmIf: 'qwv-web', bridge: 'qwb-web', tap: 'qwt-web' });
     assert.throws(() => derivedNames('qw', 'a-very-long-vm'), /too long/);
     assert.throws(() => derivedNames('qw', 'Bad;name'), /invalid VM name/);
     assert.doesNotThrow(() => derivedNames('abcd', 'ninechars'));
     assert.doesNotThrow(() => derivedNames('qw', 'elevenchars'));
     assert.throws(() => derivedNames('abcd', 'tenchars10'), /too long/);
+    const t = tapSpec('qw', 'web');
+    assert.deepEqual([t.netns, t.tap, t.bridge], ['qw-web', 'qwt-web', 'qwb-web']);
+    assert.deepEqual(t.create, ['tuntap add dev qwt-web mode tap', 'link set qwt-web master qwb-web up']);
+    assert.throws(() => tapSpec('qw', 'a-very-long-vm'), /too long/);
   });
 
   test('in sync -> empty plan', () => {
     assert.deepEqual(planRouteNet(layout, direct, inSync()), []);
     assert.deepEqual(diffRouteNet(layout, direct, inSync()), []);
+    assert.deepEqual(planRouteNet(layout, isolated, isolatedInSync()), []);
+    assert.deepEqual(diffRouteNet(layout, isolated, isolatedInSync()), []);
   });
 
-  test('nothing there -> full creation in order', () => {
-    assert.deepEqual(types(planRouteNet(layout, direct, undefined)), [
+  test('nothing there -> full creation in order: netns, lo, IPv6 off, bridge, veth enslaved, host side', () => {
+    const acts = planRouteNet(layout, direct, undefined);
+    assert.deepEqual(types(acts), [
       'create-netns',
       'link-up',
+      'disable-ipv6',
+      'create-bridge',
+      'link-up',
       'create-veth',
+      'set-master',
+      'link-up',
       'link-up',
       'add-address',
       'add-host-route',
-      'add-address',
-      'link-up',
-      'set-default-route',
     ]);
-    const acts = planRouteNet(layout, direct, undefined);
     assert.ok(acts.every((a) => a.resource === 'Route/web' && a.describe.length > 0));
-    const hostAddr = acts.find((a) => a.type === 'add-address' && a.side === 'host');
-    assert.equal(hostAddr && 'cidr' in hostAddr ? hostAddr.cidr : '', '10.8.0.1/32');
+    // The only address is the gateway on the host side: the VM netns gets none.
+    const addrs = acts.filter((a) => a.type === 'add-address');
+    assert.deepEqual(addrs.map((a) => (a.type === 'add-address' ? [a.side, a.link, a.cidr] : [])), [['host', 'qwh-web', '10.8.0.1/32']]);
+    const master = acts.find((a) => a.type === 'set-master');
+    assert.deepEqual(master?.type === 'set-master' ? [master.netns, master.link, master.bridge] : [], ['qw-web', 'qwv-web', 'qwb-web']);
+    const ups = acts.filter((a) => a.type === 'link-up').map((a) => (a.type === 'link-up' ? `${a.side}:${a.link}` : ''));
+    assert.deepEqual(ups, ['vm:lo', 'vm:qwb-web', 'vm:qwv-web', 'host:qwh-web']);
   });
 
-  test('isolated -> only the netns with lo up', () => {
-    assert.deepEqual(types(planRouteNet(layout, { vm: 'web', mode: 'isolated' }, undefined)), ['create-netns', 'link-up']);
-    assert.deepEqual(planRouteNet(layout, { vm: 'web', mode: 'isolated' }, { vm: 'web', netnsExists: true, loUp: true, paired: false, hostRoutes: [] }), []);
+  test('isolated -> the netns with lo up, IPv6 off and the bridge, no veth', () => {
+    assert.deepEqual(types(planRouteNet(layout, isolated, undefined)), ['create-netns', 'link-up', 'disable-ipv6', 'create-bridge', 'link-up']);
+    // An isolated netns from before bridges: only the bridge and IPv6 are missing.
+    assert.deepEqual(types(planRouteNet(layout, isolated, { vm: 'web', netnsExists: true, loUp: true, paired: false, hostRoutes: [] })), [
+      'disable-ipv6',
+      'create-bridge',
+      'link-up',
+    ]);
   });
 
-  test('direct -> isolated removes the veth', () => {
-    assert.deepEqual(types(planRouteNet(layout, { vm: 'web', mode: 'isolated' }, inSync())), ['delete-link']);
+  test('direct -> isolated removes the veth, keeps the bridge', () => {
+    assert.deepEqual(types(planRouteNet(layout, isolated, inSync())), ['delete-link']);
+    assert.deepEqual(diffRouteNet(layout, isolated, inSync()).map((d) => [d.field, d.desired, d.actual]), [['veth', '(none)', 'paired']]);
+  });
+
+  test('isolated -> direct adds the veth, enslaved, and the host side', () => {
+    assert.deepEqual(types(planRouteNet(layout, direct, isolatedInSync())), ['create-veth', 'set-master', 'link-up', 'link-up', 'add-address', 'add-host-route']);
   });
 
   test('netns exists but veth missing', () => {
-    const a: ObservedRouteNet = { vm: 'web', netnsExists: true, loUp: true, paired: false, hostRoutes: [] };
+    const a: ObservedRouteNet = { ...isolatedInSync() };
     const t = types(planRouteNet(layout, direct, a));
     assert.equal(t[0], 'create-veth');
-    assert.ok(!t.includes('create-netns'));
-    assert.ok(t.includes('set-default-route') && t.includes('add-host-route'));
+    assert.ok(!t.includes('create-netns') && !t.includes('create-bridge'));
+    assert.ok(t.includes('set-master') && t.includes('add-host-route'));
   });
 
-  test('wrong VM address: remove wrong, add right, set the default route again', () => {
+  test('netns without bridge: create it and enslave the veth again', () => {
     const a = inSync();
-    a.vmIf!.addresses = ['10.8.0.9/24'];
+    delete a.bridge;
+    delete a.vmIf!.master;
+    assert.deepEqual(types(planRouteNet(layout, direct, a)), ['create-bridge', 'link-up', 'set-master']);
+    assert.deepEqual(fields(diffRouteNet(layout, direct, a)), ['bridge', 'vmIf.master']);
+  });
+
+  test('veth not enslaved, or enslaved elsewhere: set the master', () => {
+    const a = inSync();
+    delete a.vmIf!.master;
+    assert.deepEqual(types(planRouteNet(layout, direct, a)), ['set-master']);
+    assert.deepEqual(diffRouteNet(layout, direct, a), [{ field: 'vmIf.master', desired: 'qwb-web', actual: '(none)' }]);
+    const b = inSync();
+    b.vmIf!.master = 'br0';
+    assert.deepEqual(types(planRouteNet(layout, direct, b)), ['set-master']);
+  });
+
+  test('bridge down -> up; a non-bridge under its name is replaced', () => {
+    const a = inSync();
+    a.bridge!.up = false;
     const acts = planRouteNet(layout, direct, a);
-    assert.deepEqual(types(acts), ['delete-address', 'add-address', 'set-default-route']);
-    assert.deepEqual(acts.map((x) => ('cidr' in x ? x.cidr : '')), ['10.8.0.9/24', '10.8.0.2/24', '']);
+    assert.deepEqual(types(acts), ['link-up']);
+    assert.equal(acts[0]!.type === 'link-up' ? acts[0]!.link : '', 'qwb-web');
+    assert.deepEqual(diffRouteNet(layout, direct, a), [{ field: 'bridge', desired: 'up', actual: 'down' }]);
+    const b = inSync();
+    b.bridge = { ...bridge(), kind: 'tun' };
+    assert.deepEqual(types(planRouteNet(layout, direct, b)), ['delete-link', 'create-bridge', 'link-up', 'set-master']);
+  });
+
+  test('IPv6 on (or unknown) -> disabled', () => {
+    const a = inSync();
+    a.ipv6Disabled = false;
+    assert.deepEqual(types(planRouteNet(layout, direct, a)), ['disable-ipv6']);
+    assert.deepEqual(diffRouteNet(layout, direct, a), [{ field: 'ipv6', desired: 'disabled', actual: 'enabled' }]);
+    delete a.ipv6Disabled;
+    assert.deepEqual(types(planRouteNet(layout, direct, a)), ['disable-ipv6']);
+  });
+
+  test('stray addresses on the veth, the bridge and lo are removed', () => {
+    const a = inSync();
+    a.vmIf!.addresses = ['10.8.0.2/24'];
+    a.bridge!.addresses = ['10.8.0.9/24'];
+    a.loAddresses = ['10.8.0.2/32'];
+    const acts = planRouteNet(layout, direct, a);
+    assert.deepEqual(types(acts), ['delete-address', 'delete-address', 'delete-address']);
+    assert.deepEqual(
+      acts.map((x) => (x.type === 'delete-address' ? `${x.side} ${x.link} ${x.cidr}` : '')),
+      ['vm lo 10.8.0.2/32', 'vm qwb-web 10.8.0.9/24', 'vm qwv-web 10.8.0.2/24'],
+    );
+    assert.deepEqual(fields(diffRouteNet(layout, direct, a)), ['vmns.addresses']);
+  });
+
+  test('stray routes in the VM netns are removed; kernel routes and routes on foreign links are not', () => {
+    const a = inSync();
+    a.vmRoutes = [
+      { dst: 'default', dev: 'qwv-web' },
+      { dst: '10.8.0.0/24', dev: 'qwb-web', protocol: 'kernel' },
+      { dst: '10.66.0.0/16', type: 'unreachable' },
+      { dst: '10.77.0.0/16', dev: 'qwt-web' },
+    ];
+    const acts = planRouteNet(layout, direct, a);
+    assert.deepEqual(types(acts), ['delete-vm-route', 'delete-vm-route']);
+    assert.deepEqual(acts.map((x) => (x.type === 'delete-vm-route' ? x.route.dst : '')), ['default', '10.66.0.0/16']);
+    assert.deepEqual(fields(diffRouteNet(layout, direct, a)), ['vmns.routes']);
+  });
+
+  test('a VM netns of the old layout (address and default route on the veth) is converted', () => {
+    const a = inSync();
+    delete a.bridge;
+    delete a.vmIf!.master;
+    delete a.ipv6Disabled;
+    a.vmIf!.addresses = ['10.8.0.2/24'];
+    a.vmRoutes = [
+      { dst: 'default', dev: 'qwv-web' },
+      { dst: '10.8.0.0/24', dev: 'qwv-web', protocol: 'kernel' },
+    ];
+    assert.deepEqual(types(planRouteNet(layout, direct, a)), ['disable-ipv6', 'create-bridge', 'link-up', 'set-master', 'delete-address', 'delete-vm-route']);
+  });
+
+  test('the tap and other bridge ports are left alone', () => {
+    const a = inSync();
+    a.tap = { name: 'qwt-web', up: false };
+    a.vmRoutes = [{ dst: '192.168.9.0/24', dev: 'qwg-web' }];
+    assert.deepEqual(planRouteNet(layout, direct, a), []);
+    assert.deepEqual(diffRouteNet(layout, direct, a), []);
+    assert.deepEqual(planRouteNet(layout, isolated, { ...isolatedInSync(), tap: { name: 'qwt-web', up: true, master: 'qwb-web' } }), []);
   });
 
   test('links down', () => {
@@ -108,42 +231,44 @@ describe('planRouteNet (pure)', () => {
     a.vmIf!.up = false;
     a.hostIf!.up = false;
     a.loUp = false;
-    assert.deepEqual(types(planRouteNet(layout, direct, a)), ['link-up', 'link-up', 'link-up', 'set-default-route']);
-  });
-
-  test('default route missing or wrong', () => {
-    const a = inSync();
-    delete a.defaultGateway;
-    delete a.defaultDev;
-    assert.deepEqual(types(planRouteNet(layout, direct, a)), ['set-default-route']);
-    const b = inSync();
-    b.defaultGateway = '10.8.0.254';
-    assert.deepEqual(types(planRouteNet(layout, direct, b)), ['set-default-route']);
+    const acts = planRouteNet(layout, direct, a);
+    assert.deepEqual(types(acts), ['link-up', 'link-up', 'link-up']);
+    assert.deepEqual(acts.map((x) => (x.type === 'link-up' ? x.link : '')), ['lo', 'qwv-web', 'qwh-web']);
   });
 
   test('host route missing, stale host route removed', () => {
     const a = inSync();
     a.hostRoutes = ['10.8.0.7'];
     assert.deepEqual(types(planRouteNet(layout, direct, a)), ['delete-host-route', 'add-host-route']);
+    const b = inSync();
+    b.hostRoutes = [];
+    assert.deepEqual(types(planRouteNet(layout, direct, b)), ['add-host-route']);
+  });
+
+  test('wrong host address: remove wrong, add right, route again', () => {
+    const a = inSync();
+    a.hostIf!.addresses = ['10.8.0.254/32'];
+    assert.deepEqual(types(planRouteNet(layout, direct, a)), ['delete-address', 'add-address', 'add-host-route']);
   });
 
   test('host-side veth left over without netns', () => {
     const a: ObservedRouteNet = { vm: 'web', netnsExists: false, hostIf: link('qwh-web', 7, 2, []), paired: false, hostRoutes: [] };
     const t = types(planRouteNet(layout, direct, a));
-    assert.deepEqual(t.slice(0, 4), ['create-netns', 'link-up', 'delete-link', 'create-veth']);
+    assert.deepEqual(t.slice(0, 7), ['create-netns', 'link-up', 'disable-ipv6', 'create-bridge', 'link-up', 'delete-link', 'create-veth']);
     // Not declared: only the leftover goes.
     assert.deepEqual(types(planRouteNet(layout, undefined, a)), ['delete-link']);
   });
 
-  test('unpaired veth ends are replaced', () => {
+  test('unpaired veth ends are replaced, and the new VM end enslaved', () => {
     const a = inSync();
     a.paired = false;
+    a.vmIf!.addresses = ['10.8.0.2/24']; // goes with the link: no delete-address
     const t = types(planRouteNet(layout, direct, a));
-    assert.deepEqual(t.slice(0, 3), ['delete-link', 'delete-link', 'create-veth']);
+    assert.deepEqual(t, ['delete-link', 'delete-link', 'create-veth', 'set-master', 'link-up', 'link-up', 'add-address', 'add-host-route']);
   });
 
   test('delete removes host link and netns; nothing when absent', () => {
-    // Paired: deleting the netns takes the veth with it; apply waits for the host end to vanish.
+    // Paired: deleting the netns takes the veth (and bridge and tap) with it; apply waits for the host end.
     const del = planRouteNet(layout, undefined, inSync());
     assert.deepEqual(types(del), ['delete-netns']);
     assert.equal(del[0]!.type === 'delete-netns' ? del[0]!.hostIf : '', 'qwh-web');
@@ -165,7 +290,12 @@ describe('netns driver on a test host', () => {
   let layout: NetLayout;
   const web: RouteNet = { vm: 'web', mode: 'direct', address: '10.8.0.2/24', gateway: '10.8.0.1' };
   const vault: RouteNet = { vm: 'vault', mode: 'isolated' };
-  const ping = (ns: string, addr: string) => tryIn(ns, ['busybox', 'ping', '-c1', '-W2', addr]);
+  const ping = (ns: string, addr: string, wait = 2) => tryIn(ns, ['busybox', 'ping', '-c1', `-W${wait}`, addr]);
+  // The guests: a fake one per VM, on the Route's bridge, owning the VM's address.
+  const guest = (vm: string, cidr: string, gw: string) => attachFakeGuest(th.prefix, vm, cidr, gw);
+  const webGuest = () => guest('web', '10.8.0.2/24', '10.8.0.1');
+  const inet = (addrs: { family: string; local: string; prefixlen: number }[]) =>
+    addrs.filter((a) => a.family === 'inet' || a.family === 'inet6').map((a) => `${a.local}/${a.prefixlen}`);
 
   async function planAll(desired: RouteNet[]): Promise<NetAction[]> {
     const actual = await observeRouteNets(layout);
@@ -176,6 +306,26 @@ describe('netns driver on a test host', () => {
   }
   async function apply(desired: RouteNet[]): Promise<void> {
     await applyNetActions(layout, await planAll(desired));
+  }
+  /** The VM netns as the kernel shows it: a bridge, its ports, and no address or route at all. */
+  async function checkCable(vm: string, ports: string[]): Promise<void> {
+    const n = derivedNames(th.prefix, vm);
+    const links = await ipJson(n.netns, ['-d', 'addr', 'show']);
+    const lo = links.find((l) => l.ifname === 'lo');
+    assert.ok(lo?.flags.includes('UP'), 'lo up');
+    assert.deepEqual(inet(lo.addr_info), ['127.0.0.1/8'], 'lo has only its loopback address (no ::1: IPv6 is off)');
+    const br = links.find((l) => l.ifname === n.bridge);
+    assert.equal(br?.linkinfo?.info_kind, 'bridge');
+    assert.ok(br.flags.includes('UP'), 'bridge up');
+    const enslaved = links.filter((l) => l.master === n.bridge).map((l) => l.ifname).sort();
+    assert.deepEqual(enslaved, [...ports].sort(), 'bridge ports');
+    for (const l of links.filter((x) => x.ifname !== 'lo')) {
+      assert.deepEqual(inet(l.addr_info ?? []), [], `no address on ${l.ifname} (IPv6 link-local included)`);
+      if (ports.includes(l.ifname)) assert.ok(l.flags.includes('UP'), `${l.ifname} up`);
+    }
+    assert.deepEqual(await ipJson(n.netns, ['route', 'show', 'table', 'all']).then((r) => r.filter((x) => x.table !== 'local')), [], 'no route');
+    const sysctl = await tryIn(n.netns, ['cat', '/proc/sys/net/ipv6/conf/all/disable_ipv6', '/proc/sys/net/ipv6/conf/default/disable_ipv6']);
+    assert.equal(sysctl.stdout.trim().split(/\s+/).join(','), '1,1', 'IPv6 disabled');
   }
 
   before(async () => {
@@ -203,18 +353,15 @@ describe('netns driver on a test host', () => {
     const hostRoutes = await ipJson(th.hostNs, ['route', 'show']);
     assert.ok(hostRoutes.some((r) => r.dst === '10.8.0.2' && r.dev === w.hostIf), 'host route to the VM');
 
-    const vmLinks = await ipJson(w.netns, ['addr', 'show']);
-    const vw = vmLinks.find((l) => l.ifname === w.vmIf);
-    assert.ok(vw && vw.flags.includes('UP'));
-    assert.deepEqual(vw.addr_info.filter((a: any) => a.family === 'inet').map((a: any) => `${a.local}/${a.prefixlen}`), ['10.8.0.2/24']);
-    assert.ok(vmLinks.find((l) => l.ifname === 'lo').flags.includes('UP'));
-    const vmRoutes = await ipJson(w.netns, ['route', 'show']);
-    assert.ok(vmRoutes.some((r) => r.dst === 'default' && r.gateway === '10.8.0.1' && r.dev === w.vmIf));
+    // The VM netns is a cable: the veth's VM end on the bridge, no address, no route.
+    await checkCable('web', [w.vmIf]);
+    const vw = (await ipJson(w.netns, ['-d', 'link', 'show', w.vmIf]))[0];
+    assert.equal(vw.linkinfo.info_kind, 'veth');
+    assert.equal(vw.master, w.bridge);
 
-    const isoLinks = await ipJson(v.netns, ['link', 'show']);
-    assert.deepEqual(isoLinks.map((l) => l.ifname), ['lo']);
-    assert.ok(isoLinks[0].flags.includes('UP'));
-    assert.deepEqual(await ipJson(v.netns, ['route', 'show']), []);
+    // Isolated: lo and the bridge, nothing else.
+    await checkCable('vault', []);
+    assert.deepEqual((await ipJson(v.netns, ['link', 'show'])).map((l) => l.ifname), ['lo', v.bridge]);
 
     // The host netns must not have been used for anything but its own links.
     assert.ok(!(await listAllNetns()).some((n) => n.startsWith(`${th.prefix}-`) && n !== w.netns && n !== v.netns));
@@ -223,18 +370,34 @@ describe('netns driver on a test host', () => {
   test('observe -> plan is empty (in sync)', async () => {
     const obs = await observeRouteNets(layout);
     assert.deepEqual([...obs.keys()].sort(), ['vault', 'web']);
-    assert.equal(obs.get('web')!.paired, true);
-    assert.deepEqual(obs.get('web')!.vmIf!.addresses, ['10.8.0.2/24']);
+    const w = obs.get('web')!;
+    assert.equal(w.paired, true);
+    assert.equal(w.ipv6Disabled, true);
+    assert.equal(w.bridge?.kind, 'bridge');
+    assert.equal(w.vmIf?.master, derivedNames(th.prefix, 'web').bridge);
+    assert.deepEqual(w.vmIf!.addresses, []);
+    assert.deepEqual(w.vmRoutes, []);
     assert.deepEqual(planRouteNet(layout, web, obs.get('web')), []);
     assert.deepEqual(planRouteNet(layout, vault, obs.get('vault')), []);
     assert.deepEqual(await planAll([web, vault]), []);
+    // Scoped observe looks only into the VM netns asked for (the host side is always read whole).
+    const scoped = await observeRouteNets(layout, ['vault']);
+    assert.equal(scoped.get('vault')?.bridge?.kind, 'bridge');
+    assert.equal(scoped.get('web')?.bridge, undefined);
+    assert.ok(scoped.get('web')?.hostIf);
   });
 
-  test('connectivity: direct reaches the internet through NAT, isolated does not', async () => {
-    const w = derivedNames(th.prefix, 'web');
-    const v = derivedNames(th.prefix, 'vault');
-    // The host side reaches the VM over its veth.
-    assert.equal((await ping(th.hostNs, '10.8.0.2')).exitCode, 0, 'host -> VM');
+  test('connectivity from fake guests: direct reaches the internet through NAT, isolated nothing, host reaches the guest', async () => {
+    const wg = await webGuest();
+    const vg = await guest('vault', '10.8.0.5/24', '10.8.0.1');
+    assert.ok(!wg.startsWith(`${th.prefix}-`) && !vg.startsWith(`${th.prefix}-`));
+    // The fake guests' bridge ports are not the Route's: still in sync, and the ports stay.
+    assert.deepEqual(await planAll([web, vault]), []);
+    await checkCable('web', [derivedNames(th.prefix, 'web').vmIf, `${th.prefix}g-web`]);
+    await checkCable('vault', [`${th.prefix}g-vault`]);
+
+    // The host side reaches the guest across the veth and the bridge.
+    assert.equal((await ping(th.hostNs, '10.8.0.2')).exitCode, 0, 'host -> guest');
     // Count what the internet sees, by source address.
     const counters = `table ip seen {
   chain input {
@@ -255,61 +418,100 @@ describe('netns driver on a test host', () => {
 
     const nat = { ...layout, uplink: th.uplink };
     await syncNat(nat, [{ resource: 'Route/web', ip: '10.8.0.2' }]);
-    const ok = await ping(w.netns, th.internetAddr);
-    assert.equal(ok.exitCode, 0, `direct VM pings the internet: ${ok.stdout} ${ok.stderr}`);
+    const ok = await ping(wg, th.internetAddr);
+    assert.equal(ok.exitCode, 0, `direct guest pings the internet: ${ok.stdout} ${ok.stderr}`);
     let c = await seen();
     assert.ok(c.uplink >= 1, 'the internet saw the uplink address (masquerade)');
     assert.equal(c.vm, 0, 'the internet never saw a VM address');
 
-    const bad = await ping(v.netns, th.internetAddr);
-    assert.notEqual(bad.exitCode, 0, 'isolated VM cannot reach anything');
-    assert.match(bad.stderr + bad.stdout, /unreachable|No route/i);
+    assert.notEqual((await ping(vg, th.internetAddr, 1)).exitCode, 0, 'isolated guest cannot reach the internet');
+    assert.notEqual((await ping(vg, '10.8.0.1', 1)).exitCode, 0, 'nor the gateway');
+    assert.notEqual((await ping(vg, '10.8.0.2', 1)).exitCode, 0, 'nor another VM');
+    assert.notEqual((await ping(th.hostNs, '10.8.0.5', 1)).exitCode, 0, 'and the host cannot reach it');
 
-    // Forwarding stays on, NAT goes: the VM's packet arrives with its own address and gets no answer.
+    // Forwarding stays on, NAT goes: the guest's packet arrives with its own address and gets no answer.
     await syncNat(nat, []);
-    assert.notEqual((await ping(w.netns, th.internetAddr)).exitCode, 0, 'no NAT -> no reply');
+    assert.notEqual((await ping(wg, th.internetAddr)).exitCode, 0, 'no NAT -> no reply');
     c = await seen();
     assert.ok(c.vm >= 1, 'without NAT the internet sees the VM address');
 
     await syncNat(nat, [{ resource: 'Route/web', ip: '10.8.0.2' }]);
-    assert.equal((await ping(w.netns, th.internetAddr)).exitCode, 0);
+    assert.equal((await ping(wg, th.internetAddr)).exitCode, 0);
   });
 
   test('broken by hand: netns deleted -> repaired', async () => {
     const w = derivedNames(th.prefix, 'web');
     assert.equal((await tryIn(undefined, ['ip', 'netns', 'del', w.netns])).exitCode, 0);
     const acts = await planAll([web, vault]);
-    assert.ok(types(acts).includes('create-netns'), types(acts).join(','));
-    assert.ok(types(acts).includes('create-veth'));
+    for (const t of ['create-netns', 'disable-ipv6', 'create-bridge', 'create-veth', 'set-master'] as const) assert.ok(types(acts).includes(t), `${t} in ${types(acts).join(',')}`);
     await applyNetActions(layout, acts);
     assert.deepEqual(await planAll([web, vault]), []);
-    assert.equal((await ping(w.netns, th.internetAddr)).exitCode, 0, 'connectivity is back');
+    await checkCable('web', [w.vmIf]);
+    // The guest's cable went with the netns: plug it in again.
+    assert.equal((await ping(await webGuest(), th.internetAddr)).exitCode, 0, 'connectivity is back');
   });
 
-  test('broken by hand: wrong address, links down, routes gone -> repaired', async () => {
+  test('broken by hand: veth released, stray addresses and routes, links down, IPv6 on -> repaired', async () => {
     const w = derivedNames(th.prefix, 'web');
-    const r1 = await tryIn(undefined, ['ip', '-n', w.netns, '-batch', '-'], `addr flush dev ${w.vmIf}\naddr add 10.8.0.9/24 dev ${w.vmIf}\n`);
-    assert.equal(r1.exitCode, 0, r1.stderr);
-    let acts = await planAll([web, vault]);
-    assert.deepEqual(types(acts), ['delete-address', 'add-address', 'set-default-route']);
-    await applyNetActions(layout, acts);
-    assert.deepEqual(await planAll([web, vault]), []);
+    const port = `${th.prefix}g-web`;
+    const wg = `${th.prefix}_gweb`;
+    const ipVm = (script: string) => tryIn(undefined, ['ip', '-n', w.netns, '-batch', '-'], script);
+    const heal = async (expected: string[]) => {
+      const acts = await planAll([web, vault]);
+      assert.deepEqual(types(acts).sort(), [...expected].sort());
+      await applyNetActions(layout, acts);
+      assert.deepEqual(await planAll([web, vault]), []);
+    };
 
-    const r2 = await tryIn(undefined, ['ip', '-n', w.netns, 'link', 'set', w.vmIf, 'down']);
-    const r3 = await tryIn(undefined, ['ip', '-n', th.hostNs, 'link', 'set', w.hostIf, 'down']);
-    assert.equal(r2.exitCode + r3.exitCode, 0);
-    acts = await planAll([web, vault]);
-    assert.ok(acts.filter((a) => a.type === 'link-up').length === 2, types(acts).join(','));
-    await applyNetActions(layout, acts);
-    assert.deepEqual(await planAll([web, vault]), []);
+    // Released from the bridge: the guest is cut off.
+    let r = await ipVm(`link set ${w.vmIf} nomaster\n`);
+    assert.equal(r.exitCode, 0, r.stderr);
+    assert.notEqual((await ping(wg, th.internetAddr, 1)).exitCode, 0, 'cut off');
+    await heal(['set-master']);
+    assert.equal((await ping(wg, th.internetAddr)).exitCode, 0);
 
-    await tryIn(undefined, ['ip', '-n', w.netns, 'route', 'del', 'default']);
+    // The old layout's address and default route, plus an address on the bridge and on lo, a blackhole.
+    r = await ipVm(
+      [
+        `addr add 10.8.0.2/24 dev ${w.vmIf}`,
+        `route add default via 10.8.0.1 dev ${w.vmIf}`,
+        `addr add 10.8.0.9/24 dev ${w.bridge}`,
+        'addr add 10.8.0.77/32 dev lo',
+        'route add blackhole 10.66.0.0/16',
+      ].join('\n') + '\n',
+    );
+    assert.equal(r.exitCode, 0, r.stderr);
+    const obs = (await observeRouteNets(layout, ['web'])).get('web')!;
+    assert.deepEqual(
+      diffRouteNet(layout, web, obs).map((d) => d.field),
+      ['vmns.addresses', 'vmns.routes'],
+    );
+    await heal(['delete-address', 'delete-address', 'delete-address', 'delete-vm-route', 'delete-vm-route']);
+    await checkCable('web', [w.vmIf, port]);
+
+    // Bridge down, veth ends down (the kernel drops the host route with its link).
+    r = await ipVm(`link set ${w.bridge} down\nlink set ${w.vmIf} down\n`);
+    const r2 = await tryIn(undefined, ['ip', '-n', th.hostNs, 'link', 'set', w.hostIf, 'down']);
+    assert.equal(r.exitCode + r2.exitCode, 0);
+    await heal(['link-up', 'link-up', 'link-up', 'add-host-route']);
+    assert.equal((await ping(wg, th.internetAddr)).exitCode, 0);
+
+    // Host route gone.
     await tryIn(undefined, ['ip', '-n', th.hostNs, 'route', 'del', '10.8.0.2', 'dev', w.hostIf]);
-    acts = await planAll([web, vault]);
-    assert.deepEqual(types(acts).sort(), ['add-host-route', 'set-default-route']);
-    await applyNetActions(layout, acts);
-    assert.deepEqual(await planAll([web, vault]), []);
-    assert.equal((await ping(w.netns, th.internetAddr)).exitCode, 0);
+    await heal(['add-host-route']);
+
+    // IPv6 on again.
+    r = await tryIn(w.netns, ['sh', '-c', 'echo 0 > /proc/sys/net/ipv6/conf/all/disable_ipv6']);
+    assert.equal(r.exitCode, 0, r.stderr);
+    await heal(['disable-ipv6']);
+
+    // A non-bridge under the bridge's name (bridge deleted and replaced by hand): the guest's port is
+    // released by the deletion and the tool does not re-plug it, but the veth is enslaved again.
+    r = await ipVm(`link del ${w.bridge}\ntuntap add dev ${w.bridge} mode tun\n`);
+    assert.equal(r.exitCode, 0, r.stderr);
+    await heal(['delete-link', 'create-bridge', 'link-up', 'set-master']);
+    await checkCable('web', [w.vmIf]);
+    assert.equal((await ping(await webGuest(), th.internetAddr)).exitCode, 0);
   });
 
   test('leftover host-side link without netns is replaced / pruned', async () => {
@@ -328,20 +530,33 @@ describe('netns driver on a test host', () => {
     const ghost: RouteNet = { vm: 'ghost', mode: 'direct', address: '10.8.1.2/24', gateway: '10.8.1.1' };
     await apply([web, vault, ghost]);
     assert.deepEqual(await planAll([web, vault, ghost]), []);
+    await guest('ghost', '10.8.1.2/24', '10.8.1.1');
     assert.equal((await ping(th.hostNs, '10.8.1.2')).exitCode, 0);
   });
 
-  test('tap helper: the VM controller\'s tap lives in the VM netns and is left alone by plan', async () => {
+  test('tap helper: the VM controller\'s tap is a port of the bridge, and is left alone by plan', async () => {
+    for (const [vm, desired] of [['vault', vault], ['web', web]] as const) {
+      const n = derivedNames(th.prefix, vm);
+      assert.equal(await createTap(layout, vm), n.tap);
+      const tap = (await ipJson(n.netns, ['-d', 'link', 'show', n.tap]))[0];
+      assert.equal(tap.linkinfo.info_kind, 'tun');
+      assert.ok(tap.flags.includes('UP'));
+      assert.equal(tap.master, n.bridge);
+      const obs = await observeRouteNets(layout, [vm]);
+      assert.deepEqual(obs.get(vm)?.tap, { name: n.tap, up: true, master: n.bridge });
+      assert.deepEqual(planRouteNet(layout, desired, obs.get(vm)), []);
+    }
+    // Even when it is down and has an address: the tap is not the Route's.
     const v = derivedNames(th.prefix, 'vault');
-    assert.equal(await createTap(layout, 'vault'), v.tap);
-    const links = await ipJson(v.netns, ['link', 'show']);
-    assert.ok(links.some((l) => l.ifname === v.tap && l.flags.includes('UP')));
-    const obs = await observeRouteNets(layout);
-    assert.deepEqual(obs.get('vault')?.tap, { name: v.tap, up: true });
-    assert.deepEqual(planRouteNet(layout, vault, obs.get('vault')), []);
-    await deleteTap(layout, 'vault');
-    await deleteTap(layout, 'vault'); // already gone: fine
-    assert.ok(!(await ipJson(v.netns, ['link', 'show'])).some((l) => l.ifname === v.tap));
+    await tryIn(undefined, ['ip', '-n', v.netns, 'link', 'set', v.tap, 'down']);
+    assert.deepEqual(await planAll([web, vault, { vm: 'ghost', mode: 'direct', address: '10.8.1.2/24', gateway: '10.8.1.1' }]), []);
+    await assert.rejects(createTap(layout, 'nosuchvm'), /nosuchvm|Cannot open network namespace|No such file/);
+    for (const vm of ['vault', 'web']) {
+      const n = derivedNames(th.prefix, vm);
+      await deleteTap(layout, vm);
+      await deleteTap(layout, vm); // already gone: fine
+      assert.ok(!(await ipJson(n.netns, ['link', 'show'])).some((l) => l.ifname === n.tap));
+    }
   });
 
   test('delete a route -> nothing with its names remains', async () => {
@@ -363,7 +578,7 @@ describe('netns driver on a test host', () => {
       Array.from({ length: count }, (_, i) => ({
         vm: `m${from + i}`,
         mode: 'direct' as const,
-        // Qubes-style: every VM on its own veth, all behind the same gateway address.
+        // Qubes-style: every VM on its own veth and bridge, all behind the same gateway address.
         address: `10.9.0.${from + i + 2}/24`,
         gateway: '10.9.0.1',
       }));
@@ -384,8 +599,10 @@ describe('netns driver on a test host', () => {
     for (const d of twenty) assert.deepEqual(planRouteNet(layout, d, obs.get(d.vm)), []);
     // The shared gateway works for each VM on its own veth: two of them reach the internet through NAT.
     await syncNat({ ...layout, uplink: th.uplink }, twenty.map((d) => ({ resource: `Route/${d.vm}`, ip: d.address!.split('/')[0]! })));
-    for (const vm of ['m0', 'm19']) assert.equal((await ping(derivedNames(th.prefix, vm).netns, th.internetAddr)).exitCode, 0, vm);
-    assert.equal((await ping(th.hostNs, '10.9.0.12')).exitCode, 0, 'host reaches m10 over its own veth');
+    for (const d of [twenty[0]!, twenty[10]!, twenty[19]!]) await guest(d.vm, d.address!, d.gateway!);
+    for (const vm of ['m0', 'm19']) assert.equal((await ping(`${th.prefix}_g${vm}`, th.internetAddr)).exitCode, 0, vm);
+    assert.equal((await ping(th.hostNs, '10.9.0.12')).exitCode, 0, 'host reaches m10\'s guest over its own veth');
+    assert.deepEqual(planRouteNet(layout, twenty[10]!, (await observeRouteNets(layout, ['m10'])).get('m10')), [], 'guest port ignored');
 
     // 50 routes from scratch (20 -> 70), then a no-op pass, then deletion of the 50.
     const fifty = many(50, 20);

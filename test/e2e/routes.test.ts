@@ -3,12 +3,29 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { rm } from 'node:fs/promises';
-import { ipJson, listAllNetns, tryIn } from '../helpers/hostns.ts';
+import { attachFakeGuest, ipJson, listAllNetns, tryIn } from '../helpers/hostns.ts';
 import { Store } from '../../src/store/store.ts';
 import { createSandbox, route, until, type Sandbox } from './harness.ts';
 
 const netnsOf = async (sb: Sandbox) => (await listAllNetns()).filter((n) => n.startsWith(`${sb.host.prefix}-`)).sort();
 const hostLinks = async (sb: Sandbox) => (await ipJson<{ ifname: string }>(sb.host.hostNs, ['link', 'show'])).map((l) => l.ifname).filter((n) => n.startsWith(`${sb.host.prefix}h-`)).sort();
+type IpLink = { ifname: string; flags: string[]; master?: string; linkinfo?: { info_kind?: string }; addr_info: { family: string; local: string }[] };
+/** The VM netns is the guest's cable: bridge `Pb-vm` up with exactly `ports` (names without the prefix
+ * letter: 'v' = the veth), no address anywhere but lo's 127.0.0.1, no route. */
+async function assertCable(sb: Sandbox, vm: string, ports: string[]): Promise<void> {
+  const p = sb.host.prefix;
+  const ns = `${p}-${vm}`;
+  const links = await ipJson<IpLink>(ns, ['-d', 'addr', 'show']);
+  const br = links.find((l) => l.ifname === `${p}b-${vm}`);
+  assert.equal(br?.linkinfo?.info_kind, 'bridge', `bridge in ${ns}`);
+  assert.ok(br!.flags.includes('UP'));
+  assert.deepEqual(links.filter((l) => l.master === br!.ifname).map((l) => l.ifname).sort(), ports.map((x) => `${p}${x}-${vm}`).sort());
+  const addrs = links.flatMap((l) => l.addr_info.filter((a) => a.family === 'inet' || a.family === 'inet6').map((a) => `${l.ifname} ${a.local}`));
+  assert.deepEqual(addrs, ['lo 127.0.0.1'], `no address in ${ns}`);
+  assert.deepEqual(await ipJson(ns, ['route', 'show']), [], `no route in ${ns}`);
+}
+const ping = (ns: string, addr: string, wait = 2) => tryIn(ns, ['busybox', 'ping', '-c1', `-W${wait}`, addr]);
+
 async function natRules(sb: Sandbox): Promise<string[]> {
   const r = await tryIn(sb.host.hostNs, ['nft', '-j', 'list', 'table', 'ip', `${sb.host.prefix}_qwamos`]);
   if (r.exitCode !== 0) return [];
@@ -32,7 +49,7 @@ describe('apply, dry-run, diff and delete', () => {
     assert.equal(await store.getResource('Route', 'dev'), undefined);
   });
 
-  test('apply creates the netns, veth, addresses, routes and NAT the host shows', async () => {
+  test('apply creates the netns, bridge, veth, host address and route, and NAT the host shows', async () => {
     const dev = await sb.manifest('dev.yaml', route('dev', 'direct', '10.8.0.4/24'));
     const iso = await sb.manifest('sandbox.yaml', route('sandbox', 'isolated', '10.8.0.5/24'));
     const r = await sb.qwamos(['apply', '-f', dev, '-f', iso]);
@@ -41,17 +58,26 @@ describe('apply, dry-run, diff and delete', () => {
     assert.match(r.stdout, /^Route\/sandbox created$/m);
     const p = sb.host.prefix;
     assert.deepEqual(await netnsOf(sb), [`${p}-dev`, `${p}-sandbox`]);
-    const vmAddr = await ipJson<{ ifname: string; addr_info: { local: string; prefixlen: number }[] }>(`${p}-dev`, ['addr', 'show', `${p}v-dev`]);
-    assert.deepEqual(vmAddr[0]!.addr_info.filter((a) => a.local.includes('.')).map((a) => `${a.local}/${a.prefixlen}`), ['10.8.0.4/24']);
-    const routes = await ipJson<{ dst: string; gateway?: string }>(`${p}-dev`, ['route', 'show', 'default']);
-    assert.equal(routes[0]?.gateway, '10.8.0.1');
+    // The VM netns holds no address: the veth's VM end is a port of the bridge the guest's tap joins.
+    await assertCable(sb, 'dev', ['v']);
+    const hostSide = await ipJson<IpLink>(sb.host.hostNs, ['addr', 'show', `${p}h-dev`]);
+    assert.deepEqual(hostSide[0]!.addr_info.filter((a) => a.family === 'inet').map((a) => a.local), ['10.8.0.1']);
+    const hostRoutes = await ipJson<{ dst: string; dev: string }>(sb.host.hostNs, ['route', 'show', 'dev', `${p}h-dev`]);
+    assert.deepEqual(hostRoutes.map((r) => r.dst), ['10.8.0.4']);
     assert.deepEqual(await hostLinks(sb), [`${p}h-dev`], 'isolated routes get no veth');
     const sandboxLinks = (await ipJson<{ ifname: string }>(`${p}-sandbox`, ['link', 'show'])).map((l) => l.ifname);
-    assert.deepEqual(sandboxLinks, ['lo']);
+    assert.deepEqual(sandboxLinks, ['lo', `${p}b-sandbox`]);
+    await assertCable(sb, 'sandbox', []);
     assert.deepEqual(await natRules(sb), ['Route/dev']);
-    // Traffic: the direct VM reaches the "internet"; the isolated one reaches nothing.
-    assert.equal((await tryIn(`${p}-dev`, ['busybox', 'ping', '-c1', '-W2', sb.host.internetAddr])).exitCode, 0);
-    assert.notEqual((await tryIn(`${p}-sandbox`, ['busybox', 'ping', '-c1', '-W1', sb.host.internetAddr])).exitCode, 0);
+    // Traffic, from fake guests on the bridges (they own the VM addresses, as QEMU's guest will): the
+    // direct one reaches the "internet" and the host reaches it; the isolated one reaches nothing.
+    const devGuest = await attachFakeGuest(p, 'dev', '10.8.0.4/24', '10.8.0.1');
+    const sandboxGuest = await attachFakeGuest(p, 'sandbox', '10.8.0.5/24', '10.8.0.1');
+    assert.equal((await ping(devGuest, sb.host.internetAddr)).exitCode, 0);
+    assert.equal((await ping(sb.host.hostNs, '10.8.0.4')).exitCode, 0, 'host -> guest');
+    assert.notEqual((await ping(sandboxGuest, sb.host.internetAddr, 1)).exitCode, 0);
+    assert.notEqual((await ping(sandboxGuest, '10.8.0.1', 1)).exitCode, 0);
+    assert.equal((await sb.qwamos(['diff', '-f', dev, '-f', iso])).exitCode, 0, 'the guests\' bridge ports are not drift');
 
     const again = await sb.qwamos(['apply', '-f', dev, '-f', iso]);
     assert.match(again.stdout, /^Route\/dev unchanged$/m);
@@ -156,7 +182,9 @@ describe('the controller daemon', () => {
     const healed = (await store.listDrift({ resource: 'Route/dev' })).find((d) => d.field === 'netns')!;
     assert.equal(healed.desired, ns);
     assert.equal(healed.actual, '(none)');
-    assert.equal((await tryIn(ns, ['busybox', 'ping', '-c1', '-W2', sb.host.internetAddr])).exitCode, 0, 'healed route works');
+    await assertCable(sb, 'dev', ['v']);
+    const guest = await attachFakeGuest(sb.host.prefix, 'dev', '10.8.0.4/24', '10.8.0.1');
+    assert.equal((await ping(guest, sb.host.internetAddr)).exitCode, 0, 'healed route works');
   });
 
   test('driftPolicy warn reports drift without healing it', async () => {
@@ -220,10 +248,13 @@ describe('kill -9 of the daemon mid-apply', () => {
     const direct = names.filter((_, i) => i % 3 !== 0);
     assert.deepEqual(await hostLinks(sb), direct.map((n) => `${p}h-${n}`).sort());
     assert.deepEqual(await natRules(sb), direct.map((n) => `Route/${n}`).sort());
+    for (const [i, n] of names.entries()) await assertCable(sb, n, i % 3 === 0 ? [] : ['v']);
+    // One host address and one host route per direct route, none twice.
+    const hostAddrs = await ipJson<IpLink>(sb.host.hostNs, ['addr', 'show']);
     for (const [i, n] of names.entries()) {
       if (i % 3 === 0) continue;
-      const addrs = await ipJson<{ addr_info: { local: string; family: string }[] }>(`${p}-${n}`, ['addr', 'show', `${p}v-${n}`]);
-      assert.deepEqual(addrs[0]!.addr_info.filter((a) => a.family === 'inet').map((a) => a.local), [`10.9.${i}.2`], `one address on ${n}`);
+      const h = hostAddrs.find((l) => l.ifname === `${p}h-${n}`)!;
+      assert.deepEqual(h.addr_info.filter((a) => a.family === 'inet').map((a) => a.local), [`10.9.${i}.1`], `one address on ${p}h-${n}`);
     }
   });
 });

@@ -5,7 +5,9 @@
 //        |  veth
 //   host netns      <prefix>_host   <prefix>up 203.0.113.2/24, default via 203.0.113.1
 //        |  veths created by the code under test
-//   VM netns        <prefix>-<vm>
+//   VM netns        <prefix>-<vm>   bridge <prefix>b-<vm>, no address (the Route's "cable")
+//        |  veth <prefix>g-<vm> (bridge port) <-> eth0, made by attachFakeGuest()
+//   guest netns     <prefix>_g<vm>  eth0 = the VM's address, default via the gateway: plays the guest
 //
 // Every name starts with a prefix unique to the call ('t' + 3 base36 chars); cleanup() deletes every
 // netns named `<prefix>`, `<prefix>-*` or `<prefix>_*` (VM netns the code created included). A registry
@@ -164,6 +166,38 @@ export async function tryIn(netns: string | undefined, argv: string[], input?: s
 export async function ipJson<T = any>(netns: string | undefined, args: string[]): Promise<T[]> {
   const out = await sh(['ip', '-j', ...(netns ? ['-n', netns] : []), ...args]);
   return out.trim() ? (JSON.parse(out) as T[]) : [];
+}
+
+/**
+ * Plays a VM's guest: netns `<prefix>_g<vm>` (removed by cleanup(); not `<prefix>-*`, so qwamos never
+ * takes it for a VM netns) with `eth0` = `cidr`, default route via `gateway`, cabled by a veth to the
+ * Route's bridge `<prefix>b-<vm>` in the VM netns (port `<prefix>g-<vm>`, a name the Route does not own).
+ * Replaces an earlier fake guest of the same VM (e.g. after the VM netns was recreated). Returns the
+ * guest netns name.
+ */
+export async function attachFakeGuest(prefix: string, vm: string, cidr: string, gateway: string): Promise<string> {
+  checkPrefix(prefix);
+  if (!/^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/.test(vm)) throw new Error(`invalid VM name ${JSON.stringify(vm)}`);
+  if (!/^[0-9.]+\/\d+$/.test(cidr) || !/^[0-9.]+$/.test(gateway)) throw new Error(`invalid guest address ${cidr} via ${gateway}`);
+  const guestNs = `${prefix}_g${vm}`;
+  const vmNs = `${prefix}-${vm}`;
+  const port = `${prefix}g-${vm}`;
+  if (Buffer.byteLength(port) > 15) throw new Error(`fake guest port name ${port} is too long`);
+  if ((await netnsNames()).includes(guestNs)) await sh(['ip', 'netns', 'del', guestNs]);
+  await sh(['ip', 'netns', 'add', guestNs]);
+  try {
+    // Deleting the old guest netns took its veth pair along; this is only for a half-made earlier attempt.
+    await execa('ip', ['-n', vmNs, 'link', 'del', port], { reject: false });
+    await sh(['ip', '-n', vmNs, '-batch', '-'], `link add ${port} type veth peer name eth0 netns ${guestNs}\nlink set ${port} master ${prefix}b-${vm} up\n`);
+    await sh(
+      ['ip', '-n', guestNs, '-batch', '-'],
+      ['link set lo up', `addr add ${cidr} dev eth0`, 'link set eth0 up', `route add default via ${gateway} dev eth0`].join('\n') + '\n',
+    );
+  } catch (err) {
+    await execa('ip', ['netns', 'del', guestNs], { reject: false });
+    throw err;
+  }
+  return guestNs;
 }
 
 /** Names of all netns right now. */

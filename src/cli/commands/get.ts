@@ -78,15 +78,27 @@ export async function listEntries(store: Store | undefined, kinds: readonly stri
 
 const cmp = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
 
+/** What a controller reports about the host side (a VM's state, pid, machine/accel, netns). */
+function detailOf(s: Entry['status']): string {
+  const f = s?.fields ?? {};
+  const parts = [
+    typeof f.state === 'string' ? f.state : '',
+    typeof f.pid === 'number' ? `pid ${f.pid}` : '',
+    typeof f.machine === 'string' ? `${f.machine}/${String(f.accel ?? '?')}` : '',
+    typeof f.netns === 'string' ? `netns ${f.netns}` : '',
+  ].filter(Boolean);
+  return parts.length ? parts.join(' ') : '-';
+}
+
 function table(entries: Entry[], wide: boolean): string {
   const now = Date.now();
   const header = ['KIND', 'NAME', 'READY', 'STATUS', 'AGE'];
-  if (wide) header.push('GEN', 'OBSERVED', 'SOURCE', 'MESSAGE');
+  if (wide) header.push('GEN', 'OBSERVED', 'DETAIL', 'SOURCE', 'MESSAGE');
   const rows = entries.map(({ resource: r, status: s }) => {
     const row = [r.kind, r.metadata.name, readyOf(s), statusOf(r, s), formatAge(createdAt(r), now)];
     if (wide) {
       const commit = r.source.commit ? `@${r.source.commit.slice(0, 7)}` : '';
-      row.push(String(r.generation), s ? String(s.observedGeneration) : '-', `${r.source.path}${commit}`, messageOf(s));
+      row.push(String(r.generation), s ? String(s.observedGeneration) : '-', detailOf(s), `${r.source.path}${commit}`, messageOf(s));
     }
     return row;
   });
