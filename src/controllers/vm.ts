@@ -7,7 +7,7 @@ import { access, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { run } from '../drivers/exec.ts';
-import { createTap, deleteTap, derivedNames, type NetLayout } from '../drivers/netns.ts';
+import { createTap, deleteTap, derivedNames, observeRouteNets, plugTap, type NetLayout } from '../drivers/netns.ts';
 import {
   createDisk,
   gpuSupport,
@@ -64,6 +64,8 @@ export interface VmActual {
   /** The launch this VM needs now, or why it cannot be launched on this host. */
   want: { spec: QemuSpec; hash: string; netns?: string } | { problem: string; condition?: 'GpuUnavailable'; terminal: boolean };
   gpu?: { level: string; ok: boolean; reason?: string };
+  /** The VM's tap in its Route's netns (routed VMs only): gone if the netns was recreated under QEMU. */
+  tap?: { exists: boolean; plugged: boolean };
 }
 
 type VmAction =
@@ -73,6 +75,7 @@ type VmAction =
   | (Action & { type: 'pause' | 'resume'; runDir: string })
   | (Action & { type: 'remove-device'; runDir: string; id: string })
   | (Action & { type: 'record-crash'; runDir: string })
+  | (Action & { type: 'plug-tap'; tapVm: string })
   | (Action & { type: 'clean-up'; runDir: string; tapVm?: string; disks: string[] })
   | ReturnType<typeof blocked>;
 
@@ -92,11 +95,25 @@ export class VmController implements Controller<VmActual, VmAction> {
   async observe(resources: StoredResource[]): Promise<Map<string, VmActual>> {
     this.probe ??= probeQemu();
     this.tscKhz ??= hostTscKhz(this.ctx.env);
-    const [probe, tscKhz] = await Promise.all([this.probe, this.tscKhz]);
+    const routed = resources.flatMap((r) => {
+      const route = this.routeOf(r.spec as unknown as VirtualMachineSpec);
+      return route ? [route.vm] : [];
+    });
+    const [probe, tscKhz, nets] = await Promise.all([
+      this.probe,
+      this.tscKhz,
+      routed.length ? observeRouteNets(this.ctx.layout, routed) : Promise.resolve(new Map()),
+    ]);
     const out = new Map<string, VmActual>();
     await Promise.all(
       resources.map(async (r) => {
         const actual = await this.observeOne(r, probe, tscKhz);
+        const route = this.routeOf(r.spec as unknown as VirtualMachineSpec);
+        if (route) {
+          const tap = nets.get(route.vm)?.tap;
+          const bridge = derivedNames(this.ctx.layout.prefix, route.vm).bridge;
+          actual.tap = { exists: Boolean(tap), plugged: Boolean(tap?.up && tap.master === bridge) };
+        }
         out.set(`VirtualMachine/${r.metadata.name}`, actual);
         this.follow(r, actual);
       }),
@@ -287,6 +304,12 @@ export class VmController implements Controller<VmActual, VmAction> {
 
     if (strategy === 'Paused' && actual!.status === 'running') acts.push({ type: 'pause', resource: key, runDir, describe: `pause ${name}` });
     if (strategy !== 'Paused' && actual!.status === 'paused') acts.push({ type: 'resume', resource: key, runDir, describe: `resume ${name}` });
+    if (tapVm && actual!.tap && !actual!.tap.exists) {
+      // The netns was recreated under a running QEMU: its NIC is gone with the old tap. Restart.
+      const want = actual!.want;
+      if ('hash' in want) return [{ type: 'stop', resource: key, runDir, name, graceful: false, describe: `restart ${name}: its tap went away with its netns` }, ...this.startActions(r, actual!, want, tapVm)];
+    }
+    if (tapVm && actual!.tap?.exists && !actual!.tap.plugged) acts.push({ type: 'plug-tap', resource: key, tapVm, describe: `plug ${name}'s tap into its bridge` });
     for (const id of actual!.foreignGpus) acts.push({ type: 'remove-device', resource: key, runDir, id, describe: `remove GPU device ${id} that ${name}'s trust level does not give it` });
     const want = actual!.want;
     if (spec.updatePolicy === 'Restart' && 'hash' in want && actual!.launched && actual!.launched.specHash !== want.hash) {
@@ -325,6 +348,7 @@ export class VmController implements Controller<VmActual, VmAction> {
     const want = strategy === 'Stopped' ? 'stopped' : strategy === 'Paused' ? 'paused' : 'running';
     const diffs: FieldDiff[] = [];
     if (want !== state && !(strategy === 'RerunOnFailure' && state === 'stopped')) diffs.push({ field: 'state', desired: want, actual: state });
+    if (running && actual?.tap && !actual.tap.plugged) diffs.push({ field: 'tap', desired: 'plugged into the bridge', actual: actual.tap.exists ? 'unplugged' : 'gone' });
     if (actual?.foreignGpus.length) diffs.push({ field: 'gpu', desired: spec.gpu?.trustLevel ?? '(none)', actual: `extra device ${actual.foreignGpus.join(', ')}` });
     return diffs;
   }
@@ -394,10 +418,13 @@ export class VmController implements Controller<VmActual, VmAction> {
         }
         case 'start': {
           await mkdir(a.runDir, { recursive: true, mode: 0o700 });
-          if (a.tapVm) await createTap(this.ctx.layout, a.tapVm).catch((err: Error) => {
-            // A tap left from the previous QEMU (persistent, so it survives a crash) is reused.
-            if (!/exists|busy/i.test(err.message)) throw err;
-          });
+          if (a.tapVm) {
+            await createTap(this.ctx.layout, a.tapVm).catch(async (err: Error) => {
+              // A tap left from the previous QEMU (persistent, so it survives a crash) is reused.
+              if (!/exists|busy/i.test(err.message)) throw err;
+              await plugTap(this.ctx.layout, a.tapVm!);
+            });
+          }
           const prev = await readJson<LaunchRecord>(path.join(a.runDir, 'launch.json'));
           await launch(a.spec, a.netns ? { netns: a.netns } : {});
           const rec: LaunchRecord = { specHash: a.hash, generation: a.generation, startedAt: new Date().toISOString(), crashes: prev?.crashes ?? 0, ...(prev?.lastCrashAt ? { lastCrashAt: prev.lastCrashAt } : {}) };
@@ -414,6 +441,9 @@ export class VmController implements Controller<VmActual, VmAction> {
         case 'pause':
         case 'resume':
           await (await import('../drivers/qemu.ts')).qmpCommand(a.runDir, a.type === 'pause' ? 'stop' : 'cont');
+          break;
+        case 'plug-tap':
+          await plugTap(this.ctx.layout, a.tapVm);
           break;
         case 'remove-device':
           await removeVmDevice(a.runDir, a.id);

@@ -928,6 +928,13 @@ export function tapSpec(prefix: string, vm: string): TapSpec {
   };
 }
 
+/** Make an existing tap a port of the VM's bridge, up (after the bridge was recreated, or a reused tap). */
+export async function plugTap(layout: NetLayout, vm: string): Promise<void> {
+  checkLayout(layout);
+  const t = tapSpec(layout.prefix, vm);
+  await run(['ip', '-n', t.netns, 'link', 'set', t.tap, 'master', t.bridge, 'up']);
+}
+
 /**
  * Create the VM's tap (owned by the VM controller) inside its netns, as a port of the Route's bridge,
  * up. Fails when the Route's netns or bridge does not exist yet, or the tap exists already.

@@ -97,6 +97,17 @@ describe('VirtualMachines on a real host', { timeout: 600_000 }, () => {
     assert.equal(await pidOf(sb, 'web'), pid, 'resumed, not restarted');
   });
 
+  test('the VM netns deleted by hand: the Route is healed and the VM restarted onto it', async () => {
+    const pid = await pidOf(sb, 'web');
+    await tryIn(undefined, ['ip', 'netns', 'del', `${sb.host.prefix}-web`]);
+    await until('a new QEMU', async () => {
+      const p = await pidOf(sb, 'web').catch(() => 0);
+      return p !== 0 && p !== pid && alive(p);
+    }, 30_000);
+    await until('guest ready', async () => (await serial(sb, 'web')).includes('QWAMOS-GUEST-READY'), 60_000);
+    await until('guest answers its gateway', async () => (await tryIn(sb.host.hostNs, ['busybox', 'ping', '-c1', '-W2', '10.8.0.4'])).exitCode === 0, 30_000);
+  });
+
   test('a GPU level the host cannot provide keeps the VM stopped with GpuUnavailable', async () => {
     const file = await sb.manifest('art.yaml', vm('art', '  gpu:\n    trustLevel: medium\n'));
     const r = await sb.qwamos(['apply', '--wait', '--timeout', '30s', '-f', file]);
