@@ -1,10 +1,12 @@
 // npm run bench [name...]: runs the benches, each printing a table and writing bench/results/NAME.json.
 import { benchRoutes } from './routes.ts';
 import { benchValidate } from './validate.ts';
+import { benchVms } from './vms.ts';
 
 const benches: Record<string, () => Promise<void>> = {
   validate: benchValidate,
   routes: benchRoutes,
+  vms: benchVms,
 };
 
 const wanted = process.argv.slice(2);
