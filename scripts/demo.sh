@@ -12,6 +12,8 @@ prefix="qd$(od -An -N1 -tx1 /dev/urandom | tr -d ' \n')"
 daemon_pid=""
 cleanup() {
   [ -n "$daemon_pid" ] && kill -TERM "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
+  # VMs the demo started and did not delete (on an error): end them by the PIDs in their pidfiles.
+  for f in "$work"/state/vms/*/qemu.pid; do [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null; done
   bash "$repo/scripts/sandbox-host.sh" destroy "$prefix"
   cd /
   rm -rf "$work"
@@ -57,37 +59,47 @@ spec:
 YAML
 run validate --allow-unsigned -f broken.yaml || echo "-> exit $?"
 
-step "6. Routes made real: the dev VM's direct route and the malware VM's isolated one"
+step "6. Routes and VMs made real: the dev VM (q35, direct route) and the malware VM (microvm, isolated)"
 bash "$repo/scripts/sandbox-host.sh" create "$prefix"
-export QWAMOS_PREFIX="$prefix" QWAMOS_HOST_NETNS="${prefix}_host"
+export QWAMOS_PREFIX="$prefix" QWAMOS_HOST_NETNS="${prefix}_host" QWAMOS_IMAGE_ROOT="$work/images"
 echo "(host side: netns ${prefix}_host with an uplink to a fake internet, netns ${prefix}_inet at 203.0.113.1)"
-run apply -f manifests/route-dev.yaml -f manifests/route-malware.yaml
-run get routes -o wide
-echo "\$ ip netns list | grep ${prefix}-"
-ip netns list | grep "^${prefix}-" || true
-echo "\$ ip -n ${prefix}-dev -br addr    # the VM's netns is its cable: a bridge, the veth's end, no address"
-ip -n "${prefix}-dev" -br addr
-# No VM runs in this demo: a fake guest on each Route's bridge owns the VM's address, as QEMU's guest will.
-bash "$repo/scripts/sandbox-host.sh" guest "$prefix" dev 10.8.0.4/24 10.8.0.1
-bash "$repo/scripts/sandbox-host.sh" guest "$prefix" malware 10.8.0.5/24 10.8.0.1
-echo "\$ ip netns exec ${prefix}_gdev busybox ping -c1 203.0.113.1    # direct: NATed out of the uplink"
-ip netns exec "${prefix}_gdev" busybox ping -c1 -W2 203.0.113.1 | tail -2
-echo "\$ ip netns exec ${prefix}_gmalware busybox ping -c1 203.0.113.1    # isolated: no way out"
-ip netns exec "${prefix}_gmalware" busybox ping -c1 -W1 203.0.113.1 2>&1 | tail -1 || true
+echo "(building the tiny guest: Debian's cloud kernel + a busybox initramfs; cached after the first run)"
+bash "$repo/scripts/build-guest.sh" /tmp/qwamos-guest-cache
+mkdir -p "$QWAMOS_IMAGE_ROOT/guest"
+ln -f /tmp/qwamos-guest-cache/vmlinux /tmp/qwamos-guest-cache/initrd.cpio "$QWAMOS_IMAGE_ROOT/guest/" 2>/dev/null \
+  || cp /tmp/qwamos-guest-cache/vmlinux /tmp/qwamos-guest-cache/initrd.cpio "$QWAMOS_IMAGE_ROOT/guest/"
+run apply --wait -f manifests/cluster.yaml -f manifests/gpu-levels.yaml -f manifests/route-dev.yaml \
+  -f manifests/route-malware.yaml -f manifests/vm-dev.yaml -f manifests/vm-malware.yaml
+run get vm -o wide
+run get routes
+for vm in dev malware; do
+  for _ in $(seq 300); do grep -q QWAMOS-GUEST-READY "$QWAMOS_STATE_DIR/vms/$vm/serial.log" 2>/dev/null && break; sleep 0.1; done
+done
+echo "\$ qwamos describe vm/dev | tail -4    # the serial console is kept in the state directory"
+node "$repo/bin/qwamos.js" describe vm/dev | grep -A3 'Serial console'
+echo "\$ ip netns exec ${prefix}_host busybox wget -qO- http://10.8.0.4/    # the gateway reaches the dev guest"
+ip netns exec "${prefix}_host" timeout 5 busybox wget -qO- http://10.8.0.4/ || true
+echo "\$ ip netns exec ${prefix}_host busybox ping -c1 10.8.0.5    # the isolated guest is unreachable"
+ip netns exec "${prefix}_host" busybox ping -c1 -W1 10.8.0.5 2>&1 | tail -1 || true
 run apply -f manifests/route-browser.yaml || echo "-> exit $?: tor routes are refused until the Tor gateway exists (fail closed)"
 
-step "7. The controller daemon heals drift: someone deletes the dev VM's namespace"
+step "7. The controller daemon heals drift: QEMU killed, a VM's namespace deleted"
 node "$repo/bin/qwamos.js" controller > controller.log 2>&1 &
 daemon_pid=$!
 for _ in $(seq 50); do grep -q 'controller started' controller.log 2>/dev/null && break; sleep 0.1; done
-echo "\$ ip netns del ${prefix}-dev"
-ip netns del "${prefix}-dev"
-for _ in $(seq 100); do ip netns list | grep -q "^${prefix}-dev" && break; sleep 0.05; done
-sleep 0.3
+pid=$(cat "$QWAMOS_STATE_DIR/vms/dev/qemu.pid")
+echo "\$ kill -9 $pid    # the dev VM's QEMU"
+kill -9 "$pid"
+for _ in $(seq 100); do new=$(cat "$QWAMOS_STATE_DIR/vms/dev/qemu.pid" 2>/dev/null || true); [ -n "$new" ] && [ "$new" != "$pid" ] && break; sleep 0.1; done
+echo "(dev runs again as pid $(cat "$QWAMOS_STATE_DIR/vms/dev/qemu.pid"))"
+echo "\$ ip netns del ${prefix}-malware"
+ip netns del "${prefix}-malware"
+sleep 2
 run drift --all
-run get route dev
+run get all -o wide
 echo "--- controller log"
 cat controller.log
 kill -TERM "$daemon_pid"; wait "$daemon_pid" 2>/dev/null || true; daemon_pid=""
+run delete vm/dev vm/malware
 
 printf '\nDemo done.\n'

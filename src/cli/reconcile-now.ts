@@ -41,6 +41,9 @@ export async function reconcileNow(
     engine.enqueueAll();
     engine.start();
     const settled = await engine.settle(keys, { untilConverged: opts.wait, timeoutMs: opts.timeoutMs, since });
+    // Let the passes already queued finish (a resource woken because its dependency just became ready),
+    // so none is left marked as waiting; retries on a backoff timer are left for the next run.
+    await Promise.race([engine.queue.whenIdle(), new Promise((r) => setTimeout(r, Math.max(5_000, opts.timeoutMs / 4)).unref())]);
     const outcomes = new Map<string, Outcome>();
     for (const key of keys) {
       const r = engine.last.get(key);

@@ -488,8 +488,12 @@ export class VmController implements Controller<VmActual, VmAction> {
     }
     if (current) return;
     const notify = this.notify;
-    const w = watchVm(actual.runDir, () => {
-      this.watchers.delete(key);
+    // Exit (socket EOF: crash, quit, kill -9) ends the watch; events (STOP, RESUME, ...) keep it.
+    const w = watchVm(actual.runDir, (change) => {
+      if (change.kind === 'exit') {
+        w.close();
+        if (this.watchers.get(key) === w) this.watchers.delete(key);
+      }
       notify([key]);
     });
     this.watchers.set(key, w);

@@ -31,6 +31,8 @@ interface Entry {
   resource: StoredResource;
   controller: Controller;
   actor: Actor<typeof resourceMachine>;
+  /** Generation the stored status said was Ready when this process loaded the resource (0: not). */
+  syncedAtStart: number;
   /** What the last pass observed, for the controller's status report. */
   lastActual?: unknown;
   /** The last status patch written (JSON), to skip writing the same again. */
@@ -83,7 +85,9 @@ export class Engine {
         // what differs now is drift, not a first apply.
         const st = statusOf.get(key);
         const synced = st && st.observedGeneration === r.generation && (st.phase === 'Ready' || st.phase === 'Drifted');
-        this.entries.set(key, this.createEntry(r, synced ? r.generation : 0));
+        const entry = this.createEntry(r, synced ? r.generation : 0);
+        entry.syncedAtStart = st?.phase === 'Ready' && st.observedGeneration === r.generation ? r.generation : 0;
+        this.entries.set(key, entry);
         changed.push(key);
         continue;
       }
@@ -320,6 +324,14 @@ export class Engine {
       this.waiting.delete(key);
       if (waiters) this.enqueue(waiters);
     }
+    // A dependency the host changed under (healed drift) may have taken its dependants' state with it
+    // (a VM's tap goes with its Route's netns): look at them again.
+    if (state === 'ready' && ctx.drifted) this.enqueue(this.dependantsOf(key));
+  }
+
+  private dependantsOf(key: string): string[] {
+    const all = this.resources();
+    return all.filter((o) => (this.controllers.get(o.kind)?.dependencies?.(o, all) ?? []).includes(key)).map(keyOf);
   }
 
   /** Dependencies not ready yet (or, when deleting, dependants not deleted yet). */
@@ -334,8 +346,11 @@ export class Engine {
     const deps = entry.controller.dependencies?.(entry.resource, all) ?? [];
     return deps.filter((dep) => {
       const other = this.entries.get(dep);
+      if (!other || other.resource.deletionRequestedAt) return true;
       const last = this.last.get(dep);
-      return !other || other.resource.deletionRequestedAt || last?.state !== 'ready' || last.generation !== other.resource.generation;
+      // Before this process has reconciled the dependency, its stored status speaks for it.
+      if (!last) return other.syncedAtStart !== other.resource.generation;
+      return last.state !== 'ready' || last.generation !== other.resource.generation;
     });
   }
 

@@ -104,6 +104,18 @@ export async function createSandbox(): Promise<Sandbox> {
     },
     async cleanup() {
       for (const d of daemons) if (d.exitCode === null && d.signalCode === null && d.pid) d.kill('SIGKILL');
+      // QEMUs this sandbox started and a failed test left running: end them by their pidfiles' PIDs.
+      const { readdir, readFile } = await import('node:fs/promises');
+      for (const vmDir of await readdir(path.join(stateDir, 'vms')).catch(() => [] as string[])) {
+        const pid = Number(await readFile(path.join(stateDir, 'vms', vmDir, 'qemu.pid'), 'utf8').catch(() => '0'));
+        if (pid > 0) {
+          try {
+            process.kill(pid, 'SIGKILL');
+          } catch {
+            // already gone
+          }
+        }
+      }
       await host.cleanup();
       await rm(dir, { recursive: true, force: true });
     },
