@@ -12,6 +12,7 @@ import { qmpOnce } from '../src/drivers/qmp.ts';
 import { createEngine } from '../src/runtime.ts';
 import { Store } from '../src/store/store.ts';
 import { createTestHost } from '../test/helpers/hostns.ts';
+import { killQemusIn } from '../test/helpers/leftovers.ts';
 import { median, printTable, time, writeResult } from './lib.ts';
 
 const repo = fileURLToPath(new URL('../', import.meta.url));
@@ -117,17 +118,7 @@ export async function benchVms(): Promise<void> {
     console.log(`wrote ${await writeResult('vms', { runs: RUNS, controllerMs: controller, handMs: hand, ratio: median(controller) / median(hand), fourVmApplyMs: four.ms, fourVmBootedMs: four.ms + booted.ms })}`);
   } finally {
     await engine.stop();
-    // Whatever is still running was started here: its pids are in the run dirs.
-    for (const d of await import('node:fs/promises').then((fs) => fs.readdir(path.join(dir, 'vms')).catch(() => []))) {
-      const pid = Number(await readFile(path.join(dir, 'vms', d, 'qemu.pid'), 'utf8').catch(() => '0'));
-      if (pid > 0) {
-        try {
-          process.kill(pid, 'SIGKILL');
-        } catch {
-          // already gone
-        }
-      }
-    }
+    await killQemusIn(dir); // whatever is still running was started here
     await host.cleanup();
     await rm(dir, { recursive: true, force: true });
   }

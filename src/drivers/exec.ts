@@ -50,7 +50,8 @@ function fullArgv(argv: readonly string[], netns: string | undefined): string[] 
   return netns ? ['ip', 'netns', 'exec', netns, ...argv] : [...argv];
 }
 
-function firstLine(text: string): string {
+/** The first non-blank line of a command's output, trimmed. */
+export function firstLine(text: string): string {
   return (
     text
       .split('\n')

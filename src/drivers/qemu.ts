@@ -24,7 +24,7 @@ import { constants as fsc } from 'node:fs';
 import { access, chmod, lstat, mkdir, open, readFile, readdir, rm, stat, unlink } from 'node:fs/promises';
 import { existsSync, readlinkSync } from 'node:fs';
 import path from 'node:path';
-import { CommandError, run, runResult } from './exec.ts';
+import { CommandError, firstLine, run, runResult } from './exec.ts';
 import { QmpClient, deviceDel, listDevices, queryStatusQmp, type QemuDevice, type QemuRunState, type QmpEvent, type QmpStatus } from './qmp.ts';
 
 export type { QemuDevice, QemuRunState, QmpEvent, QmpStatus } from './qmp.ts';
@@ -146,10 +146,6 @@ interface GpuArgs {
   /** Replaces `-display none` when set. */
   display?: string;
   devices: string[];
-}
-
-function isGl(device: GpuDeviceKind): boolean {
-  return device === 'virgl' || device === 'venus';
 }
 
 /** The QEMU arguments for a GPU level on a machine (pure). Throws on what cannot be expressed at all. */
@@ -892,14 +888,6 @@ export async function diskInfo(file: string): Promise<DiskInfo> {
 
 // ---------------------------------------------------------------------------------------------- helpers
 
-function firstLine(text: string): string {
-  return (
-    text
-      .split('\n')
-      .map((l) => l.trim())
-      .find((l) => l.length > 0) ?? ''
-  );
-}
 
 /** "qemu-system-x86_64: -device foo: msg" -> "-device foo: msg". */
 function stripQemuPrefix(line: string): string {

@@ -357,8 +357,6 @@ export class Engine {
   private async record(entry: Entry, state: SettledState, applied: Action[], drifted: boolean, error?: string): Promise<void> {
     const r = entry.resource;
     const key = keyOf(r);
-    const { kind } = r;
-    const name = r.metadata.name;
     const conditions = (ready: [Condition['status'], string, string], reconciling: [Condition['status'], string, string], stalled: [Condition['status'], string, string]): ConditionPatch[] => [
       { type: 'Ready', status: ready[0], reason: ready[1], message: ready[2] },
       { type: 'Reconciling', status: reconciling[0], reason: reconciling[1], message: reconciling[2] },

@@ -3,7 +3,7 @@
 // The ML-DSA context string separates these signatures from anything else the same key might sign.
 // keyName is only a hint for people: the name reported after verification comes from the trust store.
 import { MAX_MANIFEST_BYTES } from '../config.ts';
-import { UserError, printable } from '../errors.ts';
+import { UsageError, UserError, printable } from '../errors.ts';
 import {
   ALGS, MAX_KEY_FILE_BYTES, dsa, fromBase64, fsReason, isAlg, isKeyId, isKeyName, readSmallFile, toBase64,
   type Alg, type SecretKeyRecord,
@@ -98,6 +98,22 @@ export async function verifyFile(file: string, store: TrustStore, bytes?: Uint8A
     return malformed('not UTF-8 text');
   }
   return verifyBytes(bytes, sigText, store);
+}
+
+/**
+ * Reads every file given on a command line before anything is decided: a missing or unreadable one is a
+ * usage error (exit 2), and nothing gets signed or reported.
+ */
+export async function readSignedFiles(files: string[]): Promise<Uint8Array[]> {
+  const contents: Uint8Array[] = [];
+  for (const file of files) {
+    try {
+      contents.push(await readSignedFile(file));
+    } catch (err) {
+      throw new UsageError((err as Error).message);
+    }
+  }
+  return contents;
 }
 
 /** Reads a file to sign or verify (a manifest: regular file, at most MAX_MANIFEST_BYTES). */

@@ -7,6 +7,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { createTestHost, type TestHost } from '../helpers/hostns.ts';
+import { killQemusIn } from '../helpers/leftovers.ts';
 
 export const repo = fileURLToPath(new URL('../../', import.meta.url));
 const bin = path.join(repo, 'bin/qwamos.js');
@@ -104,18 +105,7 @@ export async function createSandbox(): Promise<Sandbox> {
     },
     async cleanup() {
       for (const d of daemons) if (d.exitCode === null && d.signalCode === null && d.pid) d.kill('SIGKILL');
-      // QEMUs this sandbox started and a failed test left running: end them by their pidfiles' PIDs.
-      const { readdir, readFile } = await import('node:fs/promises');
-      for (const vmDir of await readdir(path.join(stateDir, 'vms')).catch(() => [] as string[])) {
-        const pid = Number(await readFile(path.join(stateDir, 'vms', vmDir, 'qemu.pid'), 'utf8').catch(() => '0'));
-        if (pid > 0) {
-          try {
-            process.kill(pid, 'SIGKILL');
-          } catch {
-            // already gone
-          }
-        }
-      }
+      await killQemusIn(stateDir); // QEMUs a failed test left running
       await host.cleanup();
       await rm(dir, { recursive: true, force: true });
     },

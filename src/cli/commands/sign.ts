@@ -1,7 +1,7 @@
 // qwamos sign -k KEY FILE...: write a detached signature FILE.sig beside each file.
-import { UsageError, UserError, printable } from '../../errors.ts';
+import { UserError, printable } from '../../errors.ts';
 import { fsReason, readSecretKey, writeFileAtomic } from '../../trust/keys.ts';
-import { readSignedFile, signBytes } from '../../trust/signature.ts';
+import { readSignedFiles, signBytes } from '../../trust/signature.ts';
 import type { CliCommand } from '../command.ts';
 
 export const signCommand: CliCommand = {
@@ -13,15 +13,7 @@ export const signCommand: CliCommand = {
 
   async run(files: string[], opts: { key: string }) {
     const key = await readSecretKey(opts.key);
-    // Read every file first: a missing one is a usage error and nothing gets signed.
-    const contents: Uint8Array[] = [];
-    for (const file of files) {
-      try {
-        contents.push(await readSignedFile(file));
-      } catch (err) {
-        throw new UsageError((err as Error).message);
-      }
-    }
+    const contents = await readSignedFiles(files);
     for (const [i, file] of files.entries()) {
       // Temp file + rename: a reader never sees a half-written signature.
       try {

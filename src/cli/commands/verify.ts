@@ -3,8 +3,8 @@
 import path from 'node:path';
 import { Option } from 'commander';
 import { trustDir } from '../../config.ts';
-import { UsageError, printable } from '../../errors.ts';
-import { readSignedFile, verifyFile, type VerifyOutcome } from '../../trust/signature.ts';
+import { printable } from '../../errors.ts';
+import { readSignedFiles, verifyFile, type VerifyOutcome } from '../../trust/signature.ts';
 import { loadTrustStore } from '../../trust/truststore.ts';
 import type { CliCommand } from '../command.ts';
 
@@ -17,15 +17,7 @@ export const verifyCommand: CliCommand = {
       .addOption(new Option('-o, --output <format>', 'output format').choices(['text', 'json']).default('text')),
 
   async run(files: string[], opts: { trust?: string; output: 'text' | 'json' }) {
-    // Read every file first: a missing one is a usage error, reported before any verdict.
-    const contents: Uint8Array[] = [];
-    for (const file of files) {
-      try {
-        contents.push(await readSignedFile(file));
-      } catch (err) {
-        throw new UsageError((err as Error).message);
-      }
-    }
+    const contents = await readSignedFiles(files);
     const store = await loadTrustStore(path.resolve(opts.trust ?? trustDir()));
     for (const warning of store.warnings) process.stderr.write(`warning: ${warning}\n`);
 
