@@ -138,6 +138,8 @@ export class VmController implements Controller<VmActual, VmAction> {
     let foreignGpus: string[] = [];
     if (info?.alive && info.ours) {
       status = await queryStatus(runDir).catch(() => undefined);
+      // Started with -S (runStrategy Paused), QEMU reports 'prelaunch' until the first cont: paused.
+      if (status === 'prelaunch') status = 'paused';
       const gpuWanted = this.gpuLevelOf(spec)?.device;
       foreignGpus = (await listVmDevices(runDir).catch(() => []))
         .filter((d) => d.gpu && !(gpuWanted && gpuWanted !== 'none' && d.id === 'gpu0'))

@@ -2,6 +2,7 @@
 // the real bin and the daemon. Checks use QMP, /proc and the test's own ip/ping, not the controller.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { readFile, access } from 'node:fs/promises';
 import path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
@@ -12,10 +13,11 @@ import { createSandbox, installGuest, route, until, vm, type Sandbox } from './h
 
 const runDir = (sb: Sandbox, name: string) => path.join(sb.stateDir, 'vms', name);
 const pidOf = async (sb: Sandbox, name: string) => Number((await readFile(path.join(runDir(sb, name), 'qemu.pid'), 'utf8')).trim());
+/** Alive and not a zombie (a daemonized QEMU's parent is init, which may reap it late). */
 const alive = (pid: number) => {
   try {
-    process.kill(pid, 0);
-    return true;
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
   } catch {
     return false;
   }
@@ -106,6 +108,20 @@ describe('VirtualMachines on a real host', { timeout: 600_000 }, () => {
     }, 30_000);
     await until('guest ready', async () => (await serial(sb, 'web')).includes('QWAMOS-GUEST-READY'), 60_000);
     await until('guest answers its gateway', async () => (await tryIn(sb.host.hostNs, ['busybox', 'ping', '-c1', '-W2', '10.8.0.4'])).exitCode === 0, 30_000);
+  });
+
+  test('runStrategy Paused starts it paused; a spec change needing a restart sets RestartRequired', async () => {
+    const file = await sb.manifest('lab.yaml', vm('lab', '  runStrategy: Paused\n'));
+    assert.equal((await sb.qwamos(['apply', '--wait', '-f', file])).exitCode, 0);
+    assert.match(await qmpStatus(sb, 'lab'), /^(paused|prelaunch)$/);
+    const pid = await pidOf(sb, 'lab');
+    await sb.manifest('lab.yaml', vm('lab', '  runStrategy: Paused\n  cpus: 2\n'));
+    assert.equal((await sb.qwamos(['apply', '--wait', '-f', file])).exitCode, 0);
+    const store = await Store.open(sb.stateDir);
+    await until('RestartRequired', async () => (await store.getStatus('VirtualMachine', 'lab'))?.conditions.some((c) => c.type === 'RestartRequired' && c.status === 'True') === true);
+    assert.equal(await pidOf(sb, 'lab'), pid, 'not restarted behind the user\'s back');
+    assert.equal((await sb.qwamos(['delete', 'vm/lab', '--wait'])).exitCode, 0);
+    assert.equal(alive(pid), false);
   });
 
   test('a GPU level the host cannot provide keeps the VM stopped with GpuUnavailable', async () => {
