@@ -14,6 +14,7 @@ import {
   inspect,
   launch,
   probeQemu,
+  qmpCommand,
   queryStatus,
   stopVm,
   listVmDevices,
@@ -442,7 +443,7 @@ export class VmController implements Controller<VmActual, VmAction> {
         }
         case 'pause':
         case 'resume':
-          await (await import('../drivers/qemu.ts')).qmpCommand(a.runDir, a.type === 'pause' ? 'stop' : 'cont');
+          await qmpCommand(a.runDir, a.type === 'pause' ? 'stop' : 'cont');
           break;
         case 'plug-tap':
           await plugTap(this.ctx.layout, a.tapVm);
@@ -536,9 +537,10 @@ async function readJson<T>(file: string): Promise<T | undefined> {
   }
 }
 
+/** The host TSC frequency for microvm's tsc_early_khz= (QWAMOS_TSC_KHZ, else scripts/host-tsc-khz.sh). */
 async function hostTscKhz(env: NodeJS.ProcessEnv): Promise<number | undefined> {
   try {
-    const out = await run(['bash', path.join(scriptsDir, 'host-tsc-khz.sh')], { env } as never);
+    const out = env.QWAMOS_TSC_KHZ ?? (await run(['bash', path.join(scriptsDir, 'host-tsc-khz.sh')]));
     const khz = Number(out.trim());
     return Number.isInteger(khz) && khz > 0 ? khz : undefined;
   } catch {

@@ -5,7 +5,7 @@ import type { Action, Controller } from '../controllers/contract.ts';
 import type { Condition, ConditionPatch, StatusPatch, Store, StoredResource } from '../store/store.ts';
 import { Batcher, fulfilled } from './batcher.ts';
 import { WorkQueue, type QueueOptions } from './queue.ts';
-import { SETTLED_STATES, resourceMachine, type SettledState } from './resource-machine.ts';
+import { SETTLED_STATES, TerminalError, resourceMachine, type SettledState } from './resource-machine.ts';
 
 export type PassState = SettledState | 'waiting';
 
@@ -458,7 +458,6 @@ function unsupported(kind: string): Controller {
   return {
     kind,
     observe: async () => {
-      const { TerminalError } = await import('./resource-machine.ts');
       throw new TerminalError(`no ${kind} controller on this host yet: nothing was done`);
     },
     plan: () => [],
