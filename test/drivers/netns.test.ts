@@ -52,17 +52,11 @@ describe('planRouteNet (pure)', () => {
     vmRoutes: [],
     hostRoutes: ['10.8.0.2'],
   });
-  const isolatedInSync = (): ObservedRouteNet => ({
-    vm: 'web',
-    netnsExists: true,
-    loUp: true,
-    loAddresses: [],
-    ipv6Disabled: true,
-    bridge: bridge(),
-    paired: false,
-    vmRoutes: [],
-    hostRoutes: [],
-  });
+  // An isolated route is the same netns without the veth pair and its host route.
+  const isolatedInSync = (): ObservedRouteNet => {
+    const { vmIf: _vmIf, hostIf: _hostIf, ...rest } = inSync();
+    return { ...rest, paired: false, hostRoutes: [] };
+  };
   const fields = (d: FieldDiff[]) => d.map((x) => x.field);
 
   test('derived names', () => {
