@@ -12,7 +12,7 @@ import { processesSpawned } from '../src/drivers/exec.ts';
 import { observeRouteNets, planRouteNet } from '../src/drivers/netns.ts';
 import { watchHostNetwork } from '../src/drivers/monitor.ts';
 import type { Engine } from '../src/engine/engine.ts';
-import { createEngine, hostLayout } from '../src/runtime.ts';
+import { createEngine } from '../src/runtime.ts';
 import { Store } from '../src/store/store.ts';
 import { createTestHost, listAllNetns, type TestHost } from '../test/helpers/hostns.ts';
 import { median, percentile, printTable, time, writeResult } from './lib.ts';
@@ -120,7 +120,7 @@ export async function benchRoutes(): Promise<void> {
     if (applied) throw new Error(`no-op resync applied changes to ${applied} routes`);
 
     // Drift heal latency with the daemon's event sources.
-    const monitor = watchHostNetwork(hostLayout(env), (vms) => engine!.enqueue(vms === 'all' ? keys : [...vms].map((vm) => `Route/${vm}`)));
+    const monitor = watchHostNetwork({ prefix: host.prefix, hostNetns: host.hostNs }, (vms) => engine!.enqueue(vms === 'all' ? keys : [...vms].map((vm) => `Route/${vm}`)));
     const latencies: number[] = [];
     try {
       for (let i = 0; i < HEALS; i++) {

@@ -1,32 +1,75 @@
-// Where qwamos keeps its state and how it names what it creates on the host.
-// Everything is read from the environment so tests can point each run at its own directories and prefix.
+// Every setting qwamos reads from the environment, read here and only here, with its default.
+// Tests point each run at its own directories, prefix and host netns through these variables.
 import path from 'node:path';
+import { isNetnsName, isPrefix } from './names.ts';
 
-/** The state directory (manifests, status, keys' trust store, VM runtime files). */
+export interface Config {
+  /** The state directory (manifests, status, trust store, VM runtime files). QWAMOS_STATE_DIR */
+  stateDir: string;
+  /** Public keys trusted to sign manifests. */
+  trustDir: string;
+  /** Root under which kernels, initrds and disks must live. QWAMOS_IMAGE_ROOT */
+  imageRoot: string;
+  /** Prefix of every host object qwamos owns (netns, links, nft table). QWAMOS_PREFIX */
+  prefix: string;
+  /** Run the host side inside this netns instead of the machine's own (tests, demo). QWAMOS_HOST_NETNS */
+  hostNetns?: string;
+  /** Interface direct traffic leaves by; detected from the default route when unset. QWAMOS_UPLINK */
+  uplink?: string;
+  /** Resources reconciled at once. QWAMOS_CONCURRENCY */
+  concurrency: number;
+  /** The daemon's periodic full resync ('60s'). QWAMOS_RESYNC */
+  resync: string;
+  /** How long a graceful VM stop may take before QEMU is told to quit. QWAMOS_STOP_TIMEOUT_MS */
+  stopTimeoutMs: number;
+  /** Host TSC frequency for microvm's tsc_early_khz=, when it cannot be read. QWAMOS_TSC_KHZ */
+  tscKhz?: number;
+  /** Print stack traces of unexpected errors. QWAMOS_DEBUG */
+  debug: boolean;
+}
+
+export const DEFAULT_STATE_DIR = '/var/lib/qwamos';
+export const DEFAULT_PREFIX = 'qw';
+
+/** Reads the configuration; throws a one-line error naming the variable when a value is invalid. */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const stateDir = path.resolve(env.QWAMOS_STATE_DIR || DEFAULT_STATE_DIR);
+  const prefix = env.QWAMOS_PREFIX || DEFAULT_PREFIX;
+  if (!isPrefix(prefix)) {
+    throw new Error(`QWAMOS_PREFIX must be 2-4 lowercase letters or digits, starting with a letter (got ${JSON.stringify(prefix)})`);
+  }
+  const hostNetns = env.QWAMOS_HOST_NETNS || undefined;
+  if (hostNetns !== undefined && !isNetnsName(hostNetns)) throw new Error(`QWAMOS_HOST_NETNS is not a valid netns name: ${JSON.stringify(hostNetns)}`);
+  const tscKhz = env.QWAMOS_TSC_KHZ ? positiveInt('QWAMOS_TSC_KHZ', env.QWAMOS_TSC_KHZ) : undefined;
+  return {
+    stateDir,
+    trustDir: path.join(stateDir, 'trust'),
+    imageRoot: path.resolve(env.QWAMOS_IMAGE_ROOT || path.join(stateDir, 'images')),
+    prefix,
+    ...(hostNetns ? { hostNetns } : {}),
+    ...(env.QWAMOS_UPLINK ? { uplink: env.QWAMOS_UPLINK } : {}),
+    concurrency: env.QWAMOS_CONCURRENCY ? positiveInt('QWAMOS_CONCURRENCY', env.QWAMOS_CONCURRENCY) : 256,
+    resync: env.QWAMOS_RESYNC || '60s',
+    stopTimeoutMs: env.QWAMOS_STOP_TIMEOUT_MS ? positiveInt('QWAMOS_STOP_TIMEOUT_MS', env.QWAMOS_STOP_TIMEOUT_MS) : 10_000,
+    ...(tscKhz ? { tscKhz } : {}),
+    debug: Boolean(env.QWAMOS_DEBUG),
+  };
+}
+
+function positiveInt(name: string, value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n <= 0) throw new Error(`${name} must be a positive integer (got ${JSON.stringify(value)})`);
+  return n;
+}
+
+/** The state directory alone (commands that need nothing else). */
 export function stateDir(env: NodeJS.ProcessEnv = process.env): string {
-  return path.resolve(env.QWAMOS_STATE_DIR || '/var/lib/qwamos');
+  return loadConfig(env).stateDir;
 }
 
 /** Public keys trusted to sign manifests. */
 export function trustDir(env: NodeJS.ProcessEnv = process.env): string {
-  return path.join(stateDir(env), 'trust');
-}
-
-/** Root under which kernels, initrds and disk backing images must live. */
-export function imageRoot(env: NodeJS.ProcessEnv = process.env): string {
-  return path.resolve(env.QWAMOS_IMAGE_ROOT || path.join(stateDir(env), 'images'));
-}
-
-/**
- * Prefix of every host object qwamos owns (netns, links, nft table). Short, so derived interface
- * names stay within the kernel's 15 bytes; tests set their own to stay apart from anything else.
- */
-export function hostPrefix(env: NodeJS.ProcessEnv = process.env): string {
-  const prefix = env.QWAMOS_PREFIX || 'qw';
-  if (!/^[a-z][a-z0-9]{1,3}$/.test(prefix)) {
-    throw new Error(`QWAMOS_PREFIX must be 2-4 lowercase letters or digits, starting with a letter (got ${JSON.stringify(prefix)})`);
-  }
-  return prefix;
+  return loadConfig(env).trustDir;
 }
 
 /** Largest manifest file read, in bytes. */
@@ -35,3 +78,13 @@ export const MAX_MANIFEST_BYTES = 1024 * 1024;
 export const MAX_DOCUMENTS_PER_FILE = 500;
 /** Deepest YAML nesting accepted; manifests need far less. */
 export const MAX_YAML_DEPTH = 24;
+
+/** Root under which kernels, initrds and disks must live. */
+export function imageRoot(env: NodeJS.ProcessEnv = process.env): string {
+  return loadConfig(env).imageRoot;
+}
+
+/** Prefix of every host object qwamos owns. */
+export function hostPrefix(env: NodeJS.ProcessEnv = process.env): string {
+  return loadConfig(env).prefix;
+}

@@ -6,8 +6,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { blocked, type Action, type Controller, type FieldDiff } from '../src/controllers/contract.ts';
+import { stalled, type Action, type AnyController, type FieldDiff, type Plan } from '../src/engine/contract.ts';
 import { Engine, type EngineOptions } from '../src/engine/engine.ts';
+import { until as poll } from './helpers/poll.ts';
 import { TerminalError } from '../src/engine/resource-machine.ts';
 import { Store, type ResourceStatus, type StoredResource } from '../src/store/store.ts';
 
@@ -27,8 +28,8 @@ interface FakeActual {
 
 type FakeAction = Action & { type: 'create' | 'update' | 'remove'; value?: string };
 
-class FakeController implements Controller<FakeActual, Action> {
-  readonly kind = 'Fake';
+class FakeController implements AnyController {
+  readonly kind = 'Fake' as never;
   /** What exists on the fake host: 'Fake/name' -> value. */
   readonly host = new Map<string, string>();
   /** One entry per observe call: the keys observed in that batch. */
@@ -53,27 +54,28 @@ class FakeController implements Controller<FakeActual, Action> {
     return this.applied.flat().map((a) => a.resource);
   }
 
-  async observe(resources: StoredResource[]): Promise<Map<string, FakeActual>> {
+  async observe(resources: StoredResource[]): Promise<Map<never, FakeActual>> {
     this.observed.push(resources.map(keyOf));
     if (this.failObserve) throw new Error('fake observe failed: ip -j exited 1');
-    const found = new Map<string, FakeActual>();
+    const found = new Map<never, FakeActual>();
     for (const r of resources) {
       const v = this.host.get(keyOf(r));
-      if (v !== undefined) found.set(keyOf(r), { value: v });
+      if (v !== undefined) found.set(keyOf(r) as never, { value: v });
     }
     return found;
   }
 
-  plan(r: StoredResource, actual: FakeActual | undefined, deleting: boolean): Action[] {
+  plan(r: StoredResource, actual: FakeActual | undefined): Plan {
+    const deleting = Boolean(r.deletionRequestedAt);
     const key = keyOf(r);
     this.plans.push({ key, deleting });
     if (this.failPlan) throw new Error('fake plan exploded');
     const spec = r.spec as unknown as FakeSpec;
-    if (deleting) return actual ? [act('remove', key, `remove ${key}`)] : [];
-    if (spec.blocked) return [blocked(key, spec.blocked, true)];
-    if (!actual) return [act('create', key, `create ${key} = ${spec.value}`, spec.value)];
-    if (actual.value !== spec.value) return [act('update', key, `set ${key} to ${spec.value}`, spec.value)];
-    return [];
+    if (deleting) return { actions: actual ? [act('remove', key, `remove ${key}`)] : [] };
+    if (spec.blocked) return { actions: [], hold: stalled('Blocked', spec.blocked) };
+    if (!actual) return { actions: [act('create', key, `create ${key} = ${spec.value}`, spec.value)] };
+    if (actual.value !== spec.value) return { actions: [act('update', key, `set ${key} to ${spec.value}`, spec.value)] };
+    return { actions: [] };
   }
 
   diff(r: StoredResource, actual: FakeActual | undefined): FieldDiff[] {
@@ -93,15 +95,15 @@ class FakeController implements Controller<FakeActual, Action> {
     }
   }
 
-  dependencies(r: StoredResource): string[] {
-    return (r.spec as unknown as FakeSpec).dependsOn ?? [];
+  dependencies(r: StoredResource): never[] {
+    return ((r.spec as unknown as FakeSpec).dependsOn ?? []) as never[];
   }
 }
 
 const keyOf = (r: { kind: string; metadata: { name: string } }) => `${r.kind}/${r.metadata.name}`;
 const act = (type: FakeAction['type'], resource: string, describe: string, value?: string): FakeAction => ({
   type,
-  resource,
+  resource: resource as never,
   describe,
   ...(value !== undefined ? { value } : {}),
 });
@@ -123,7 +125,7 @@ async function harness(t: TestContext): Promise<Harness> {
     store,
     fake,
     newEngine: (opts = {}) =>
-      new Engine({ store, controllers: [fake as Controller], concurrency: 4, queue: { baseDelayMs: 10, maxDelayMs: 100 }, ...opts }),
+      new Engine({ store, controllers: [fake], concurrency: 4, queue: { baseDelayMs: 10, maxDelayMs: 100 }, ...opts }),
   };
 }
 
@@ -159,13 +161,7 @@ async function startAndSettle(engine: Engine, keys: string[], untilConverged = t
   assert.ok(ok, `${keys.join(', ')} did not settle: ${JSON.stringify(keys.map((k) => engine.last.get(k)))}`);
 }
 
-async function until(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 2000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for: ${what}`);
-    await sleep(5);
-  }
-}
+const until = (what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 2000) => poll(what, cond, { timeoutMs, intervalMs: 5 });
 
 function condition(st: ResourceStatus | undefined, type: 'Ready' | 'Reconciling' | 'Stalled') {
   const c = st?.conditions.find((x) => x.type === type);

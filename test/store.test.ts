@@ -531,10 +531,10 @@ describe('durability', () => {
         assert.ok(names.has(`vm-${i}`), `acknowledged put ${i} lost`);
         const st = await store.getStatus('VirtualMachine', `vm-${i}`);
         assert.equal(st?.fields.i, i);
-        assert.equal((await store.getResource('VirtualMachine', `vm-${i}`))?.spec.filler, 'x'.repeat(4000));
+        assert.equal(((await store.getResource('VirtualMachine', `vm-${i}`))?.spec as { filler?: string } | undefined)?.filler, 'x'.repeat(4000));
       }
       const last = acked.at(-1)!;
-      assert.ok(((await store.getResource('VirtualMachine', 'vm-0'))?.spec.last as number) >= last);
+      assert.ok((((await store.getResource("VirtualMachine", "vm-0"))?.spec as { last?: number } | undefined)?.last as number) >= last);
       const events = new Set((await store.listEvents()).map((e) => e.message));
       for (const i of acked) assert.ok(events.has(`write ${i}`), `acknowledged event ${i} lost`);
 

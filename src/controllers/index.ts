@@ -1,25 +1,21 @@
-// The controllers of this host, one per kind.
-import type { NetLayout } from '../drivers/netns.ts';
-import type { StoredResource } from '../store/store.ts';
-import type { Controller } from './contract.ts';
+// The composition root: the controllers of this host, one per kind, built from the configuration.
+import type { Config } from '../config.ts';
+import type { AnyController } from '../engine/contract.ts';
 import { declarationController } from './declaration.ts';
 import { RouteController } from './route.ts';
 import { VmController } from './vm.ts';
 
-export interface ControllerContext {
-  layout: NetLayout;
-  stateDir: string;
-  imageRoot: string;
-  /** Current desired resources of a kind (the engine's view of the store). */
-  desired: (kind: string) => StoredResource[];
-  env?: NodeJS.ProcessEnv;
-}
-
-export function createControllers(ctx: ControllerContext): Controller[] {
-  const env = ctx.env ?? process.env;
+export function createControllers(config: Config): AnyController[] {
+  const layout = { prefix: config.prefix, ...(config.hostNetns ? { hostNetns: config.hostNetns } : {}) };
   return [
-    new RouteController(ctx.layout, () => ctx.desired('Route'), env),
-    new VmController({ layout: ctx.layout, stateDir: ctx.stateDir, imageRoot: ctx.imageRoot, desired: ctx.desired, env }),
+    new RouteController(layout, config.uplink),
+    new VmController({
+      layout,
+      stateDir: config.stateDir,
+      imageRoot: config.imageRoot,
+      stopTimeoutMs: config.stopTimeoutMs,
+      ...(config.tscKhz ? { tscKhz: config.tscKhz } : {}),
+    }),
     declarationController('GpuTrustLevel'),
     declarationController('ClusterNode'),
   ];

@@ -4,9 +4,9 @@
 import { diffRouteNet, observeRouteNets, planRouteNet, applyNetActions, ipOf, type NetAction, type NetLayout, type ObservedRouteNet, type RouteNet } from '../drivers/netns.ts';
 import { watchHostNetwork } from '../drivers/monitor.ts';
 import { observeNat, resolveUplink, syncNat, type ObservedNat } from '../drivers/nft.ts';
-import type { RouteSpec } from '../resources/generated.ts';
+import type { ObjectKey } from '../resources/keys.ts';
 import type { StoredResource } from '../store/store.ts';
-import { blocked, type Action, type Controller, type FieldDiff } from './contract.ts';
+import { stalled, waiting, type Action, type Controller, type FieldDiff, type Plan, type World } from '../engine/contract.ts';
 
 export interface RouteActual {
   net?: ObservedRouteNet;
@@ -15,12 +15,12 @@ export interface RouteActual {
 }
 
 type NatAction = Action & { type: 'sync-nat' };
-type RouteAction = NetAction | NatAction | ReturnType<typeof blocked>;
+type RouteAction = NetAction | NatAction;
 
 /** Modes whose traffic policy (Tor redirect, I2P-only) is not built yet: refused rather than left open. */
 const UNSUPPORTED_MODES = new Set(['tor', 'i2p']);
 
-export class RouteController implements Controller<RouteActual, RouteAction> {
+export class RouteController implements Controller<'Route', RouteActual, RouteAction> {
   readonly kind = 'Route';
 
   /**
@@ -29,46 +29,46 @@ export class RouteController implements Controller<RouteActual, RouteAction> {
    */
   constructor(
     private readonly layout: NetLayout,
-    private readonly routes: () => StoredResource[],
-    private readonly env: NodeJS.ProcessEnv = process.env,
+    private readonly uplink?: string,
   ) {}
 
-  async observe(resources: StoredResource[]): Promise<Map<string, RouteActual>> {
+  async observe(resources: StoredResource<'Route'>[]): Promise<Map<ObjectKey, RouteActual>> {
     const [nets, nat, uplink] = await Promise.all([
-      observeRouteNets(this.layout, resources.map((r) => specOf(r).vm)),
+      observeRouteNets(this.layout, resources.map((r) => r.spec.vm)),
       observeNat(this.layout),
-      resolveUplink(this.layout.hostNetns, this.env),
+      resolveUplink(this.layout.hostNetns, this.uplink),
     ]);
-    const found = new Map<string, RouteActual>();
+    const found = new Map<ObjectKey, RouteActual>();
     for (const r of resources) {
-      const net = nets.get(specOf(r).vm);
+      const net = nets.get(r.spec.vm);
       found.set(`Route/${r.metadata.name}`, { ...(net ? { net } : {}), nat, ...(uplink ? { uplink } : {}) });
     }
     return found;
   }
 
-  plan(resource: StoredResource, actual: RouteActual | undefined, deleting: boolean): RouteAction[] {
-    const key = `Route/${resource.metadata.name}`;
-    const spec = specOf(resource);
+  plan(resource: StoredResource<'Route'>, actual: RouteActual | undefined): Plan<RouteAction> {
+    const key: ObjectKey = `Route/${resource.metadata.name}`;
+    const deleting = Boolean(resource.deletionRequestedAt);
+    const spec = resource.spec;
     if (!deleting && UNSUPPORTED_MODES.has(spec.mode)) {
-      return [blocked(key, `mode ${spec.mode} is not supported on this host yet: nothing was created (fail closed)`)];
+      return { actions: [], hold: stalled('ModeUnsupported', `mode ${spec.mode} is not supported on this host yet: nothing was created (fail closed)`) };
     }
     const actions: RouteAction[] = planRouteNet(this.layout, deleting ? undefined : toRouteNet(resource), actual?.net, key);
     const ip = spec.address ? ipOf(spec.address) : undefined;
     const wantNat = !deleting && spec.mode === 'direct';
     const haveNat = ip !== undefined && actual?.nat.masquerade.has(ip) === true;
     if (wantNat && !actual?.uplink) {
-      return [blocked(key, 'no uplink for direct traffic: the host has no default route and QWAMOS_UPLINK is not set', false)];
+      return { actions: [], hold: waiting('NoUplink', 'no uplink for direct traffic: the host has no default route and QWAMOS_UPLINK is not set', 10_000) };
     }
     if (wantNat !== haveNat || (wantNat && !actual?.nat.forwarding)) {
       const describe = wantNat ? `forward and masquerade ${ip} out of ${actual?.uplink}` : `remove masquerade for ${ip}`;
       actions.push({ type: 'sync-nat', resource: key, describe });
     }
-    return actions;
+    return { actions };
   }
 
-  diff(resource: StoredResource, actual: RouteActual | undefined): FieldDiff[] {
-    const spec = specOf(resource);
+  diff(resource: StoredResource<'Route'>, actual: RouteActual | undefined): FieldDiff[] {
+    const spec = resource.spec;
     const diffs = diffRouteNet(this.layout, toRouteNet(resource), actual?.net);
     if (spec.mode === 'direct' && spec.address) {
       const ip = ipOf(spec.address);
@@ -78,38 +78,35 @@ export class RouteController implements Controller<RouteActual, RouteAction> {
     return diffs;
   }
 
-  async apply(actions: RouteAction[]): Promise<void> {
-    const net = actions.filter((a): a is NetAction => a.type !== 'sync-nat' && a.type !== 'blocked');
+  async apply(actions: RouteAction[], world: World): Promise<void> {
+    const net = actions.filter((a): a is NetAction => a.type !== 'sync-nat');
     if (net.length > 0) await applyNetActions(this.layout, net);
     if (actions.some((a) => a.type === 'sync-nat')) {
-      const uplink = await resolveUplink(this.layout.hostNetns, this.env);
+      const uplink = await resolveUplink(this.layout.hostNetns, this.uplink);
       if (!uplink) throw new Error('no uplink for direct traffic: the host has no default route and QWAMOS_UPLINK is not set');
-      await syncNat({ ...this.layout, uplink }, this.directAddresses());
+      await syncNat({ ...this.layout, uplink }, directAddresses(world));
     }
   }
 
   /** `ip monitor` and /run/netns: a route whose links or namespace change is re-checked at once. */
-  watch(notify: (keys: string[]) => void): { close(): void } {
+  watch(notify: (keys: ObjectKey[]) => void, world: () => World): { close(): void } {
     return watchHostNetwork(this.layout, (vms) => {
-      const routes = this.routes().filter((r) => vms === 'all' || vms.has(specOf(r).vm));
-      notify(routes.map((r) => `Route/${r.metadata.name}`));
+      const routes = world().list('Route').filter((r) => vms === 'all' || vms.has(r.spec.vm));
+      notify(routes.map((r) => `Route/${r.metadata.name}` as const));
     });
   }
-
-  /** Every direct Route that is desired now: the NAT table is rewritten whole from this list. */
-  private directAddresses(): { resource: string; ip: string }[] {
-    return this.routes()
-      .filter((r) => !r.deletionRequestedAt && specOf(r).mode === 'direct' && specOf(r).address)
-      .map((r) => ({ resource: `Route/${r.metadata.name}`, ip: ipOf(specOf(r).address!) }));
-  }
 }
 
-function specOf(r: StoredResource): RouteSpec {
-  return r.spec as unknown as RouteSpec;
+/** Every direct Route that is desired now: the NAT table is rewritten whole from this list. */
+function directAddresses(world: World): { resource: string; ip: string }[] {
+  return world
+    .list('Route')
+    .filter((r) => r.spec.mode === 'direct' && r.spec.address)
+    .map((r) => ({ resource: `Route/${r.metadata.name}`, ip: ipOf(r.spec.address!) }));
 }
 
-function toRouteNet(r: StoredResource): RouteNet {
-  const spec = specOf(r);
+function toRouteNet(r: StoredResource<'Route'>): RouteNet {
+  const spec = r.spec;
   return {
     vm: spec.vm,
     mode: spec.mode,

@@ -26,17 +26,17 @@ import {
 import { BUILTIN_GPU_LEVELS, resolveGpuLevel, type GpuLevel } from '../resources/gpu.ts';
 import { imagePathEscape } from '../resources/paths.ts';
 import { sizeMiB } from '../resources/checks.ts';
-import type { GpuTrustLevelSpec, RouteSpec, VirtualMachineSpec } from '../resources/generated.ts';
+import type { RouteSpec, VirtualMachineSpec } from '../resources/generated.ts';
 import type { StoredResource } from '../store/store.ts';
-import { blocked, type Action, type Controller, type FieldDiff, type StatusReport } from './contract.ts';
+import { makeWorld, stalled, waiting, type Action, type Controller, type FieldDiff, type Plan, type StatusReport, type World } from '../engine/contract.ts';
+import type { ObjectKey } from '../resources/keys.ts';
 
 export interface VmContext {
   layout: NetLayout;
   stateDir: string;
   imageRoot: string;
-  /** Desired resources of a kind (Routes, GpuTrustLevels, VirtualMachines). */
-  desired: (kind: string) => StoredResource[];
-  env: NodeJS.ProcessEnv;
+  stopTimeoutMs: number;
+  tscKhz?: number;
 }
 
 /** What was launched, kept beside the pidfile: to tell a clean exit from a crash and see spec changes. */
@@ -77,27 +77,29 @@ type VmAction =
   | (Action & { type: 'remove-device'; runDir: string; id: string })
   | (Action & { type: 'record-crash'; runDir: string })
   | (Action & { type: 'plug-tap'; tapVm: string })
-  | (Action & { type: 'clean-up'; runDir: string; tapVm?: string; disks: string[] })
-  | ReturnType<typeof blocked>;
+  | (Action & { type: 'clean-up'; runDir: string; tapVm?: string; disks: string[] });
 
 const scriptsDir = fileURLToPath(new URL('../../scripts/', import.meta.url));
 
-export class VmController implements Controller<VmActual, VmAction> {
+export class VmController implements Controller<'VirtualMachine', VmActual, VmAction> {
   readonly kind = 'VirtualMachine';
+  /** The desired state of the current call (set at each entry point). */
+  private world: World = makeWorld([]);
   private probe?: Promise<QemuProbe>;
   private tscKhz?: Promise<number | undefined>;
   private watchers = new Map<string, { close(): void }>();
-  private notify?: (keys: string[]) => void;
+  private notify?: (keys: ObjectKey[]) => void;
 
   constructor(private readonly ctx: VmContext) {}
 
   // ---------------------------------------------------------------------------------------- observe
 
-  async observe(resources: StoredResource[]): Promise<Map<string, VmActual>> {
+  async observe(resources: StoredResource<'VirtualMachine'>[], world: World): Promise<Map<ObjectKey, VmActual>> {
+    this.world = world;
     this.probe ??= probeQemu();
-    this.tscKhz ??= hostTscKhz(this.ctx.env);
+    this.tscKhz ??= hostTscKhz(this.ctx.tscKhz);
     const routed = resources.flatMap((r) => {
-      const route = this.routeOf(r.spec as unknown as VirtualMachineSpec);
+      const route = this.routeOf(r.spec);
       return route ? [route.vm] : [];
     });
     const [probe, tscKhz, nets] = await Promise.all([
@@ -105,11 +107,11 @@ export class VmController implements Controller<VmActual, VmAction> {
       this.tscKhz,
       routed.length ? observeRouteNets(this.ctx.layout, routed) : Promise.resolve(new Map()),
     ]);
-    const out = new Map<string, VmActual>();
+    const out = new Map<ObjectKey, VmActual>();
     await Promise.all(
       resources.map(async (r) => {
         const actual = await this.observeOne(r, probe, tscKhz);
-        const route = this.routeOf(r.spec as unknown as VirtualMachineSpec);
+        const route = this.routeOf(r.spec);
         if (route) {
           const tap = nets.get(route.vm)?.tap;
           const bridge = derivedNames(this.ctx.layout.prefix, route.vm).bridge;
@@ -126,9 +128,9 @@ export class VmController implements Controller<VmActual, VmAction> {
     return path.join(this.ctx.stateDir, 'vms', name);
   }
 
-  private async observeOne(r: StoredResource, probe: QemuProbe, tscKhz: number | undefined): Promise<VmActual> {
+  private async observeOne(r: StoredResource<'VirtualMachine'>, probe: QemuProbe, tscKhz: number | undefined): Promise<VmActual> {
     const name = r.metadata.name;
-    const spec = r.spec as unknown as VirtualMachineSpec;
+    const spec = r.spec;
     const runDir = this.runDir(name);
     const [info, launched, netnsExists] = await Promise.all([
       inspect(runDir, name),
@@ -176,8 +178,7 @@ export class VmController implements Controller<VmActual, VmAction> {
   private routeOf(spec: VirtualMachineSpec): RouteSpec | undefined {
     const name = spec.network?.route;
     if (!name) return undefined;
-    const route = this.ctx.desired('Route').find((r) => r.metadata.name === name && !r.deletionRequestedAt);
-    return route?.spec as unknown as RouteSpec | undefined;
+    return this.world.list('Route').find((r) => r.metadata.name === name)?.spec;
   }
 
   /** The netns QEMU runs in: its Route's; without a NIC, the host side's (the test netns in tests). */
@@ -190,20 +191,20 @@ export class VmController implements Controller<VmActual, VmAction> {
   private gpuLevelOf(spec: VirtualMachineSpec): GpuLevel | undefined {
     const name = spec.gpu?.trustLevel;
     if (!name) return undefined;
-    const declared = this.ctx.desired('GpuTrustLevel').find((g) => g.metadata.name === name);
-    if (declared) return resolveGpuLevel(name, declared.spec as unknown as GpuTrustLevelSpec);
+    const declared = this.world.list('GpuTrustLevel').find((g) => g.metadata.name === name);
+    if (declared) return resolveGpuLevel(name, declared.spec);
     return BUILTIN_GPU_LEVELS.find((l) => l.name === name);
   }
 
   private async launchSpec(
-    r: StoredResource,
+    r: StoredResource<'VirtualMachine'>,
     probe: QemuProbe,
     tscKhz: number | undefined,
     runDir: string,
     disks: VmActual['disks'],
   ): Promise<VmActual['want']> {
     const name = r.metadata.name;
-    const spec = r.spec as unknown as VirtualMachineSpec;
+    const spec = r.spec;
     // Accelerator: KVM only where the CPU has vmx/svm and /dev/kvm works.
     const accelWanted = spec.accel ?? 'auto';
     if (accelWanted === 'kvm' && !probe.kvmUsable) return { problem: `accel kvm requested but KVM is not usable here: ${probe.kvmReason}`, terminal: true };
@@ -263,9 +264,17 @@ export class VmController implements Controller<VmActual, VmAction> {
 
   // ------------------------------------------------------------------------------------------- plan
 
-  plan(r: StoredResource, actual: VmActual | undefined, deleting: boolean): VmAction[] {
-    const key = `VirtualMachine/${r.metadata.name}`;
-    const spec = r.spec as unknown as VirtualMachineSpec;
+  plan(r: StoredResource<'VirtualMachine'>, actual: VmActual | undefined, world: World): Plan<VmAction> {
+    this.world = world;
+    const deleting = Boolean(r.deletionRequestedAt);
+    const actions = this.planActions(r, actual, deleting);
+    if (!Array.isArray(actions)) return actions;
+    return { actions };
+  }
+
+  private planActions(r: StoredResource<'VirtualMachine'>, actual: VmActual | undefined, deleting: boolean): VmAction[] | Plan<VmAction> {
+    const key: ObjectKey = `VirtualMachine/${r.metadata.name}`;
+    const spec = r.spec;
     const name = r.metadata.name;
     const runDir = actual?.runDir ?? this.runDir(name);
     const running = Boolean(actual?.proc?.alive && actual.proc.ours);
@@ -291,12 +300,12 @@ export class VmController implements Controller<VmActual, VmAction> {
 
     if (!running && wantRunning) {
       const want = actual?.want;
-      if (!want) return [blocked(key, 'not observed yet', false)];
-      if ('problem' in want) return [blocked(key, want.problem, want.terminal)];
+      if (!want) return { actions: [], hold: waiting('NotObserved', 'not observed yet', 1000) };
+      if ('problem' in want) return { actions: acts, hold: want.terminal ? stalled(want.condition ?? 'LaunchImpossible', want.problem) : waiting('LaunchNotReady', want.problem, 5000) };
       if (crashed) acts.push({ type: 'record-crash', resource: key, runDir, describe: `record that QEMU of ${name} died (pid ${actual!.proc!.pid})` });
       if (crashed && actual?.launched?.lastCrashAt) {
         const wait = crashBackoffMs(actual.launched.crashes) - (actual.now - Date.parse(actual.launched.lastCrashAt));
-        if (wait > 0) return [...acts, blocked(key, `QEMU keeps dying: next start in ${Math.ceil(wait / 1000)}s`, false)];
+        if (wait > 0) return { actions: acts, hold: waiting('CrashLoop', `QEMU keeps dying: next start in ${Math.ceil(wait / 1000)}s`, wait) };
       }
       return [...acts, ...this.startActions(r, actual!, want, tapVm)];
     }
@@ -322,13 +331,13 @@ export class VmController implements Controller<VmActual, VmAction> {
     return acts;
   }
 
-  private startActions(r: StoredResource, actual: VmActual, want: { spec: QemuSpec; hash: string; netns?: string }, tapVm?: string): VmAction[] {
-    const key = `VirtualMachine/${r.metadata.name}`;
+  private startActions(r: StoredResource<'VirtualMachine'>, actual: VmActual, want: { spec: QemuSpec; hash: string; netns?: string }, tapVm?: string): VmAction[] {
+    const key: ObjectKey = `VirtualMachine/${r.metadata.name}`;
     const acts: VmAction[] = [];
     for (const d of actual.disks) {
       if (!d.exists) acts.push({ type: 'create-disk', resource: key, path: d.path, sizeMiB: d.sizeMiB, ...(d.backing ? { backing: d.backing } : {}), describe: `create disk ${path.basename(d.path)} (${d.sizeMiB}Mi${d.backing ? `, over ${path.basename(d.backing)}` : ''})` });
     }
-    const paused = (r.spec as unknown as VirtualMachineSpec).runStrategy === 'Paused';
+    const paused = (r.spec).runStrategy === 'Paused';
     acts.push({
       type: 'start',
       resource: key,
@@ -343,8 +352,8 @@ export class VmController implements Controller<VmActual, VmAction> {
     return acts;
   }
 
-  diff(r: StoredResource, actual: VmActual | undefined): FieldDiff[] {
-    const spec = r.spec as unknown as VirtualMachineSpec;
+  diff(r: StoredResource<'VirtualMachine'>, actual: VmActual | undefined): FieldDiff[] {
+    const spec = r.spec;
     const strategy = spec.runStrategy ?? 'Running';
     const running = Boolean(actual?.proc?.alive && actual.proc.ours);
     const state = running ? (actual?.status ?? 'running') : actual?.proc ? `dead (pid ${actual.proc.pid} gone)` : 'stopped';
@@ -356,9 +365,9 @@ export class VmController implements Controller<VmActual, VmAction> {
     return diffs;
   }
 
-  report(r: StoredResource, actual: VmActual | undefined): StatusReport {
+  report(r: StoredResource<'VirtualMachine'>, actual: VmActual | undefined): StatusReport {
     if (!actual) return {};
-    const spec = r.spec as unknown as VirtualMachineSpec;
+    const spec = r.spec;
     const running = Boolean(actual.proc?.alive && actual.proc.ours);
     const want = actual.want;
     const restartRequired = running && 'hash' in want && actual.launched !== undefined && actual.launched.specHash !== want.hash && spec.updatePolicy !== 'Restart';
@@ -385,18 +394,20 @@ export class VmController implements Controller<VmActual, VmAction> {
     };
   }
 
-  dependencies(r: StoredResource): string[] {
-    const spec = r.spec as unknown as VirtualMachineSpec;
+  dependencies(r: StoredResource<'VirtualMachine'>, world: World): ObjectKey[] {
+    this.world = world;
+    const spec = r.spec;
     return [
-      ...(spec.network?.route ? [`Route/${spec.network.route}`] : []),
-      ...(spec.gpu?.trustLevel && this.ctx.desired('GpuTrustLevel').some((g) => g.metadata.name === spec.gpu!.trustLevel) ? [`GpuTrustLevel/${spec.gpu.trustLevel}`] : []),
-      ...(spec.dependsOn ?? []).map((d) => `${d.kind ?? 'VirtualMachine'}/${d.name}`),
+      ...(spec.network?.route ? [`Route/${spec.network.route}` as ObjectKey] : []),
+      ...(spec.gpu?.trustLevel && this.world.list('GpuTrustLevel').some((g) => g.metadata.name === spec.gpu!.trustLevel) ? [`GpuTrustLevel/${spec.gpu.trustLevel}` as ObjectKey] : []),
+      ...(spec.dependsOn ?? []).map((d) => `${d.kind ?? 'VirtualMachine'}/${d.name}` as ObjectKey),
     ];
   }
 
   // ------------------------------------------------------------------------------------------ apply
 
-  async apply(actions: VmAction[]): Promise<void> {
+  async apply(actions: VmAction[], world: World): Promise<void> {
+    this.world = world;
     // VMs are independent: each one's actions in order, different VMs at once.
     const byVm = new Map<string, VmAction[]>();
     for (const a of actions) byVm.set(a.resource, [...(byVm.get(a.resource) ?? []), a]);
@@ -435,7 +446,7 @@ export class VmController implements Controller<VmActual, VmAction> {
           break;
         }
         case 'stop': {
-          await stopVm(a.runDir, a.name, { graceful: a.graceful, timeoutMs: Number(this.ctx.env.QWAMOS_STOP_TIMEOUT_MS || 10_000) });
+          await stopVm(a.runDir, a.name, { graceful: a.graceful, timeoutMs: this.ctx.stopTimeoutMs });
           const file = path.join(a.runDir, 'launch.json');
           const rec = await readJson<LaunchRecord>(file);
           if (rec) await writeFile(file, JSON.stringify({ ...rec, stoppedByController: true }), { mode: 0o600 });
@@ -458,15 +469,13 @@ export class VmController implements Controller<VmActual, VmAction> {
           await rm(a.runDir, { recursive: true, force: true });
           for (const d of a.disks) await rm(d, { force: true });
           break;
-        case 'blocked':
-          throw new Error(a.describe);
       }
     }
   }
 
   // ------------------------------------------------------------------------------------------ watch
 
-  watch(notify: (keys: string[]) => void): { close(): void } {
+  watch(notify: (keys: ObjectKey[]) => void): { close(): void } {
     this.notify = notify;
     return {
       close: () => {
@@ -478,8 +487,8 @@ export class VmController implements Controller<VmActual, VmAction> {
   }
 
   /** Keeps an event connection to each running VM, so a crash (socket EOF) is reconciled at once. */
-  private follow(r: StoredResource, actual: VmActual): void {
-    const key = `VirtualMachine/${r.metadata.name}`;
+  private follow(r: StoredResource<'VirtualMachine'>, actual: VmActual): void {
+    const key: ObjectKey = `VirtualMachine/${r.metadata.name}`;
     const running = Boolean(actual.proc?.alive && actual.proc.ours);
     const current = this.watchers.get(key);
     if (!this.notify || !running) {
@@ -538,9 +547,10 @@ async function readJson<T>(file: string): Promise<T | undefined> {
 }
 
 /** The host TSC frequency for microvm's tsc_early_khz= (QWAMOS_TSC_KHZ, else scripts/host-tsc-khz.sh). */
-async function hostTscKhz(env: NodeJS.ProcessEnv): Promise<number | undefined> {
+async function hostTscKhz(configured: number | undefined): Promise<number | undefined> {
+  if (configured) return configured;
   try {
-    const out = env.QWAMOS_TSC_KHZ ?? (await run(['bash', path.join(scriptsDir, 'host-tsc-khz.sh')]));
+    const out = await run(['bash', path.join(scriptsDir, 'host-tsc-khz.sh')]);
     const khz = Number(out.trim());
     return Number.isInteger(khz) && khz > 0 ? khz : undefined;
   } catch {

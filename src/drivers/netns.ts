@@ -12,9 +12,20 @@
 // The host reaches the guest by ARP across the veth and the bridge; the guest's ARP for the gateway is
 // answered by Ph-vm. `isolated` is the VM netns with its bridge alone: no veth, nothing can leave.
 // Any other bridge port or link in the VM netns (a tap, a test's fake guest) is ignored.
-import type { Action, FieldDiff } from '../controllers/contract.ts';
 import { CommandError, run, runResult } from './exec.ts';
-import { IFNAME_MAX as IFNAMSIZ, derivedNames as namesOf, maxVmNameLength, tooLongDerivedName, type DerivedNames } from '../resources/names.ts';
+import { IFNAME_MAX as IFNAMSIZ, derivedNames as namesOf, maxVmNameLength, tooLongDerivedName, type DerivedNames } from '../names.ts';
+
+// Interim (the Route controller's plan moves out of this driver): the shapes the engine contract uses.
+interface Action {
+  type: string;
+  resource: `Route/${string}`;
+  describe: string;
+}
+interface FieldDiff {
+  field: string;
+  desired: string;
+  actual: string;
+}
 
 export type { DerivedNames };
 
@@ -441,7 +452,7 @@ export function planRouteNet(
   const vm = desired?.vm ?? actual?.vm;
   if (vm === undefined) return [];
   if (desired && actual && desired.vm !== actual.vm) throw new Error(`planRouteNet: desired ${desired.vm} vs actual ${actual.vm}`);
-  const res = resource ?? desired?.resource ?? `Route/${vm}`;
+  const res = (resource ?? desired?.resource ?? `Route/${vm}`) as Action["resource"];
   const n = derivedNames(layout.prefix, vm);
   const a: ObservedRouteNet = actual ?? { vm, netnsExists: false, paired: false, hostRoutes: [] };
   const acts: NetAction[] = [];

@@ -230,11 +230,11 @@ export async function detectUplink(hostNetns?: string): Promise<string | undefin
   return best?.dev;
 }
 
-/** The uplink from the environment (QWAMOS_UPLINK) or the default route. */
-export async function resolveUplink(hostNetns?: string, env: NodeJS.ProcessEnv = process.env): Promise<string | undefined> {
-  if (env.QWAMOS_UPLINK) {
-    checkUplink(env.QWAMOS_UPLINK);
-    return env.QWAMOS_UPLINK;
+/** The configured uplink, else the default route's. */
+export async function resolveUplink(hostNetns?: string, configured?: string): Promise<string | undefined> {
+  if (configured) {
+    checkUplink(configured);
+    return configured;
   }
   return detectUplink(hostNetns);
 }

@@ -1,7 +1,8 @@
 // The reconcile engine: one XState actor per resource, fed by a keyed work queue with backoff.
 // Level-triggered: every pass starts by observing the host as it is; the store says what should be.
 import { createActor, waitFor, type Actor } from 'xstate';
-import type { Action, Controller } from '../controllers/contract.ts';
+import { makeWorld, type Action, type AnyController, type World } from './contract.ts';
+import { keyOf, type ObjectKey } from '../resources/keys.ts';
 import type { Condition, ConditionPatch, StatusPatch, Store, StoredResource } from '../store/store.ts';
 import { Batcher, fulfilled } from './batcher.ts';
 import { WorkQueue, type QueueOptions } from './queue.ts';
@@ -20,7 +21,7 @@ export interface PassResult {
 
 export interface EngineOptions {
   store: Store;
-  controllers: Controller[];
+  controllers: AnyController[];
   /** Resources reconciled at once. */
   concurrency?: number;
   queue?: QueueOptions;
@@ -29,7 +30,7 @@ export interface EngineOptions {
 
 interface Entry {
   resource: StoredResource;
-  controller: Controller;
+  controller: AnyController;
   actor: Actor<typeof resourceMachine>;
   /** Generation the stored status said was Ready when this process loaded the resource (0: not). */
   syncedAtStart: number;
@@ -47,14 +48,13 @@ interface Entry {
   driftMayBeOpen: boolean;
 }
 
-export const keyOf = (r: { kind: string; metadata: { name: string } }) => `${r.kind}/${r.metadata.name}`;
 
 export class Engine {
   readonly queue: WorkQueue<string>;
   /** The latest pass of each resource. */
   readonly last = new Map<string, PassResult>();
   private readonly entries = new Map<string, Entry>();
-  private readonly controllers = new Map<string, Controller>();
+  private readonly controllers = new Map<string, AnyController>();
   private readonly observers = new Map<string, Batcher<StoredResource, unknown>>();
   private readonly appliers = new Map<string, Batcher<Action[], void>>();
   /** dependency key -> keys waiting for it to be ready */
@@ -112,6 +112,11 @@ export class Engine {
     return [...new Set(changed)];
   }
 
+  /** A snapshot of the desired state, for one pass. */
+  world(): World {
+    return makeWorld(this.resources());
+  }
+
   /** Resources in the store, as last synced. */
   resources(kind?: string): StoredResource[] {
     return [...this.entries.values()].map((e) => e.resource).filter((r) => !kind || r.kind === kind);
@@ -119,7 +124,7 @@ export class Engine {
 
   /** Starts every controller's event sources; what they report is reconciled at once. */
   watch(): { close(): void } {
-    const handles = [...this.controllers.values()].flatMap((c) => (c.watch ? [c.watch((keys) => this.enqueue(keys))] : []));
+    const handles = [...this.controllers.values()].flatMap((c) => (c.watch ? [c.watch((keys: ObjectKey[]) => this.enqueue(keys), () => this.world())] : []));
     return { close: () => handles.forEach((h) => h.close()) };
   }
 
@@ -182,12 +187,17 @@ export class Engine {
         suspended: Boolean(resource.suspended),
         steps: {
           observe: () => this.observer(controller).load(entry.resource),
-          plan: (actual, deleting) => controller.plan(entry.resource, actual, deleting),
+          plan: (actual) => {
+            // Interim: a plan's hold becomes a blocked step (terminal when Stalled).
+            const plan = controller.plan(entry.resource, actual, this.world());
+            if (!plan.hold) return plan.actions;
+            return [{ type: 'blocked', resource: key, describe: plan.hold.message, terminal: plan.hold.type === 'Stalled' } as Action];
+          },
           apply: (actions) => this.applier(controller).load(actions),
           onDrift: (actual, _plan, healing) => {
             const policy = healing ? 'heal' : 'warn';
             entry.driftMayBeOpen = true;
-            const diffs = controller.diff(entry.resource, actual);
+            const diffs = controller.diff(entry.resource, actual, this.world());
             if (diffs.length) entry.pendingWrites.push(this.store.recordDrifts(key, diffs, policy));
           },
         },
@@ -199,11 +209,11 @@ export class Engine {
     if (resource.suspended) entry.actor.send({ type: 'SUSPEND' });
   }
 
-  private observer(controller: Controller): Batcher<StoredResource, unknown> {
+  private observer(controller: AnyController): Batcher<StoredResource, unknown> {
     let b = this.observers.get(controller.kind);
     if (!b) {
       b = new Batcher(async (resources) => {
-        const found = await controller.observe(resources);
+        const found = await controller.observe(resources, this.world());
         return resources.map((r) => fulfilled(found.get(keyOf(r))));
       });
       this.observers.set(controller.kind, b);
@@ -212,13 +222,13 @@ export class Engine {
   }
 
   /** Applies the plans of resources reconciling together in one batch. */
-  private applier(controller: Controller): Batcher<Action[], void> {
+  private applier(controller: AnyController): Batcher<Action[], void> {
     let b = this.appliers.get(controller.kind);
     if (!b) {
       // A failed batch fails every resource in it: each retries on its own backoff and observes
       // the host again first, so nothing is applied twice on a partial failure.
       b = new Batcher<Action[], void>(async (plans) => {
-        await controller.apply(plans.flat());
+        await controller.apply(plans.flat(), this.world());
         return plans.map(() => fulfilled(undefined));
       });
       this.appliers.set(controller.kind, b);
@@ -331,19 +341,21 @@ export class Engine {
 
   private dependantsOf(key: string): string[] {
     const all = this.resources();
-    return all.filter((o) => (this.controllers.get(o.kind)?.dependencies?.(o, all) ?? []).includes(key)).map(keyOf);
+    const world = this.world();
+    return all.filter((o) => (this.controllers.get(o.kind)?.dependencies?.(o, world) ?? []).includes(key as ObjectKey)).map((o) => keyOf(o));
   }
 
   /** Dependencies not ready yet (or, when deleting, dependants not deleted yet). */
   private blockers(entry: Entry, deleting: boolean): string[] {
     const all = this.resources();
+    const world = this.world();
     if (deleting) {
       const key = keyOf(entry.resource);
       return all
-        .filter((o) => o.deletionRequestedAt && (this.controllers.get(o.kind)?.dependencies?.(o, all) ?? []).includes(key))
-        .map(keyOf);
+        .filter((o) => o.deletionRequestedAt && (this.controllers.get(o.kind)?.dependencies?.(o, world) ?? []).includes(key))
+        .map((o) => keyOf(o));
     }
-    const deps = entry.controller.dependencies?.(entry.resource, all) ?? [];
+    const deps: ObjectKey[] = entry.controller.dependencies?.(entry.resource, world) ?? [];
     return deps.filter((dep) => {
       const other = this.entries.get(dep);
       if (!other || other.resource.deletionRequestedAt) return true;
@@ -430,7 +442,7 @@ export class Engine {
    */
   private async writeStatus(entry: Entry, base: StatusPatch): Promise<void> {
     // The controller's own conditions and fields (a VM's pid, RestartRequired, ...) ride along.
-    const extra = entry.controller.report?.(entry.resource, entry.lastActual) ?? {};
+    const extra = entry.controller.report?.(entry.resource, entry.lastActual, this.world()) ?? {};
     const patch: StatusPatch = {
       ...base,
       ...(base.conditions || extra.conditions ? { conditions: [...(base.conditions ?? []), ...(extra.conditions ?? [])] } : {}),
@@ -450,17 +462,17 @@ export class Engine {
 }
 
 function driftPolicyOf(r: StoredResource): 'heal' | 'warn' {
-  return (r.spec as { driftPolicy?: string }).driftPolicy === 'warn' ? 'warn' : 'heal';
+  return 'driftPolicy' in r.spec && r.spec.driftPolicy === 'warn' ? 'warn' : 'heal';
 }
 
 /** Kinds this host has no controller for yet: they stall with a clear reason instead of pretending. */
-function unsupported(kind: string): Controller {
+function unsupported(kind: string): AnyController {
   return {
     kind,
     observe: async () => {
       throw new TerminalError(`no ${kind} controller on this host yet: nothing was done`);
     },
-    plan: () => [],
+    plan: () => ({ actions: [] }),
     diff: () => [],
     apply: async () => {},
   };

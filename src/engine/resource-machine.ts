@@ -7,7 +7,7 @@
 //   SUSPEND ─► suspended ─RESUME─► pending (the queue starts the next pass);
 //   DELETE: the same path with nothing desired, ending in deleted.
 import { assign, fromPromise, setup } from 'xstate';
-import type { Action } from '../controllers/contract.ts';
+import type { Action } from './contract.ts';
 
 /** What the machine needs from the engine for one resource. */
 export interface ReconcileSteps {

@@ -1,7 +1,7 @@
 // Checks of one resource that a JSON Schema cannot express well. Each returns issues by field pointer.
 import { isNetworkOrBroadcast, parseCidr, sameSubnet } from './net.ts';
 import { imagePathEscape } from './paths.ts';
-import { maxVmNameLength, tooLongDerivedName } from './names.ts';
+import { maxVmNameLength, tooLongDerivedName } from '../names.ts';
 import { PASSTHROUGH_MIN_LEVEL } from './gpu.ts';
 import type { AnyResource, ClusterNode, FirewallPolicy, GpuTrustLevel, Route, VirtualMachine } from './types.ts';
 

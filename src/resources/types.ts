@@ -1,5 +1,7 @@
 // The resource model: generated kind types plus what loading adds (where a resource came from).
 import type { ClusterNode, FirewallPolicy, GpuTrustLevel, Route, VirtualMachine } from './generated.ts';
+import type { Kind } from './kinds.ts';
+import type { ObjectKey } from './keys.ts';
 import type { PositionMap } from './yaml.ts';
 
 export type * from './generated.ts';
@@ -14,11 +16,14 @@ export interface ResourceByKind {
   ClusterNode: ClusterNode;
 }
 
+/** The spec type of each kind. */
+export type SpecByKind = { [K in Kind]: ResourceByKind[K]['spec'] };
+
 /** A validated resource and where it was read from. */
 export interface LoadedResource<R extends AnyResource = AnyResource> {
   resource: R;
   /** 'Kind/name' */
-  key: string;
+  key: ObjectKey;
   file: string;
   /** sha256 of the whole file's bytes, hex. */
   digest: string;
@@ -26,6 +31,3 @@ export interface LoadedResource<R extends AnyResource = AnyResource> {
   positions?: PositionMap;
 }
 
-export function resourceKey(r: { kind: string; metadata: { name: string } }): string {
-  return `${r.kind}/${r.metadata.name}`;
-}

@@ -7,7 +7,8 @@ import { crossCheck } from './crossref.ts';
 import type { Diagnostic } from './diagnostics.ts';
 import { API_VERSION, KINDS, KIND_ALIASES, isKind } from './kinds.ts';
 import { checkSchema, closest, show } from './schema.ts';
-import { resourceKey, type AnyResource, type LoadedResource } from './types.ts';
+import { keyOf } from './keys.ts';
+import type { AnyResource, LoadedResource } from './types.ts';
 import { parseYaml, type YamlDocument } from './yaml.ts';
 
 export interface SourceFile {
@@ -174,7 +175,7 @@ function validateDocument(
   const semantic = checkResource(resource, ctx);
   const diagnostics = semantic.map((i) => ({ ...problem(i.pointer, i.message), ...(i.severity ? { severity: i.severity } : {}) }));
   if (semantic.some((i) => i.severity !== 'warning')) return { diagnostics };
-  return { resource: { resource, key: resourceKey(resource), file, digest, positions: doc.positions }, diagnostics };
+  return { resource: { resource, key: keyOf(resource), file, digest, positions: doc.positions }, diagnostics };
 }
 
 /** Says what is wrong with a kind, suggesting the kind that was probably meant. */

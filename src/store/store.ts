@@ -16,6 +16,8 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { isDeepStrictEqual } from 'node:util';
 import { UserError } from '../errors.ts';
+import type { Kind } from '../resources/kinds.ts';
+import type { SpecByKind } from '../resources/types.ts';
 import {
   DIR_MODE,
   FILE_MODE,
@@ -50,10 +52,19 @@ export interface Manifest {
   apiVersion: string;
   kind: string;
   metadata: ResourceMetadata;
-  spec: Record<string, unknown>;
+  spec: object;
 }
 
-export interface StoredResource extends Manifest {
+/** A stored resource of any kind, typed by kind: narrowing on `kind` types `spec`. */
+export type StoredResource<K extends Kind = Kind> = K extends Kind ? StoredOf<K> : never;
+
+interface StoredOf<K extends Kind> extends StoredRecord {
+  kind: K;
+  spec: SpecByKind[K];
+}
+
+/** What the store keeps of every resource, whatever its kind. */
+export interface StoredRecord extends Manifest {
   source: ResourceSource;
   /** 1 when created, +1 whenever spec or labels change. */
   generation: number;
@@ -297,7 +308,8 @@ export class Store {
         if (!isDeepStrictEqual(old.source, src)) await writeFileAtomic(file, toJson({ ...old, source: src }));
         return { result: 'unchanged', generation: old.generation };
       }
-      const next: StoredResource = {
+      // The caller validated the manifest against its kind's schema (store files are shape-checked on read).
+      const next = {
         apiVersion: r.apiVersion,
         kind: r.kind,
         metadata,

@@ -18,7 +18,7 @@ import {
   type ObservedRouteNet,
   type RouteNet,
 } from '../../src/drivers/netns.ts';
-import type { FieldDiff } from '../../src/controllers/contract.ts';
+import type { FieldDiff } from '../../src/engine/contract.ts';
 import { syncNat } from '../../src/drivers/nft.ts';
 import { attachFakeGuest, createTestHost, ipJson, listAllNetns, tryIn, type TestHost } from '../helpers/hostns.ts';
 

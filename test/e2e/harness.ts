@@ -118,13 +118,7 @@ export function route(name: string, mode: string, address: string, extra = ''): 
   return `apiVersion: qwamos.io/v1alpha1\nkind: Route\nmetadata:\n  name: ${name}\nspec:\n  vm: ${name}\n  mode: ${mode}\n${net}${extra}`;
 }
 
-export async function until(what: string, check: () => Promise<boolean>, timeoutMs = 15_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+export { until } from '../helpers/poll.ts';
 
 /** The tiny guest (kernel + initramfs), built once per machine and linked into the sandbox's image root. */
 export const GUEST_CACHE = '/tmp/qwamos-guest-cache';

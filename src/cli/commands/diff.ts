@@ -5,8 +5,10 @@ import { createControllers } from '../../controllers/index.ts';
 import { printable } from '../../errors.ts';
 import { hasErrors } from '../../resources/manifests.ts';
 import type { LoadedResource } from '../../resources/types.ts';
-import { imageRoot, stateDir } from '../../config.ts';
-import { hostLayout, openStore } from '../../runtime.ts';
+import { loadConfig } from '../../config.ts';
+import { makeWorld } from '../../engine/contract.ts';
+import { keyOf } from '../../resources/keys.ts';
+import { openStore } from '../../runtime.ts';
 import type { StoredResource } from '../../store/store.ts';
 import { applyResultOf, storedAsLoaded } from '../applied.ts';
 import { jsonOutputOption, type CliCommand } from '../command.ts';
@@ -40,12 +42,8 @@ export const diffCommand: CliCommand = {
     const desired = set.resources.map((r) => asStored(r, byKey.get(r.key)));
     const merged = new Map(byKey);
     for (const r of desired) merged.set(`${r.kind}/${r.metadata.name}`, r);
-    const controllers = createControllers({
-      layout: hostLayout(),
-      stateDir: stateDir(),
-      imageRoot: imageRoot(),
-      desired: (kind) => [...merged.values()].filter((r) => r.kind === kind && !r.deletionRequestedAt),
-    });
+    const controllers = createControllers(loadConfig());
+    const world = makeWorld([...merged.values()]);
 
     const diffs: ResourceDiff[] = set.resources.map((r) => ({
       resource: r.key,
@@ -56,11 +54,12 @@ export const diffCommand: CliCommand = {
     for (const controller of controllers) {
       const mine = desired.filter((r) => r.kind === controller.kind);
       if (mine.length === 0) continue;
-      const actual = await controller.observe(mine);
+      const actual = await controller.observe(mine, world);
       for (const r of mine) {
-        const key = `${r.kind}/${r.metadata.name}`;
+        const key = keyOf(r);
         const d = diffs.find((x) => x.resource === key)!;
-        d.host = controller.plan(r, actual.get(key), false).map((a) => a.describe);
+        const plan = controller.plan(r, actual.get(key), world);
+        d.host = [...plan.actions.map((a: { describe: string }) => a.describe), ...(plan.hold ? [`(${plan.hold.reason}) ${plan.hold.message}`] : [])];
       }
     }
 
