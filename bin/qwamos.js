@@ -1,7 +1,36 @@
 #!/usr/bin/env node
-// The qwamos command. Sources are TypeScript run through tsx, so there is no build step.
-import { register } from 'tsx/esm/api';
+// The qwamos command. It runs the compiled JavaScript in dist/ (built by `npm run build`, which the setup
+// script runs). A checkout whose sources are newer than its build (a developer editing src/) runs the
+// TypeScript sources through tsx instead, so it never runs stale code.
+import { readdirSync, statSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 
-register();
-const { main } = await import('../src/cli/main.ts');
+const root = fileURLToPath(new URL('..', import.meta.url));
+
+function newestSource(dir) {
+  let newest = 0;
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = `${dir}/${e.name}`;
+    newest = Math.max(newest, e.isDirectory() ? newestSource(p) : statSync(p).mtimeMs);
+  }
+  return newest;
+}
+
+function buildIsFresh() {
+  try {
+    return statSync(`${root}dist/.built`).mtimeMs >= newestSource(`${root}src`);
+  } catch {
+    return false;
+  }
+}
+
+let main;
+if (buildIsFresh()) {
+  process.setSourceMapsEnabled(true);
+  ({ main } = await import('../dist/cli/main.js'));
+} else {
+  const { register } = await import('tsx/esm/api');
+  register();
+  ({ main } = await import('../src/cli/main.ts'));
+}
 process.exitCode = await main(process.argv.slice(2));

@@ -24,3 +24,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   npm ci --no-audit --no-fund --loglevel=error >/dev/null
   echo "$want" > "$stamp"
 fi
+
+# The installed command runs compiled JavaScript: build when the sources changed since the last build.
+if [ ! -f dist/.built ] || [ -n "$(find src -newer dist/.built -print -quit)" ]; then
+  echo "setup: npm run build" >&2
+  npm run -s build >/dev/null
+fi
