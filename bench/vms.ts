@@ -2,12 +2,14 @@
 //  1. apply -> QMP `running` through the controller, against launching the same QEMU command by hand
 //     and polling QMP (the controller's overhead), median of a few runs;
 //  2. a 4-VM apply: time until all four report running, and until all four guests are up.
+import { spawn } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm, link, copyFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { buildQemuArgs, type QemuSpec } from '../src/drivers/qemu.ts';
+import { vmPaths } from '../src/controllers/vm/context.ts';
 import { qmpOnce } from '../src/drivers/qmp.ts';
 import { createEngine } from '../src/runtime.ts';
 import { Store } from '../src/store/store.ts';
@@ -77,13 +79,15 @@ export async function benchVms(): Promise<void> {
         cmdline: 'console=ttyS0 quiet panic=-1 qwamos.ip=10.30.0.2/24 qwamos.gw=10.30.0.1 qwamos.name=one',
         disks: [], tap: `${host.prefix}t-one`, runDir,
       };
+      // QEMU is not daemonized (the sandbox's spawn=deny forbids -daemonize's fork): spawned detached.
       const t = await time(async () => {
-        await execa('ip', ['netns', 'exec', `${host.prefix}-one`, 'qemu-system-x86_64', ...buildQemuArgs(qemuSpec)]);
+        spawn('ip', ['netns', 'exec', `${host.prefix}-one`, 'qemu-system-x86_64', ...buildQemuArgs(qemuSpec)], { detached: true, stdio: 'ignore' }).unref();
         await waitQmpRunning(path.join(runDir, 'qmp.sock'));
       });
       hand.push(t.ms);
       const pid = Number((await readFile(path.join(runDir, 'qemu.pid'), 'utf8')).trim());
       process.kill(pid, 'SIGKILL');
+      while ((await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '')).length > 0 && !/\) Z /.test(await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => ''))) await new Promise((r) => setTimeout(r, 5));
       await rm(runDir, { recursive: true, force: true });
       await execa('ip', ['-n', `${host.prefix}-one`, 'link', 'del', `${host.prefix}t-one`], { reject: false });
     }
@@ -98,7 +102,7 @@ export async function benchVms(): Promise<void> {
     const four = await time(() => reconcile(keys));
     const booted = await time(async () => {
       for (;;) {
-        const logs = await Promise.all(names.map((n) => readFile(path.join(dir, 'vms', n, 'serial.log'), 'utf8').catch(() => '')));
+        const logs = await Promise.all(names.map((n) => readFile(path.join(vmPaths({ stateDir: dir }, n).runDir, 'serial.log'), 'utf8').catch(() => '')));
         if (logs.every((l) => l.includes('QWAMOS-GUEST-READY'))) return;
         await new Promise((r) => setTimeout(r, 20));
       }

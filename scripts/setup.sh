@@ -16,6 +16,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# QEMU runs as this unprivileged system user (no capabilities, full seccomp sandbox). Without it the
+# controller falls back to the fixed uid/gid 64055.
+if ! getent passwd qwamos-vm >/dev/null; then
+  echo "setup: adding system user qwamos-vm" >&2
+  useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin qwamos-vm
+fi
+
 # npm ci only when the lockfile changed since the last install.
 stamp=node_modules/.qwamos-lock.sha256
 want=$(sha256sum package-lock.json | cut -d' ' -f1)

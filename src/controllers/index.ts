@@ -3,7 +3,7 @@ import type { Config } from '../config.ts';
 import type { AnyController } from '../engine/contract.ts';
 import { declarationController } from './declaration.ts';
 import { RouteController } from './route.ts';
-import { VmController } from './vm.ts';
+import { VmController } from './vm/index.ts';
 
 export function createControllers(config: Config): AnyController[] {
   const layout = { prefix: config.prefix, ...(config.hostNetns ? { hostNetns: config.hostNetns } : {}) };

@@ -1,17 +1,24 @@
 // The QEMU driver: build a VM's command line (pure), probe what the host's QEMU can do (devices, KVM,
-// GPU levels), launch a VM daemonized inside its network namespace, recognise it again later (adoption by
-// pidfile + /proc/PID/cmdline + start time), query and stop it over QMP, watch it for crashes, and create
-// its qcow2 disks.
+// GPU levels), launch a VM detached inside its network namespace as an unprivileged user, recognise it
+// again later (adoption by pidfile + /proc/PID/cmdline + start time, or by scanning /proc for its command
+// line), query and stop it over QMP, watch it for crashes, and create its qcow2 disks.
 //
-// A VM's run directory (0700) holds:
+// A VM's run directory (0700, owned by the VM user: QEMU writes and removes its pidfile there) holds:
 //   qmp.sock        QMP for commands (short connections: query-status, stop, cont, quit, ...)
 //   qmp-watch.sock  QMP for the long-lived watcher (a QMP socket serves one client at a time)
 //   qemu.pid        written by QEMU (-pidfile), removed by QEMU on a clean exit
 //   serial.log      the guest's serial console
+//   qemu.log        QEMU's stderr (why a start failed)
 //
 // Choices, with the QEMU 7.2 facts behind them:
-// - `-sandbox on,obsolete=deny,resourcecontrol=deny` (seccomp). `spawn=deny` kills QEMU at -daemonize's
-//   fork; `elevateprivileges=deny` makes a daemonized QEMU exit 1 silently. Both left out.
+// - QEMU runs unprivileged with the full sandbox: `setpriv --reuid --regid --clear-groups --inh-caps=-all
+//   --bounding-set=-all --no-new-privs` and `-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,
+//   resourcecontrol=deny`. `-runas` cannot be used: its setuid comes after seccomp is installed and
+//   elevateprivileges=deny kills QEMU with SIGSYS. spawn=deny forbids -daemonize's fork, so QEMU is
+//   spawned detached (own session) instead. What it cannot open as its user is opened here as root and
+//   inherited: kernel and initrd (`/proc/self/fd/N`), disks and backing images (`-add-fd` fd sets), the
+//   tap (/dev/net/tun is 0600 root on some hosts: a perl one-liner attaches it with TUNSETIFF and hands
+//   QEMU the fd, `-netdev tap,fd=N`).
 // - `-no-reboot`: a guest reboot (or panic=-1) ends QEMU, so the controller sees it and applies the
 //   runStrategy, instead of a VM rebooting behind its back.
 // - GPU `vramMiB` maps to virtio-gpu's `max_hostmem` (bytes of host memory QEMU lets the guest's
@@ -21,10 +28,12 @@
 //   given at launch; a display device added by hand later (e.g. bochs-display on a q35 hotplug port) is
 //   seen by listDevices()/isGpuDevice().
 import { constants as fsc } from 'node:fs';
-import { access, chmod, lstat, mkdir, open, readFile, readdir, rm, stat, unlink } from 'node:fs/promises';
+import { access, chmod, chown, lstat, mkdir, open, readFile, readdir, rename, rm, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { existsSync, readlinkSync } from 'node:fs';
 import path from 'node:path';
-import { CommandError, firstLine, run, runResult } from './exec.ts';
+import { spawn } from 'node:child_process';
+import { firstLine, run, runResult } from './exec.ts';
+import { MAX_SOCKET_PATH } from '../names.ts';
 import { QmpClient, deviceDel, listDevices, queryStatusQmp, type QemuDevice, type QemuRunState, type QmpEvent, type QmpStatus } from './qmp.ts';
 
 export type { QemuDevice, QemuRunState, QmpEvent, QmpStatus } from './qmp.ts';
@@ -47,6 +56,8 @@ export interface GpuSpec {
 
 export interface DiskSpec {
   path: string;
+  /** The disk's backing image (opened here and handed to QEMU with the disk when QEMU runs as a user). */
+  backing?: string;
   readOnly: boolean;
   format: 'qcow2';
 }
@@ -66,8 +77,10 @@ export interface QemuSpec {
   tap?: string;
   mac?: string;
   gpu?: GpuSpec;
-  /** Absolute; holds the QMP sockets, pidfile and serial log. */
+  /** Absolute and short (unix socket paths are limited to 107 bytes); holds the QMP sockets, pidfile and serial log. */
   runDir: string;
+  /** Run QEMU as this user (setpriv, no capabilities). Without it QEMU runs as the caller (tests by hand). */
+  user?: VmUser;
   /** Host TSC in kHz: appended to the kernel cmdline as tsc_early_khz= on microvm (PIT calibration hangs otherwise). */
   tscKhz?: number;
   /** Start with the CPUs stopped (`-S`: QMP status 'prelaunch' until `cont`). */
@@ -89,8 +102,6 @@ const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
 const PCI_RE = /^(?:([0-9a-f]{4}):)?([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])$/i;
 const RENDER_RE = /^\/dev\/dri\/renderD[0-9]+$/;
 const NETNS_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
-// sockaddr_un.sun_path is 108 bytes including the NUL.
-const MAX_SOCKET_PATH = 107;
 
 export function checkVmName(name: string): void {
   if (!VM_NAME_RE.test(name)) throw new QemuError(`invalid VM name ${JSON.stringify(name)}: lowercase letters, digits and '-', at most 63`);
@@ -119,20 +130,33 @@ export interface RunPaths {
   qmpWatch: string;
   pidfile: string;
   serial: string;
+  log: string;
 }
 
+/** The files of a run directory. Never throws on length: a VM whose sockets cannot be bound can still be found and stopped by its pidfile. */
 export function runPaths(runDir: string): RunPaths {
   checkPath('runDir', runDir);
   const dir = path.resolve(runDir);
-  const p = {
+  return {
     runDir: dir,
     qmp: path.join(dir, 'qmp.sock'),
     qmpWatch: path.join(dir, 'qmp-watch.sock'),
     pidfile: path.join(dir, 'qemu.pid'),
     serial: path.join(dir, 'serial.log'),
+    log: path.join(dir, 'qemu.log'),
   };
-  if (Buffer.byteLength(p.qmpWatch) > MAX_SOCKET_PATH) throw new QemuError(`runDir too long for a unix socket path (${Buffer.byteLength(p.qmpWatch)} > ${MAX_SOCKET_PATH} bytes): ${dir}`);
-  return p;
+}
+
+/** Why this run directory's QMP sockets cannot be bound (path over 107 bytes), or undefined. */
+export function socketPathProblem(runDir: string): string | undefined {
+  const p = runPaths(runDir);
+  const len = Buffer.byteLength(p.qmpWatch);
+  return len > MAX_SOCKET_PATH ? `QMP socket path ${p.qmpWatch} is ${len} bytes, over the ${MAX_SOCKET_PATH} of a unix socket` : undefined;
+}
+
+function checkSocketPaths(runDir: string): void {
+  const problem = socketPathProblem(runDir);
+  if (problem) throw new QemuError(problem);
 }
 
 /** The exact `-qmp` value of the command socket: also what inspect() looks for in /proc/PID/cmdline. */
@@ -180,14 +204,40 @@ function gpuArgs(gpu: GpuSpec, machine: Machine): GpuArgs {
   }
 }
 
-/** The full QEMU argv (without the binary) for a VM. Pure: validates, touches nothing. */
-export function buildQemuArgs(spec: QemuSpec): string[] {
+/** The placeholder for the tap fd in the argv; the tap helper replaces it with the fd it attached. */
+export const TAP_FD_PLACEHOLDER = '@TAPFD@';
+
+/**
+ * The files QEMU is handed open (fd 3, 4, ... in this order) when it runs as a user: it could not open
+ * them itself (a 0700 image root, a root-owned /dev/net/tun).
+ */
+export function inheritedFiles(spec: QemuSpec): { path: string; write: boolean }[] {
+  const files: { path: string; write: boolean }[] = [];
+  if (spec.kernel !== undefined) files.push({ path: spec.kernel, write: false });
+  if (spec.initrd !== undefined) files.push({ path: spec.initrd, write: false });
+  for (const d of spec.disks) {
+    // QEMU probes a disk read-only first, then opens it read-write: an fd set needs both.
+    if (!d.readOnly) files.push({ path: d.path, write: true });
+    files.push({ path: d.path, write: false });
+    if (d.backing !== undefined) files.push({ path: d.backing, write: false });
+  }
+  return files;
+}
+
+/**
+ * The full QEMU argv (without the binary) for a VM. Pure: validates, touches nothing. With `inherit`,
+ * files are named by the fds of inheritedFiles() (see launch) and the NIC by the tap helper's fd.
+ */
+export function buildQemuArgs(spec: QemuSpec, opts: { inherit?: boolean } = {}): string[] {
   checkVmName(spec.name);
   if (spec.machine !== 'microvm' && spec.machine !== 'q35') throw new QemuError(`unknown machine ${JSON.stringify(spec.machine)}`);
   if (spec.accel !== 'kvm' && spec.accel !== 'tcg') throw new QemuError(`unknown accel ${JSON.stringify(spec.accel)}`);
   checkInt('cpus', spec.cpus, 1, 255);
   checkInt('memoryMiB', spec.memoryMiB, 16, 4 * 1024 * 1024);
   const p = runPaths(spec.runDir);
+  checkSocketPaths(spec.runDir);
+  const inherit = opts.inherit === true;
+  let nextFd = 3;
 
   const gpu = spec.gpu ? gpuArgs(spec.gpu, spec.machine) : { devices: [] };
   const args = [
@@ -204,18 +254,17 @@ export function buildQemuArgs(spec: QemuSpec): string[] {
     '-qmp', qmpArg(p.qmp),
     '-qmp', qmpArg(p.qmpWatch),
     '-pidfile', p.pidfile,
-    '-daemonize',
     '-no-reboot',
-    '-sandbox', 'on,obsolete=deny,resourcecontrol=deny',
+    '-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny',
   ];
   if (spec.startPaused) args.push('-S');
 
   if (spec.kernel !== undefined) {
     checkPath('kernel', spec.kernel);
-    args.push('-kernel', spec.kernel);
+    args.push('-kernel', inherit ? `/proc/self/fd/${nextFd++}` : spec.kernel);
     if (spec.initrd !== undefined) {
       checkPath('initrd', spec.initrd);
-      args.push('-initrd', spec.initrd);
+      args.push('-initrd', inherit ? `/proc/self/fd/${nextFd++}` : spec.initrd);
     }
     let cmdline = spec.cmdline ?? '';
     if (/[\u0000-\u001f\u007f]/.test(cmdline)) throw new QemuError('kernel cmdline must not contain control characters');
@@ -237,8 +286,21 @@ export function buildQemuArgs(spec: QemuSpec): string[] {
 
   spec.disks.forEach((d, i) => {
     checkPath(`disks[${i}].path`, d.path);
+    if (d.backing !== undefined) checkPath(`disks[${i}].backing`, d.backing);
     if (d.format !== 'qcow2') throw new QemuError(`disks[${i}].format must be qcow2`);
-    args.push('-drive', `file=${d.path},if=none,id=d${i},format=qcow2${d.readOnly ? ',readonly=on' : ''}`);
+    let file = d.path;
+    let backing = '';
+    if (inherit) {
+      const set = 2 * i + 1;
+      const fds = d.readOnly ? [nextFd++] : [nextFd++, nextFd++];
+      for (const fd of fds) args.push('-add-fd', `fd=${fd},set=${set}`);
+      file = `/dev/fdset/${set}`;
+      if (d.backing !== undefined) {
+        args.push('-add-fd', `fd=${nextFd++},set=${set + 1}`);
+        backing = `,backing.file.filename=/dev/fdset/${set + 1}`;
+      }
+    }
+    args.push('-drive', `file=${file},if=none,id=d${i},format=qcow2${d.readOnly ? ',readonly=on' : ''}${backing}`);
     args.push('-device', `${pci ? 'virtio-blk-pci' : 'virtio-blk-device'},drive=d${i},id=disk${i}`);
   });
 
@@ -250,7 +312,7 @@ export function buildQemuArgs(spec: QemuSpec): string[] {
       nic += `,mac=${spec.mac.toLowerCase()}`;
     }
     // Never vhost: there is no /dev/vhost-net here and vhost=on aborts QEMU.
-    args.push('-netdev', `tap,id=n0,ifname=${spec.tap},script=no,downscript=no`, '-device', nic);
+    args.push('-netdev', inherit ? `tap,id=n0,fd=${TAP_FD_PLACEHOLDER}` : `tap,id=n0,ifname=${spec.tap},script=no,downscript=no`, '-device', nic);
   } else if (spec.mac !== undefined) {
     throw new QemuError('mac needs a tap');
   }
@@ -471,44 +533,129 @@ export interface LaunchResult {
   status: QmpStatus;
 }
 
+/** The unprivileged user QEMU runs as. */
+export interface VmUser {
+  uid: number;
+  gid: number;
+  /** The account's name; undefined for the fixed fallback uid (no such account on this host). */
+  name?: string;
+}
+
+/** The account VMs run as when it exists (scripts/setup.sh creates it). */
+export const VM_USER_NAME = 'qwamos-vm';
+/** Used when there is no qwamos-vm account: a fixed high uid/gid that no package allocates. */
+export const FALLBACK_VM_UID = 64055;
+
+/** `getent passwd qwamos-vm`, or the fixed fallback uid/gid 64055 when the account does not exist. */
+export async function resolveVmUser(name = VM_USER_NAME): Promise<VmUser> {
+  const r = await runResult(['getent', 'passwd', name]).catch(() => undefined);
+  const f = r?.exitCode === 0 ? r.stdout.trim().split(':') : [];
+  const uid = Number(f[2]);
+  const gid = Number(f[3]);
+  if (Number.isInteger(uid) && uid > 0 && Number.isInteger(gid) && gid > 0) return { uid, gid, name };
+  return { uid: FALLBACK_VM_UID, gid: FALLBACK_VM_UID };
+}
+
+// Attaches the persistent tap (created by root in the VM's netns) on /dev/net/tun as root, keeps the fd
+// open across exec (FD_CLOEXEC cleared), puts its number in place of @TAPFD@ and execs the rest of argv.
+// struct ifreq: 16-byte name, short flags (IFF_TAP 0x2 | IFF_NO_PI 0x1000 | IFF_VNET_HDR 0x4000).
+const TAP_HELPER = `use strict; use Fcntl;
+my $tap = shift @ARGV;
+open(my $tun, "+<", "/dev/net/tun") or die "open /dev/net/tun: $!\\n";
+ioctl($tun, 0x400454ca, pack("a16 s x22", $tap, 0x5002)) or die "attach tap $tap: $!\\n";
+fcntl($tun, F_SETFD, 0) or die "fcntl: $!\\n";
+my $fd = fileno($tun);
+exec { $ARGV[0] } map { s/\\@TAPFD\\@/$fd/r } @ARGV or die "exec $ARGV[0]: $!\\n";`;
+
+/** The argv that starts QEMU: [ip netns exec NS] [perl tap helper TAP] [setpriv ... as the user] qemu ARGS. */
+export function launchArgv(spec: QemuSpec, opts: { netns?: string } = {}): string[] {
+  const inherit = spec.user !== undefined;
+  let argv = [QEMU_BIN, ...buildQemuArgs(spec, { inherit })];
+  if (spec.user) {
+    checkInt('user.uid', spec.user.uid, 1, 2 ** 31 - 2);
+    checkInt('user.gid', spec.user.gid, 1, 2 ** 31 - 2);
+    argv = ['setpriv', `--reuid=${spec.user.uid}`, `--regid=${spec.user.gid}`, '--clear-groups', '--inh-caps=-all', '--bounding-set=-all', '--no-new-privs', ...argv];
+  }
+  if (inherit && spec.tap !== undefined) argv = ['perl', '-e', TAP_HELPER, spec.tap, ...argv];
+  if (opts.netns !== undefined) {
+    if (!NETNS_RE.test(opts.netns)) throw new QemuError(`invalid netns name ${JSON.stringify(opts.netns)}`);
+    argv = ['ip', 'netns', 'exec', opts.netns, ...argv];
+  }
+  return argv;
+}
+
 /**
- * Start a VM daemonized (inside `netns`), wait until QMP answers, lock the QMP sockets down to 0600.
- * Refuses when this run directory's VM is already running. QEMU's own error becomes a one-line QemuError.
+ * Start a VM detached (inside `netns`, as spec.user), wait until QMP answers, lock the pidfile and QMP
+ * sockets down to root 0600. Refuses when a QEMU of this VM is already running — found by the pidfile or,
+ * when that is missing or corrupt, by its command line — and never removes a live QEMU's files.
+ * QEMU's own error becomes a one-line QemuError.
  */
 export async function launch(spec: QemuSpec, opts: LaunchOptions = {}): Promise<LaunchResult> {
-  const args = buildQemuArgs(spec);
+  const argv = launchArgv(spec, opts);
   const p = runPaths(spec.runDir);
-  if (opts.netns !== undefined && !NETNS_RE.test(opts.netns)) throw new QemuError(`invalid netns name ${JSON.stringify(opts.netns)}`);
+  const owner = spec.user ?? { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
 
+  await mkdir(path.dirname(p.runDir), { recursive: true, mode: 0o711 });
   await mkdir(p.runDir, { recursive: true, mode: 0o700 });
   const st = await lstat(p.runDir);
   if (!st.isDirectory() || st.isSymbolicLink()) throw new QemuError(`run directory ${p.runDir} is not a directory`);
-  if (process.getuid && st.uid !== process.getuid()) throw new QemuError(`run directory ${p.runDir} is not owned by us (uid ${st.uid})`);
+  if (st.uid !== owner.uid && st.uid !== (process.getuid?.() ?? 0)) throw new QemuError(`run directory ${p.runDir} is owned by uid ${st.uid}, neither us nor the VM user`);
+  await chown(p.runDir, owner.uid, owner.gid);
   await chmod(p.runDir, 0o700);
 
-  const before = await inspect(p.runDir, spec.name);
-  if (before?.alive && before.ours) throw new QemuError(`VM ${spec.name} is already running (pid ${before.pid})`);
+  const live = await findLive(p, spec.name);
+  if (live) throw new QemuError(`VM ${spec.name} is already running (pid ${live.pid}${live.by === 'cmdline' ? ', found by its command line' : ''})`);
   await removeRunFiles(p);
 
+  // Opened here as root, inherited as fds 3, 4, ... (the order buildQemuArgs numbers them in).
+  const files = spec.user ? inheritedFiles(spec) : [];
+  const handles: FileHandle[] = [];
+  const log = await open(p.log, 'w', 0o600);
   const t0 = performance.now();
+  let exited: { code: number | null; signal: string | null } | undefined;
   try {
-    await run([QEMU_BIN, ...args], { ...(opts.netns ? { netns: opts.netns } : {}), timeoutMs: opts.timeoutMs ?? 30_000 });
-  } catch (err) {
-    const why = err instanceof CommandError ? stripQemuPrefix(firstLine(err.stderr)) || err.message : (err as Error).message;
-    throw new QemuError(`starting VM ${spec.name}: ${why}`);
+    for (const f of files) {
+      const fh = await open(f.path, (f.write ? fsc.O_RDWR : fsc.O_RDONLY) | fsc.O_NOFOLLOW).catch((err: NodeJS.ErrnoException) => {
+        throw new QemuError(`starting VM ${spec.name}: cannot open ${f.path}: ${err.code ?? err.message}`);
+      });
+      handles.push(fh);
+    }
+    const child = spawn(argv[0]!, argv.slice(1), { detached: true, stdio: ['ignore', log.fd, log.fd, ...handles.map((h) => h.fd)] });
+    child.on('error', () => {});
+    child.on('exit', (code, signal) => (exited = { code, signal }));
+    child.unref();
+  } finally {
+    // The child has its own copies.
+    await Promise.all([...handles, log].map((h) => h.close()));
   }
 
-  // With -daemonize QEMU's parent exits once the child is set up: pidfile and sockets exist now.
-  const pid = await readPid(p.pidfile);
-  if (pid === undefined) throw new QemuError(`starting VM ${spec.name}: QEMU was gone right after starting (no pidfile; see ${p.serial})`);
+  const deadline = Date.now() + (opts.timeoutMs ?? 30_000);
+  const failure = async () => {
+    const text = await readFile(p.log, 'utf8').catch(() => '');
+    const line = text.split('\n').map((l) => stripQemuPrefix(l.trim())).find((l) => l && !/terminating on signal/.test(l));
+    return `starting VM ${spec.name}: ${line ?? `QEMU exited (${exited?.signal ?? `code ${exited?.code}`})`}`;
+  };
   try {
-    for (const sock of [p.qmp, p.qmpWatch]) {
-      await chmod(sock, 0o600);
-      const mode = (await stat(sock)).mode & 0o777;
-      if (mode !== 0o600) throw new QemuError(`QMP socket ${sock} has mode ${mode.toString(8)} after chmod 600`);
+    // QEMU binds its QMP sockets and writes the pidfile before the guest starts.
+    let client: QmpClient | undefined;
+    while (!client) {
+      if (exited) throw new QemuError(await failure());
+      if (Date.now() > deadline) throw new QemuError(`starting VM ${spec.name}: no QMP answer after ${opts.timeoutMs ?? 30_000} ms`);
+      const pidReady = (await readPid(p.pidfile)) !== undefined;
+      if (pidReady) client = await QmpClient.connect(p.qmp, { timeoutMs: 2000 }).catch(() => undefined);
+      if (!client) await new Promise((r) => setTimeout(r, 5));
     }
-    const client = await QmpClient.connect(p.qmp, { timeoutMs: 5000 });
+    const pid = (await readPid(p.pidfile))!;
     try {
+      // Root's: the VM user (shared by all VMs) may remove them (its directory) but not use or rewrite them.
+      for (const f of [p.qmp, p.qmpWatch, p.pidfile]) {
+        await chown(f, process.getuid?.() ?? 0, process.getgid?.() ?? 0);
+        await chmod(f, 0o600);
+      }
+      for (const sock of [p.qmp, p.qmpWatch]) {
+        const mode = (await stat(sock)).mode & 0o777;
+        if (mode !== 0o600) throw new QemuError(`QMP socket ${sock} has mode ${mode.toString(8)} after chmod 600`);
+      }
       const status = await queryStatusQmp(client);
       return { pid, readyMs: Math.round(performance.now() - t0), status };
     } finally {
@@ -521,9 +668,65 @@ export async function launch(spec: QemuSpec, opts: LaunchOptions = {}): Promise<
       killPid(info.pid, 'SIGKILL');
       await waitGone(info.pid, info.startTicks, 5000);
     }
-    await removeRunFiles(p);
+    if (!(await findLive(p, spec.name))) await removeRunFiles(p);
     throw err instanceof QemuError ? err : new QemuError(`starting VM ${spec.name}: ${(err as Error).message}`);
   }
+}
+
+// ------------------------------------------------------------------------------------------ processes
+
+/** A live qemu-system process as /proc shows it. */
+export interface QemuProcess {
+  pid: number;
+  startTicks: number;
+  /** Values after each -qmp. */
+  qmp: string[];
+  /** Values after -name. */
+  names: string[];
+}
+
+/** Every live qemu-system process on the host (one pass over /proc/STAR/cmdline). */
+export async function scanQemuProcesses(): Promise<QemuProcess[]> {
+  const pids = (await readdir('/proc')).filter((d) => /^\d+$/.test(d)).map(Number);
+  const found = await Promise.all(
+    pids.map(async (pid): Promise<QemuProcess | undefined> => {
+      const argv = await readFile(`/proc/${pid}/cmdline`, 'utf8').then((t) => t.split('\0'), () => undefined);
+      if (!argv || !/qemu-system/.test(path.basename(argv[0] ?? ''))) return undefined;
+      const ps = await procStat(pid);
+      if (!ps || ps.state === 'Z' || ps.state === 'X') return undefined;
+      const after = (flag: string) => argv.flatMap((a, i) => (a === flag && i + 1 < argv.length ? [argv[i + 1]!] : []));
+      return { pid, startTicks: ps.startTicks, qmp: after('-qmp'), names: after('-name') };
+    }),
+  );
+  return found.filter((x): x is QemuProcess => x !== undefined);
+}
+
+/** The processes among `procs` that are the VM of this run directory (its QMP socket and -name). */
+export function vmProcesses(procs: readonly QemuProcess[], runDir: string, name: string): QemuProcess[] {
+  const p = runPaths(runDir);
+  return procs.filter((q) => q.qmp.includes(qmpArg(p.qmp)) && q.names.some((v) => v === `guest=${name}` || v.startsWith(`guest=${name},`)));
+}
+
+/** A live QEMU of this VM, by its pidfile or else by its command line. */
+async function findLive(p: RunPaths, name: string): Promise<{ pid: number; startTicks: number | undefined; by: 'pidfile' | 'cmdline' } | undefined> {
+  const info = await inspect(p.runDir, name);
+  if (info?.alive && info.ours) return { pid: info.pid, startTicks: info.startTicks, by: 'pidfile' };
+  const found = vmProcesses(await scanQemuProcesses(), p.runDir, name)[0];
+  return found ? { pid: found.pid, startTicks: found.startTicks, by: 'cmdline' } : undefined;
+}
+
+/**
+ * Adopt a live QEMU of this VM whose pidfile is missing or corrupt: check by /proc that `pid` is this
+ * VM's QEMU (as inspect would), then rewrite the pidfile. Throws when it is not.
+ */
+export async function adoptPid(runDir: string, name: string, pid: number): Promise<void> {
+  const p = runPaths(runDir);
+  checkVmName(name);
+  const match = vmProcesses(await scanQemuProcesses(), p.runDir, name).find((q) => q.pid === pid);
+  if (!match) throw new QemuError(`process ${pid} is not the QEMU of VM ${name}: not adopted`);
+  const tmp = `${p.pidfile}.adopt`;
+  await writeFile(tmp, `${pid}\n`, { mode: 0o600 });
+  await rename(tmp, p.pidfile);
 }
 
 // --------------------------------------------------------------------------------------------- inspect
@@ -643,6 +846,7 @@ export async function removeVmDevice(runDir: string, id: string, waitMs = 3000):
 /** Connect to the command socket, run fn, close. */
 export async function withQmp<T>(runDir: string, fn: (c: QmpClient) => Promise<T>, opts: { timeoutMs?: number } = {}): Promise<T> {
   const p = runPaths(runDir);
+  checkSocketPaths(runDir);
   const client = await QmpClient.connect(p.qmp, { timeoutMs: opts.timeoutMs ?? 3000, commandTimeoutMs: opts.timeoutMs ?? 5000 });
   try {
     return await fn(client);
@@ -685,13 +889,16 @@ export async function stop(runDir: string, opts: StopOptions): Promise<StopResul
   const t0 = performance.now();
   const ms = () => Math.round(performance.now() - t0);
   const info = await inspect(p.runDir, opts.name);
-  if (!info?.alive || !info.ours) {
+  let target = info?.alive && info.ours ? { pid: info.pid, startTicks: info.startTicks } : undefined;
+  // A missing or corrupt pidfile does not mean no QEMU: look for this VM's command line.
+  if (!target && opts.name !== undefined) target = vmProcesses(await scanQemuProcesses(), p.runDir, opts.name)[0];
+  if (!target) {
     if (!info?.alive) await removeRunFiles(p);
     return { how: 'not-running', ms: ms(), why: info?.why ?? 'no pidfile' };
   }
-  const pid = info.pid;
-  const start = info.startTicks;
-  const client = await QmpClient.connect(p.qmp, { timeoutMs: 2000 }).catch(() => undefined);
+  const pid = target.pid;
+  const start = target.startTicks;
+  const client = socketPathProblem(p.runDir) ? undefined : await QmpClient.connect(p.qmp, { timeoutMs: 2000 }).catch(() => undefined);
   try {
     if (opts.graceful) {
       // Only a running guest can react to the ACPI power button: a paused one goes straight to quit.
@@ -701,9 +908,9 @@ export async function stop(runDir: string, opts: StopOptions): Promise<StopResul
       if (sent && (await waitGone(pid, start, opts.timeoutMs ?? 10_000))) return done('powerdown');
     }
     if (client && !client.closed) await client.execute('quit', undefined, { timeoutMs: 2000 }).catch(() => undefined);
-    else if (await stillOurs(p, opts.name, pid, start)) killPid(pid, 'SIGTERM');
+    else if (await stillSame(pid, start)) killPid(pid, 'SIGTERM');
     if (await waitGone(pid, start, opts.quitTimeoutMs ?? 3000)) return done('quit');
-    if (await stillOurs(p, opts.name, pid, start)) killPid(pid, 'SIGKILL');
+    if (await stillSame(pid, start)) killPid(pid, 'SIGKILL');
     if (await waitGone(pid, start, 5000)) return done('kill');
     throw new QemuError(`VM in ${p.runDir}: process ${pid} still there 5 s after SIGKILL`);
   } finally {
@@ -721,9 +928,10 @@ export function stopVm(runDir: string, name: string, opts: Omit<StopOptions, 'na
   return stop(runDir, { ...opts, name });
 }
 
-async function stillOurs(p: RunPaths, name: string | undefined, pid: number, startTicks: number | undefined): Promise<boolean> {
-  const now = await inspect(p.runDir, name);
-  return !!now && now.alive && now.ours && now.pid === pid && now.startTicks === startTicks;
+/** The process found earlier (pid and start time) still exists: never signal a recycled pid. */
+async function stillSame(pid: number, startTicks: number | undefined): Promise<boolean> {
+  const ps = await procStat(pid);
+  return !!ps && ps.state !== 'Z' && ps.state !== 'X' && ps.startTicks === startTicks;
 }
 
 function killPid(pid: number, sig: NodeJS.Signals): void {

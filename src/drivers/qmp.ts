@@ -247,7 +247,11 @@ export class QmpClient {
       return;
     }
     if (typeof msg.event === 'string') {
-      const ev = msg as unknown as QmpEvent;
+      const ev: QmpEvent = {
+        event: msg.event,
+        ...(isRecord(msg.data) ? { data: msg.data } : {}),
+        ...(isRecord(msg.timestamp) ? { timestamp: { seconds: Number(msg.timestamp.seconds), microseconds: Number(msg.timestamp.microseconds) } } : {}),
+      };
       this.backlog.push(ev);
       if (this.backlog.length > EVENT_BACKLOG) this.backlog.shift();
       for (const cb of [...this.eventListeners]) {
@@ -488,4 +492,8 @@ function oneLine(s: string): string {
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
 }

@@ -51,3 +51,24 @@ function realOrSelf(p: string): string {
     return path.resolve(p);
   }
 }
+
+/**
+ * The first component of `relative` under `root` that is a symlink (as a relative path), or undefined.
+ * Files qwamos creates and deletes itself (disks) must not go through any symlink at all.
+ */
+export function symlinkOnPath(root: string, relative: string): string | undefined {
+  const parts = relative.split(/[\\/]/).filter(Boolean);
+  for (let i = 1; i <= parts.length; i++) {
+    const rel = parts.slice(0, i).join('/');
+    if (linkTarget(path.join(root, rel)) !== undefined) return rel;
+  }
+  return undefined;
+}
+
+/** Why qwamos must not create or delete a file at `relative` under `root` (escape or symlink), or undefined. */
+export function ownedPathProblem(root: string, relative: string): string | undefined {
+  const escape = imagePathEscape(root, relative);
+  if (escape) return `${relative} ${escape}`;
+  const link = symlinkOnPath(root, relative);
+  return link ? `${relative}: ${link} is a symlink; qwamos does not create or delete files through symlinks` : undefined;
+}

@@ -22,6 +22,9 @@ import {
   qmpCommand,
   queryStatus,
   runPaths,
+  socketPathProblem,
+  inheritedFiles,
+  launchArgv,
   stop,
   stopVm,
   watchVm,
@@ -42,9 +45,11 @@ describe('buildQemuArgs (pure)', () => {
   const base: QemuSpec = { name: 'web', machine: 'microvm', accel: 'tcg', cpus: 2, memoryMiB: 256, disks: [], runDir: '/run/qw/vms/web' };
   const after = (args: string[], flag: string) => args.flatMap((a, i) => (a === flag ? [args[i + 1]!] : []));
 
-  test('the fixed part: no defaults, files in the run dir, daemonized, named', () => {
+  test('the fixed part: no defaults, files in the run dir, not daemonized (spawn=deny), full sandbox, named', () => {
     const a = buildQemuArgs(base);
-    for (const f of ['-nodefaults', '-no-user-config', '-daemonize', '-no-reboot']) assert.ok(a.includes(f), f);
+    for (const f of ['-nodefaults', '-no-user-config', '-no-reboot']) assert.ok(a.includes(f), f);
+    assert.ok(!a.includes('-daemonize'), '-daemonize forks, which spawn=deny forbids');
+    assert.deepEqual(after(a, '-sandbox'), ['on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny']);
     assert.deepEqual(after(a, '-name'), ['guest=web,process=qwamos-web']);
     assert.deepEqual(after(a, '-machine'), ['microvm']);
     assert.deepEqual(after(a, '-accel'), ['tcg']);
@@ -127,7 +132,7 @@ describe('buildQemuArgs (pure)', () => {
       [{ name: 'a,b' }, /invalid VM name/],
       [{ runDir: 'relative/dir' }, /absolute/],
       [{ runDir: '/run/a,b' }, /','/],
-      [{ runDir: '/' + 'x'.repeat(100) }, /too long for a unix socket/],
+      [{ runDir: '/' + 'x'.repeat(100) }, /over the 107 of a unix socket/],
       [{ kernel: '/k', cmdline: 'a\nb' }, /control characters/],
       [{ kernel: '/k,file=/etc/shadow' }, /','/],
       [{ initrd: '/i' }, /need a kernel/],
@@ -144,8 +149,33 @@ describe('buildQemuArgs (pure)', () => {
     for (const [patch, re] of bad) assert.throws(() => buildQemuArgs({ ...base, ...patch }), re, JSON.stringify(patch));
   });
 
+  test('as a user: files and the tap handed over as fds, in the order inheritedFiles gives them', () => {
+    const s: QemuSpec = { ...base, kernel: '/i/k', initrd: '/i/r', tap: 'qwt-web', user: { uid: 64055, gid: 64055 },
+      disks: [{ path: '/i/a.qcow2', readOnly: false, format: 'qcow2' }, { path: '/i/b.qcow2', readOnly: true, backing: '/i/base.qcow2', format: 'qcow2' }] };
+    assert.deepEqual(inheritedFiles(s), [
+      { path: '/i/k', write: false }, { path: '/i/r', write: false },
+      { path: '/i/a.qcow2', write: true }, { path: '/i/a.qcow2', write: false },
+      { path: '/i/b.qcow2', write: false }, { path: '/i/base.qcow2', write: false },
+    ]);
+    const a = buildQemuArgs(s, { inherit: true });
+    assert.deepEqual(after(a, '-kernel'), ['/proc/self/fd/3']);
+    assert.deepEqual(after(a, '-initrd'), ['/proc/self/fd/4']);
+    assert.deepEqual(after(a, '-add-fd'), ['fd=5,set=1', 'fd=6,set=1', 'fd=7,set=3', 'fd=8,set=4']);
+    assert.deepEqual(after(a, '-drive'), ['file=/dev/fdset/1,if=none,id=d0,format=qcow2', 'file=/dev/fdset/3,if=none,id=d1,format=qcow2,readonly=on,backing.file.filename=/dev/fdset/4']);
+    assert.deepEqual(after(a, '-netdev'), ['tap,id=n0,fd=@TAPFD@']);
+    const argv = launchArgv(s, { netns: 'qw-web' });
+    assert.deepEqual(argv.slice(0, 4), ['ip', 'netns', 'exec', 'qw-web']);
+    assert.equal(argv[4], 'perl');
+    const setpriv = argv.indexOf('setpriv');
+    assert.deepEqual(argv.slice(setpriv, setpriv + 8), ['setpriv', '--reuid=64055', '--regid=64055', '--clear-groups', '--inh-caps=-all', '--bounding-set=-all', '--no-new-privs', 'qemu-system-x86_64']);
+  });
+
   test('run paths and PCI addresses', () => {
-    assert.deepEqual(runPaths('/r/vm'), { runDir: '/r/vm', qmp: '/r/vm/qmp.sock', qmpWatch: '/r/vm/qmp-watch.sock', pidfile: '/r/vm/qemu.pid', serial: '/r/vm/serial.log' });
+    assert.deepEqual(runPaths('/r/vm'), { runDir: '/r/vm', qmp: '/r/vm/qmp.sock', qmpWatch: '/r/vm/qmp-watch.sock', pidfile: '/r/vm/qemu.pid', serial: '/r/vm/serial.log', log: '/r/vm/qemu.log' });
+    const long = `/${'d'.repeat(100)}`;
+    assert.equal(runPaths(long).runDir, long, 'a long run dir can still be inspected and stopped');
+    assert.match(socketPathProblem(long) ?? '', /over the 107 of a unix socket/);
+    assert.throws(() => buildQemuArgs({ ...base, runDir: long }), /over the 107 of a unix socket/);
     assert.equal(normalizePciAddress('01:00.0'), '0000:01:00.0');
     assert.equal(normalizePciAddress('0000:0A:1f.7'), '0000:0a:1f.7');
     assert.equal(normalizePciAddress('0000:01:00.8'), undefined);

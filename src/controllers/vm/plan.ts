@@ -1,0 +1,121 @@
+// Plan: pure, from the resource, what observe saw and the world to the actions to take now, and how the
+// pass ends when it cannot go further (a typed hold). The launch spec is rendered here (renderLaunch).
+import path from 'node:path';
+import { stalled, waiting, type Action, type Plan, type World } from '../../engine/contract.ts';
+import { keyOf } from '../../resources/keys.ts';
+import type { QemuSpec } from '../../drivers/qemu.ts';
+import type { StoredResource } from '../../store/store.ts';
+import type { VmContext, VmPaths } from './context.ts';
+import { renderLaunch, routeOf, gpuLevelOf } from './launch.ts';
+import type { VmActual } from './observe.ts';
+
+export type VmAction =
+  | (Action & { type: 'create-disk'; path: string; sizeMiB: number; backing?: string })
+  | (Action & { type: 'start'; spec: QemuSpec; hash: string; generation: number; netns?: string; tapVm?: string; paths: VmPaths })
+  | (Action & { type: 'stop'; paths: VmPaths; name: string; graceful: boolean })
+  | (Action & { type: 'adopt'; paths: VmPaths; name: string; pid: number })
+  | (Action & { type: 'pause' | 'resume'; paths: VmPaths })
+  | (Action & { type: 'remove-device'; paths: VmPaths; id: string })
+  | (Action & { type: 'record-crash'; paths: VmPaths })
+  | (Action & { type: 'plug-tap'; tapVm: string })
+  | (Action & { type: 'clean-up'; paths: VmPaths; name: string; tapVm?: string; disks: string[] });
+
+/** Backoff between restarts of a VM that keeps dying: 1 s, 2 s, 4 s ... up to 5 min. */
+export function crashBackoffMs(crashes: number): number {
+  return Math.min(300_000, 1000 * 2 ** Math.max(0, crashes - 1));
+}
+
+/** How long to wait for QMP to answer again before deciding anything that depends on the run state. */
+const STATUS_RECHECK_MS = 2000;
+
+export function planVm(ctx: VmContext, r: StoredResource<'VirtualMachine'>, actual: VmActual | undefined, world: World): Plan<VmAction> {
+  const key = keyOf(r);
+  const name = r.metadata.name;
+  const spec = r.spec;
+  if (!actual) return { actions: [], hold: waiting('NotObserved', `${name} was not observed yet`, 1000) };
+  const paths = actual.paths;
+  const running = actual.proc.state === 'running';
+  const tapVm = routeOf(spec, world)?.vm;
+  // A live QEMU of this VM behind a missing or corrupt pidfile: adopt it before anything else.
+  const adopt: VmAction[] = !running && actual.stray ? [{ type: 'adopt', resource: key, paths, name, pid: actual.stray.pid, describe: `adopt QEMU of ${name} (pid ${actual.stray.pid}, found by its command line): rewrite its pidfile` }] : [];
+  const live = running || actual.stray !== undefined;
+
+  if (r.deletionRequestedAt) {
+    const acts: VmAction[] = [...adopt];
+    if (live) acts.push({ type: 'stop', resource: key, paths, name, graceful: false, describe: `stop QEMU of ${name} (pid ${actual.stray?.pid ?? (actual.proc.state === 'running' ? actual.proc.pid : '?')})` });
+    const deleteDisks = spec.deletionPolicy === 'Delete';
+    const unsafe = deleteDisks ? actual.disks.find((d) => d.problem) : undefined;
+    if (unsafe) return { actions: acts, hold: stalled('ImagePathEscape', `disk ${unsafe.name} is not deleted: ${unsafe.problem}`) };
+    const disks = deleteDisks ? actual.disks.filter((d) => d.exists).map((d) => d.path) : [];
+    if (live || actual.leftovers || disks.length) {
+      acts.push({ type: 'clean-up', resource: key, paths, name, ...(tapVm ? { tapVm } : {}), disks, describe: `remove ${name}'s runtime files${disks.length ? ` and disks ${disks.map((d) => path.basename(d)).join(', ')}` : deleteDisks ? '' : ' (disks kept: deletionPolicy Retain)'}` });
+    }
+    return { actions: acts };
+  }
+  if (adopt.length) return { actions: adopt };
+
+  const strategy = spec.runStrategy ?? 'Running';
+  // QEMU removes its pidfile when it exits cleanly; a pidfile whose process is gone means it died.
+  const crashed = actual.proc.state === 'dead';
+  const cleanExit = actual.proc.state === 'none' && actual.launched !== undefined && !actual.launched.stoppedByController;
+  const wantRunning = strategy === 'Running' || strategy === 'Paused' || (strategy === 'RerunOnFailure' && !cleanExit);
+
+  if (!running) {
+    if (!wantRunning) return { actions: [] };
+    const acts: VmAction[] = [];
+    if (actual.proc.state === 'dead') acts.push({ type: 'record-crash', resource: key, paths, describe: `record that QEMU of ${name} died (pid ${actual.proc.pid}: ${actual.proc.why})` });
+    const launch = renderLaunch(ctx, r, actual, world);
+    if (!launch.ok) return { actions: acts, hold: launch.hold };
+    if (crashed && actual.launched?.lastCrashAt) {
+      const wait = crashBackoffMs(actual.launched.crashes) - (world.now - Date.parse(actual.launched.lastCrashAt));
+      if (wait > 0) return { actions: acts, hold: waiting('CrashLoop', `QEMU of ${name} keeps dying: next start in ${Math.ceil(wait / 1000)}s`, wait) };
+    }
+    return { actions: [...acts, ...startActions(r, actual, launch, tapVm)] };
+  }
+
+  if (!wantRunning) return { actions: [{ type: 'stop', resource: key, paths, name, graceful: true, describe: `shut down ${name} (ACPI power button, then quit)` }] };
+  // Running or paused cannot be told without QMP: decide nothing that depends on it.
+  if (actual.status === 'unknown') return { actions: [], hold: waiting('StatusUnknown', `QMP of ${name} does not answer query-status`, STATUS_RECHECK_MS) };
+
+  const acts: VmAction[] = [];
+  const launch = renderLaunch(ctx, r, actual, world);
+  if (strategy === 'Paused' && actual.status === 'running') acts.push({ type: 'pause', resource: key, paths, describe: `pause ${name}` });
+  if (strategy !== 'Paused' && actual.status === 'paused') acts.push({ type: 'resume', resource: key, paths, describe: `resume ${name}` });
+  if (tapVm && actual.tap && !actual.tap.exists && launch.ok) {
+    // The netns was recreated under a running QEMU: its NIC is gone with the old tap. Restart.
+    return { actions: [{ type: 'stop', resource: key, paths, name, graceful: false, describe: `restart ${name}: its tap went away with its netns` }, ...startActions(r, actual, launch, tapVm)] };
+  }
+  if (tapVm && actual.tap?.exists && !actual.tap.plugged) acts.push({ type: 'plug-tap', resource: key, tapVm, describe: `plug ${name}'s tap into its bridge` });
+  for (const id of foreignGpus(r, actual, world)) acts.push({ type: 'remove-device', resource: key, paths, id, describe: `remove GPU device ${id} that ${name}'s trust level does not give it` });
+  if (spec.updatePolicy === 'Restart' && launch.ok && actual.launched && actual.launched.specHash !== launch.hash) {
+    acts.push({ type: 'stop', resource: key, paths, name, graceful: true, describe: `restart ${name} for its new spec: shut down` });
+    acts.push(...startActions(r, actual, launch, tapVm));
+  }
+  return { actions: acts };
+}
+
+/** GPU devices in the running VM that its trust level does not give it (added by hand). */
+export function foreignGpus(r: StoredResource<'VirtualMachine'>, actual: VmActual, world: World): string[] {
+  const device = gpuLevelOf(r.spec, world)?.device;
+  return (actual.gpuDevices ?? []).filter((id) => !(device && device !== 'none' && id === 'gpu0'));
+}
+
+function startActions(r: StoredResource<'VirtualMachine'>, actual: VmActual, launch: { spec: QemuSpec; hash: string; netns?: string }, tapVm?: string): VmAction[] {
+  const key = keyOf(r);
+  const acts: VmAction[] = [];
+  for (const d of actual.disks) {
+    if (!d.exists) acts.push({ type: 'create-disk', resource: key, path: d.path, sizeMiB: d.sizeMiB, ...(d.backing ? { backing: d.backing } : {}), describe: `create disk ${path.basename(d.path)} (${d.sizeMiB}Mi${d.backing ? `, over ${path.basename(d.backing)}` : ''})` });
+  }
+  acts.push({
+    type: 'start',
+    resource: key,
+    spec: launch.spec,
+    hash: launch.hash,
+    generation: r.generation,
+    paths: actual.paths,
+    ...(launch.netns ? { netns: launch.netns } : {}),
+    ...(tapVm ? { tapVm } : {}),
+    describe: `start QEMU ${launch.spec.machine}/${launch.spec.accel} for ${r.metadata.name}${launch.netns ? ` in netns ${launch.netns}` : ''}${launch.spec.startPaused ? ' (paused)' : ''}`,
+  });
+  return acts;
+}
