@@ -6,10 +6,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { stalled, type Action, type AnyController, type FieldDiff, type Plan } from '../src/engine/contract.ts';
+import { OutcomeError, stalled, type Action, type AnyController, type FieldDiff, type Plan } from '../src/engine/contract.ts';
 import { Engine, type EngineOptions } from '../src/engine/engine.ts';
 import { until as poll } from './helpers/poll.ts';
-import { TerminalError } from '../src/engine/resource-machine.ts';
 import { Store, type ResourceStatus, type StoredResource } from '../src/store/store.ts';
 
 // ---- the fake controller ---------------------------------------------------------------------------
@@ -88,7 +87,7 @@ class FakeController implements AnyController {
     this.applied.push(actions);
     if (this.gate) await this.gate;
     if (this.failApply === 'transient') throw new Error('fake apply failed: device busy');
-    if (this.failApply === 'terminal') throw new TerminalError('fake apply refused: image is corrupt');
+    if (this.failApply === 'terminal') throw new OutcomeError(stalled('ImageCorrupt', 'fake apply refused: image is corrupt'));
     for (const a of actions as FakeAction[]) {
       if (a.type === 'remove') this.host.delete(a.resource);
       else this.host.set(a.resource, a.value!);
@@ -347,7 +346,7 @@ test('a transient failure backs off, is retried by the queue, and recovers on it
     await startAndSettle(engine, ['Fake/a'], false);
     assert.equal(engine.last.get('Fake/a')?.state, 'backoff');
     const st = await store.getStatus('Fake', 'a');
-    assert.equal(st?.phase, 'Degraded');
+    assert.equal(st?.phase, 'Failed');
     const reconciling = condition(st, 'Reconciling');
     assert.equal(reconciling.status, 'True');
     assert.equal(reconciling.reason, 'ProgressingWithRetry');
@@ -358,7 +357,7 @@ test('a transient failure backs off, is retried by the queue, and recovers on it
 
     // The queue retries without anyone enqueueing it.
     await until('apply retried', () => fake.applyCalls >= 3);
-    assert.ok(engine.queue.failuresOf('Fake/a') >= 2, 'failures are counted for the backoff');
+    assert.ok(engine.failuresOf('Fake/a') >= 2, 'failures are counted for the backoff');
 
     fake.failApply = false;
     const since = await mark();
@@ -368,7 +367,7 @@ test('a transient failure backs off, is retried by the queue, and recovers on it
     assert.equal(ready?.phase, 'Ready');
     assert.equal(condition(ready, 'Ready').status, 'True');
     assert.equal(condition(ready, 'Reconciling').status, 'False');
-    assert.equal(engine.queue.failuresOf('Fake/a'), 0, 'success forgets the failures');
+    assert.equal(engine.failuresOf('Fake/a'), 0, 'success forgets the failures');
   } finally {
     await engine.stop();
   }
@@ -400,7 +399,7 @@ test('a terminal error or a terminal blocked action stalls without retries until
     await sleep(250);
     assert.equal(fake.observeCalls, observes, 'a stalled resource is not observed again by itself');
     assert.equal(fake.applyCalls, applies, 'a stalled resource is not applied again by itself');
-    assert.equal(engine.queue.delayed, 0, 'nothing waits on a backoff timer');
+    assert.deepEqual(['Fake/a', 'Fake/b'].map((k) => engine.machineState(k)), ['stalled', 'stalled'], 'no retry delay pending');
 
     // A new generation takes both out of stalled.
     fake.failApply = false;
@@ -430,10 +429,11 @@ test('a dependant waits for its dependency to be Ready, then runs by itself', as
   fake.gate = new Promise((r) => (release = r)); // holds A in apply
   const engine = newEngine();
   try {
+    const since = await mark();
     await engine.sync();
     engine.enqueueAll();
     engine.start();
-    await until('b waiting', () => engine.last.get('Fake/b')?.state === 'waiting');
+    await until('b waiting', () => engine.last.get('Fake/b')?.phase === 'Pending');
     const st = await store.getStatus('Fake', 'b');
     const ready = condition(st, 'Ready');
     assert.equal(ready.status, 'False');
@@ -442,7 +442,6 @@ test('a dependant waits for its dependency to be Ready, then runs by itself', as
     assert.ok(!fake.observed.flat().includes('Fake/b'), 'b is not even observed while a is not ready');
     assert.ok(!fake.host.has('Fake/b'));
 
-    const since = await mark();
     release();
     fake.gate = undefined;
     assert.ok(await engine.settle(['Fake/a', 'Fake/b'], { untilConverged: true, timeoutMs: 3000, since }), JSON.stringify([...engine.last.values()]));
