@@ -178,7 +178,7 @@ async function startAndSettle(engine: Engine, keys: string[], untilConverged = t
   await engine.sync();
   engine.enqueueAll();
   engine.start();
-  const ok = await engine.settle(keys, { untilConverged, timeoutMs: 3000, since });
+  const ok = await engine.settle(keys, { untilConverged, timeoutMs: 10_000, since });
   assert.ok(ok, `${keys.join(', ')} did not settle: ${JSON.stringify(keys.map((k) => engine.last.get(k)))}`);
 }
 

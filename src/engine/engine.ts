@@ -224,12 +224,12 @@ export class Engine {
   // ---- actors -----------------------------------------------------------------------------------
 
   private createEntry(resource: StoredResource, status: ResourceStatus | undefined): Entry {
-    const controller = this.controllers.get(resource.kind) ?? unsupported(resource.kind);
+    const controller = this.controllerOf(resource.kind);
     const key = keyOf(resource);
     const actor = createActor(resourceMachine, {
       input: {
         key,
-        steps: this.steps(key, controller),
+        steps: this.steps,
         resource,
         phase: status && isPhase(status.phase) ? status.phase : 'Pending',
         observedGeneration: status?.observedGeneration ?? 0,
@@ -242,19 +242,23 @@ export class Engine {
     return { actor, controller };
   }
 
-  /** What a resource's machine calls: the controller (batched per kind) and the store. */
-  private steps(key: ObjectKey, controller: AnyController): ResourceSteps {
-    return {
-      blockers: (target) => this.blockers(key, controller, target),
-      observe: (target) => this.observer(controller).load(target),
-      plan: (target, actual) => controller.plan(target, actual, this.world()),
-      diff: (target, actual) => controller.diff(target, actual, this.world()),
-      apply: (actions) => this.applier(controller).load(actions),
-      record: (pass) => this.recorder.load(pass),
-      writeFailed: (err) => this.warn(key, `${key}: could not write the outcome of its pass: ${firstLine(err)}`),
-      requeue: () => this.queue.add(key),
-      backoff: (failures) => this.queue.backoff(failures),
-    };
+  /** What every resource's machine calls: its kind's controller (batched per kind) and the store. */
+  private readonly steps: ResourceSteps = {
+    blockers: (target) => this.blockers(keyOf(target), this.controllerOf(target.kind), target),
+    observe: (target) => this.observer(this.controllerOf(target.kind)).load(target),
+    plan: (target, actual) => this.controllerOf(target.kind).plan(target, actual, this.world()),
+    diff: (target, actual) => this.controllerOf(target.kind).diff(target, actual, this.world()),
+    apply: (target, actions) => this.applier(this.controllerOf(target.kind)).load(actions),
+    record: (pass) => this.recorder.load(pass),
+    writeFailed: (key, err) => this.warn(key, `${key}: could not write the outcome of its pass: ${firstLine(err)}`),
+    requeue: (key) => this.queue.add(key),
+    backoff: (failures) => this.queue.backoff(failures),
+  };
+
+  private controllerOf(kind: string): AnyController {
+    let c = this.controllers.get(kind);
+    if (!c) this.controllers.set(kind, (c = unsupported(kind)));
+    return c;
   }
 
   private observer(controller: AnyController): Batcher<StoredResource, unknown> {
@@ -306,7 +310,10 @@ export class Engine {
         .then((snap) => {
           if (snap.context.passes !== passes) this.finished(key, entry, snap);
         })
-        .catch((err: unknown) => this.warn(key, `${key}: ${firstLine(err)}`))
+        // A record removed from the store behind the engine stops its actor mid-pass: nothing to report.
+        .catch((err: unknown) => {
+          if (actor.getSnapshot().status !== 'stopped') this.warn(key, `${key}: ${firstLine(err)}`);
+        })
         .finally(() => {
           this.finishing.delete(tracked);
           this.queue.done(key);
