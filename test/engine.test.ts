@@ -6,10 +6,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { stalled, type Action, type AnyController, type FieldDiff, type Plan } from '../src/engine/contract.ts';
+import { OutcomeError, stalled, waiting, type Action, type AnyController, type FieldDiff, type Plan } from '../src/engine/contract.ts';
 import { Engine, type EngineOptions } from '../src/engine/engine.ts';
 import { until as poll } from './helpers/poll.ts';
-import { TerminalError } from '../src/engine/resource-machine.ts';
 import { Store, type ResourceStatus, type StoredResource } from '../src/store/store.ts';
 
 // ---- the fake controller ---------------------------------------------------------------------------
@@ -18,15 +17,20 @@ interface FakeSpec {
   value: string;
   driftPolicy?: 'heal' | 'warn';
   dependsOn?: string[];
-  /** Plan a terminal 'blocked' action with this message. */
+  /** Plan a Stalled hold with this message. */
   blocked?: string;
+  /** Plan a Waiting hold with this reason while the fake's `waitOver` is false. */
+  waitReason?: string;
+  waitMs?: number;
+  /** Like a VM's crash: an action recording it is applied beside a CrashLoop Waiting hold. */
+  crashed?: boolean;
 }
 
 interface FakeActual {
   value: string;
 }
 
-type FakeAction = Action & { type: 'create' | 'update' | 'remove'; value?: string };
+type FakeAction = Action & { type: 'create' | 'update' | 'remove' | 'record-crash'; value?: string };
 
 class FakeController implements AnyController {
   readonly kind = 'Fake' as never;
@@ -40,6 +44,11 @@ class FakeController implements AnyController {
   failApply: false | 'transient' | 'terminal' = false;
   failObserve = false;
   failPlan = false;
+  waitOver = false;
+  /** Crashes recorded by 'record-crash' actions. */
+  readonly crashesRecorded: string[] = [];
+  /** What collectGarbage returns (or throws, when an Error). */
+  garbage: string[] | Error = [];
   /** While set, apply waits for it (holds a resource "in flight"). */
   gate?: Promise<void>;
 
@@ -73,6 +82,10 @@ class FakeController implements AnyController {
     const spec = r.spec as unknown as FakeSpec;
     if (deleting) return { actions: actual ? [act('remove', key, `remove ${key}`)] : [] };
     if (spec.blocked) return { actions: [], hold: stalled('Blocked', spec.blocked) };
+    if (spec.waitReason && !this.waitOver) return { actions: [], hold: waiting(spec.waitReason, `waiting for ${spec.waitReason}`, spec.waitMs ?? 50) };
+    if (spec.crashed && !this.crashesRecorded.includes(key)) {
+      return { actions: [act('record-crash', key, `record crash of ${key}`)], hold: waiting('CrashLoop', 'keeps crashing: next start in 60s', 60_000) };
+    }
     if (!actual) return { actions: [act('create', key, `create ${key} = ${spec.value}`, spec.value)] };
     if (actual.value !== spec.value) return { actions: [act('update', key, `set ${key} to ${spec.value}`, spec.value)] };
     return { actions: [] };
@@ -88,11 +101,17 @@ class FakeController implements AnyController {
     this.applied.push(actions);
     if (this.gate) await this.gate;
     if (this.failApply === 'transient') throw new Error('fake apply failed: device busy');
-    if (this.failApply === 'terminal') throw new TerminalError('fake apply refused: image is corrupt');
+    if (this.failApply === 'terminal') throw new OutcomeError(stalled('ImageCorrupt', 'fake apply refused: image is corrupt'));
     for (const a of actions as FakeAction[]) {
-      if (a.type === 'remove') this.host.delete(a.resource);
+      if (a.type === 'record-crash') this.crashesRecorded.push(a.resource);
+      else if (a.type === 'remove') this.host.delete(a.resource);
       else this.host.set(a.resource, a.value!);
     }
+  }
+
+  async collectGarbage(): Promise<string[]> {
+    if (this.garbage instanceof Error) throw this.garbage;
+    return this.garbage;
   }
 
   dependencies(r: StoredResource): never[] {
@@ -111,6 +130,7 @@ const act = (type: FakeAction['type'], resource: string, describe: string, value
 // ---- harness ---------------------------------------------------------------------------------------
 
 interface Harness {
+  dir: string;
   store: Store;
   fake: FakeController;
   newEngine(opts?: Partial<EngineOptions>): Engine;
@@ -122,6 +142,7 @@ async function harness(t: TestContext): Promise<Harness> {
   const store = await Store.open(dir);
   const fake = new FakeController();
   return {
+    dir,
     store,
     fake,
     newEngine: (opts = {}) =>
@@ -157,7 +178,7 @@ async function startAndSettle(engine: Engine, keys: string[], untilConverged = t
   await engine.sync();
   engine.enqueueAll();
   engine.start();
-  const ok = await engine.settle(keys, { untilConverged, timeoutMs: 3000, since });
+  const ok = await engine.settle(keys, { untilConverged, timeoutMs: 10_000, since });
   assert.ok(ok, `${keys.join(', ')} did not settle: ${JSON.stringify(keys.map((k) => engine.last.get(k)))}`);
 }
 
@@ -347,7 +368,7 @@ test('a transient failure backs off, is retried by the queue, and recovers on it
     await startAndSettle(engine, ['Fake/a'], false);
     assert.equal(engine.last.get('Fake/a')?.state, 'backoff');
     const st = await store.getStatus('Fake', 'a');
-    assert.equal(st?.phase, 'Degraded');
+    assert.equal(st?.phase, 'Failed');
     const reconciling = condition(st, 'Reconciling');
     assert.equal(reconciling.status, 'True');
     assert.equal(reconciling.reason, 'ProgressingWithRetry');
@@ -358,7 +379,7 @@ test('a transient failure backs off, is retried by the queue, and recovers on it
 
     // The queue retries without anyone enqueueing it.
     await until('apply retried', () => fake.applyCalls >= 3);
-    assert.ok(engine.queue.failuresOf('Fake/a') >= 2, 'failures are counted for the backoff');
+    assert.ok(engine.failuresOf('Fake/a') >= 2, 'failures are counted for the backoff');
 
     fake.failApply = false;
     const since = await mark();
@@ -368,7 +389,7 @@ test('a transient failure backs off, is retried by the queue, and recovers on it
     assert.equal(ready?.phase, 'Ready');
     assert.equal(condition(ready, 'Ready').status, 'True');
     assert.equal(condition(ready, 'Reconciling').status, 'False');
-    assert.equal(engine.queue.failuresOf('Fake/a'), 0, 'success forgets the failures');
+    assert.equal(engine.failuresOf('Fake/a'), 0, 'success forgets the failures');
   } finally {
     await engine.stop();
   }
@@ -400,7 +421,7 @@ test('a terminal error or a terminal blocked action stalls without retries until
     await sleep(250);
     assert.equal(fake.observeCalls, observes, 'a stalled resource is not observed again by itself');
     assert.equal(fake.applyCalls, applies, 'a stalled resource is not applied again by itself');
-    assert.equal(engine.queue.delayed, 0, 'nothing waits on a backoff timer');
+    assert.deepEqual(['Fake/a', 'Fake/b'].map((k) => engine.machineState(k)), ['stalled', 'stalled'], 'no retry delay pending');
 
     // A new generation takes both out of stalled.
     fake.failApply = false;
@@ -430,10 +451,11 @@ test('a dependant waits for its dependency to be Ready, then runs by itself', as
   fake.gate = new Promise((r) => (release = r)); // holds A in apply
   const engine = newEngine();
   try {
+    const since = await mark();
     await engine.sync();
     engine.enqueueAll();
     engine.start();
-    await until('b waiting', () => engine.last.get('Fake/b')?.state === 'waiting');
+    await until('b waiting', () => engine.last.get('Fake/b')?.phase === 'Pending');
     const st = await store.getStatus('Fake', 'b');
     const ready = condition(st, 'Ready');
     assert.equal(ready.status, 'False');
@@ -442,7 +464,6 @@ test('a dependant waits for its dependency to be Ready, then runs by itself', as
     assert.ok(!fake.observed.flat().includes('Fake/b'), 'b is not even observed while a is not ready');
     assert.ok(!fake.host.has('Fake/b'));
 
-    const since = await mark();
     release();
     fake.gate = undefined;
     assert.ok(await engine.settle(['Fake/a', 'Fake/b'], { untilConverged: true, timeoutMs: 3000, since }), JSON.stringify([...engine.last.values()]));
@@ -628,18 +649,286 @@ test('a controller that throws never crashes the process: the pass ends in backo
     assert.ok(await engine.settle(['Fake/a'], { untilConverged: true, timeoutMs: 3000, since }));
     assert.equal(fake.host.get('Fake/a'), 'one');
 
-    // A throw inside the machine itself (plan is called from an XState action) must not kill the
-    // resource for good either: it backs off, and the pass after the fix succeeds.
+    // A throwing plan (an invoked actor of the machine) is a Failed pass of the same actor, with the
+    // reason ReconcileFailed; it backs off, and the pass after the fix succeeds.
     fake.failPlan = true;
     fake.host.set('Fake/a', 'tampered');
     await pass(engine, ['Fake/a'], false);
-    assert.equal(engine.last.get('Fake/a')?.state, 'backoff');
+    assert.equal(engine.last.get('Fake/a')?.phase, 'Failed');
+    const failedSt = await store.getStatus('Fake', 'a');
+    assert.equal(failedSt?.phase, 'Failed');
+    assert.equal(condition(failedSt, 'Ready').reason, 'ReconcileFailed');
+    assert.match(condition(failedSt, 'Ready').message, /fake plan exploded/);
     await until('plan retried', () => fake.plans.filter((p) => p.key === 'Fake/a').length >= 4);
     fake.failPlan = false;
     since = await mark();
     assert.ok(await engine.settle(['Fake/a'], { untilConverged: true, timeoutMs: 3000, since }), JSON.stringify(engine.last.get('Fake/a')));
     assert.equal(fake.host.get('Fake/a'), 'one');
     assert.equal((await store.getStatus('Fake', 'a'))?.phase, 'Ready');
+  } finally {
+    await engine.stop();
+  }
+});
+
+test('a Waiting hold waits for the delay the controller gave: no failure, no ReconcileFailed, re-run by itself', async (t) => {
+  const { store, fake, newEngine } = await harness(t);
+  await put(store, 'a', { value: 'one', waitReason: 'NoUplink', waitMs: 150 });
+  // A long backoff: were the wait counted as a failure, the re-run would come much later than 150 ms.
+  const engine = newEngine({ queue: { baseDelayMs: 5_000, maxDelayMs: 10_000 } });
+  try {
+    await startAndSettle(engine, ['Fake/a'], false);
+    const r = engine.last.get('Fake/a')!;
+    assert.deepEqual([r.phase, r.reason, r.machineState], ['Waiting', 'NoUplink', 'waiting']);
+    const st = await store.getStatus('Fake', 'a');
+    assert.equal(st?.phase, 'Waiting');
+    assert.deepEqual([condition(st, 'Ready').status, condition(st, 'Ready').reason], ['False', 'NoUplink']);
+    assert.deepEqual([condition(st, 'Reconciling').status, condition(st, 'Reconciling').reason], ['True', 'NoUplink']);
+    assert.equal(condition(st, 'Stalled').status, 'False');
+    assert.equal(engine.failuresOf('Fake/a'), 0, 'a wait is not a failure');
+    assert.ok(!(await reasons(store, 'Fake/a')).includes('ReconcileFailed'));
+    assert.ok(!fake.host.has('Fake/a'), 'nothing applied while holding');
+
+    // Looked at again after the delay, without anyone enqueueing it; still waiting: one event only.
+    const plans = fake.plans.length;
+    await until('re-run after the delay', () => fake.plans.length > plans, 1000);
+    await sleep(50);
+    assert.deepEqual(await reasons(store, 'Fake/a'), ['NoUplink'], 'the same wait again is no new event');
+
+    fake.waitOver = true;
+    await until('ready after the wait', async () => (await store.getStatus('Fake', 'a'))?.phase === 'Ready', 1000);
+    assert.equal(fake.host.get('Fake/a'), 'one');
+    assert.equal(engine.failuresOf('Fake/a'), 0);
+  } finally {
+    await engine.stop();
+  }
+});
+
+test('failures back off exponentially in the machine: the delay grows with the failure count', async (t) => {
+  const { store, fake, newEngine } = await harness(t);
+  await put(store, 'a', { value: 'one' });
+  fake.failObserve = true;
+  const engine = newEngine({ queue: { baseDelayMs: 40, maxDelayMs: 1000, jitter: 0 } });
+  try {
+    await startAndSettle(engine, ['Fake/a'], false);
+    await until('three failures', () => engine.failuresOf('Fake/a') >= 3, 2000);
+    // Observes happen at about 0, 40, 40+80, 40+80+160 ms: the gaps double.
+    const times: number[] = [];
+    const observe = fake.observe.bind(fake);
+    fake.observe = async (rs) => {
+      times.push(Date.now());
+      return observe(rs);
+    };
+    await until('two more retries', () => times.length >= 2, 3000);
+    const gap = times[1]! - times[0]!;
+    assert.ok(gap >= 300, `retry gap ${gap} ms after 4+ failures (40 ms base, doubling)`);
+    await until('resting in backoff', () => engine.machineState('Fake/a') === 'backoff');
+    const events = (await store.listEvents({ resource: 'Fake/a' })).filter((e) => e.reason === 'ReconcileFailed');
+    assert.match(events.at(-1)!.message, /^ReconcileFailed: fake observe failed.*\(retry \d+\)$/);
+  } finally {
+    await engine.stop();
+  }
+});
+
+test('an action applied beside a hold (a crash recorded while the restart waits) ends with the hold', async (t) => {
+  const { store, fake, newEngine } = await harness(t);
+  await put(store, 'a', { value: 'one', crashed: true });
+  const engine = newEngine();
+  try {
+    await startAndSettle(engine, ['Fake/a'], false);
+    assert.deepEqual(fake.crashesRecorded, ['Fake/a'], 'the action beside the hold is applied');
+    assert.equal(fake.observeCalls, 1, 'a held pass does not observe again to verify');
+    const r = engine.last.get('Fake/a')!;
+    assert.deepEqual([r.phase, r.reason], ['Waiting', 'CrashLoop']);
+    assert.deepEqual(r.applied.map((a) => a.type), ['record-crash']);
+    const st = await store.getStatus('Fake', 'a');
+    assert.equal(st?.phase, 'Waiting');
+    assert.equal(condition(st, 'Ready').reason, 'CrashLoop');
+    assert.deepEqual(await reasons(store, 'Fake/a'), ['Applied', 'CrashLoop']);
+    assert.equal(engine.failuresOf('Fake/a'), 0);
+  } finally {
+    await engine.stop();
+  }
+});
+
+test('an OutcomeError from apply sets the reason; Stalled is not retried and says why', async (t) => {
+  const { store, fake, newEngine } = await harness(t);
+  await put(store, 'a', { value: 'one' });
+  fake.failApply = 'terminal';
+  const engine = newEngine();
+  try {
+    await startAndSettle(engine, ['Fake/a']);
+    const st = await store.getStatus('Fake', 'a');
+    assert.deepEqual([st?.phase, condition(st, 'Stalled').reason, condition(st, 'Ready').reason], ['Stalled', 'ImageCorrupt', 'ImageCorrupt']);
+    assert.equal(engine.machineState('Fake/a'), 'stalled');
+  } finally {
+    await engine.stop();
+  }
+});
+
+test('delete, then apply again before the deletion pass finishes: nothing is lost, it ends Ready', async (t) => {
+  const { store, fake, newEngine } = await harness(t);
+  await put(store, 'a', { value: 'one' });
+  const engine = newEngine();
+  let release!: () => void;
+  try {
+    await startAndSettle(engine, ['Fake/a']);
+    fake.gate = new Promise((r) => (release = r)); // holds the deletion in apply
+    assert.ok(await store.markForDeletion('Fake', 'a'));
+    engine.enqueue(await engine.sync());
+    await until('removal in flight', () => fake.applied.at(-1)?.[0]?.type === 'remove');
+
+    // Applied again meanwhile: the tombstone goes.
+    await put(store, 'a', { value: 'one' });
+    assert.equal((await store.getResource('Fake', 'a'))?.deletionRequestedAt, undefined);
+    const since = await mark();
+    engine.enqueue(await engine.sync());
+    fake.gate = undefined;
+    release();
+
+    assert.ok(await engine.settle(['Fake/a'], { untilConverged: true, timeoutMs: 3000, since }), JSON.stringify(engine.last.get('Fake/a')));
+    const r = await store.getResource('Fake', 'a');
+    assert.ok(r, 'the re-applied record is still in the store');
+    assert.equal(r.deletionRequestedAt, undefined);
+    assert.equal(engine.last.get('Fake/a')?.phase, 'Ready');
+    assert.equal(engine.machineState('Fake/a'), 'ready');
+    assert.equal(fake.host.get('Fake/a'), 'one', 'recreated on the host');
+    assert.equal((await store.getStatus('Fake', 'a'))?.phase, 'Ready');
+    assert.ok(!(await reasons(store, 'Fake/a')).includes('Deleted'));
+
+    // Later passes are ordinary ones: no deletion plans any more.
+    const plansBefore = fake.plans.length;
+    await pass(engine, ['Fake/a']);
+    assert.ok(fake.plans.slice(plansBefore).every((p) => !p.deleting), 'no deletion pass after the re-apply');
+    assert.equal(fake.host.get('Fake/a'), 'one');
+  } finally {
+    release?.();
+    await engine.stop();
+  }
+});
+
+test('a failing drift write (malformed drift file) is reported once, never crashes, and the pass still ends', async (t) => {
+  const { dir, store, fake, newEngine } = await harness(t);
+  await put(store, 'a', { value: 'one' });
+  const warnings: string[] = [];
+  const engine = newEngine({ onWarning: (line) => warnings.push(line) });
+  try {
+    await startAndSettle(engine, ['Fake/a']);
+    await fs.mkdir(path.join(dir, 'drift', 'Fake'), { recursive: true });
+    await fs.writeFile(path.join(dir, 'drift', 'Fake', 'a.json'), '{ not json');
+    fake.host.set('Fake/a', 'tampered');
+    await pass(engine, ['Fake/a']);
+    assert.equal(fake.host.get('Fake/a'), 'one', 'healed all the same');
+    assert.equal((await store.getStatus('Fake', 'a'))?.phase, 'Ready');
+    assert.deepEqual(await reasons(store, 'Fake/a'), ['Applied', 'DriftHealed']);
+    fake.host.set('Fake/a', 'tampered again');
+    await pass(engine, ['Fake/a']);
+    assert.equal(warnings.length, 1, `reported once: ${warnings.join(' | ')}`);
+    assert.match(warnings[0]!, /Fake\/a: could not write its drift records: .*not valid JSON/);
+  } finally {
+    await engine.stop();
+  }
+});
+
+test('a store that cannot be written (lock timeout) is no failure of the resource', async (t) => {
+  const { dir, fake, newEngine } = await harness(t);
+  const store = await Store.open(dir, { lockTimeoutMs: 100 });
+  await put(store, 'a', { value: 'one' });
+  const warnings: string[] = [];
+  const engine = newEngine({ store, onWarning: (line) => warnings.push(line) });
+  let unlock!: () => void;
+  try {
+    await startAndSettle(engine, ['Fake/a']);
+    // Another holder keeps the lock (in this process: a separate Store on the same directory shares it).
+    const held = store.withLock(() => new Promise<void>((r) => (unlock = r)), { timeoutMs: 1000 });
+    await sleep(20);
+    fake.host.set('Fake/a', 'tampered');
+    await pass(engine, ['Fake/a'], false);
+    const r = engine.last.get('Fake/a')!;
+    assert.equal(r.phase, 'Ready', 'the pass healed the host; only its record could not be written');
+    assert.equal(engine.failuresOf('Fake/a'), 0);
+    assert.equal(fake.host.get('Fake/a'), 'one');
+    assert.match(warnings.join('\n'), /could not write the outcome of its pass/);
+    unlock();
+    await held;
+  } finally {
+    unlock?.();
+    await engine.stop();
+  }
+});
+
+test('settle waits for a pass that started after the caller\'s write, not an older outcome', async (t) => {
+  const { store, newEngine } = await harness(t);
+  await put(store, 'a', { value: 'one' });
+  const engine = newEngine();
+  try {
+    await startAndSettle(engine, ['Fake/a']);
+    const since = await mark();
+    assert.equal(await engine.settle(['Fake/a'], { untilConverged: true, timeoutMs: 150, since }), false, 'the Ready from before does not count');
+    engine.enqueue(['Fake/a']);
+    assert.equal(await engine.settle(['Fake/a'], { untilConverged: true, timeoutMs: 2000, since }), true);
+  } finally {
+    await engine.stop();
+  }
+});
+
+test('the machine state and its transitions are written to status and shown by describe', async (t) => {
+  const { store, fake, newEngine } = await harness(t);
+  await put(store, 'a', { value: 'one', waitReason: 'RouteNotReady', waitMs: 60_000 });
+  const engine = newEngine();
+  try {
+    await startAndSettle(engine, ['Fake/a'], false);
+    fake.waitOver = true;
+    await pass(engine, ['Fake/a']);
+    const st = await store.getStatus('Fake', 'a');
+    const machine = st?.fields.machine as { state: string; transitions: { at: string; from: string; to: string; reason: string }[] };
+    assert.equal(machine.state, 'ready');
+    assert.deepEqual(
+      machine.transitions.map((x) => [x.from, x.to, x.reason]),
+      [
+        ['pending', 'waiting', 'RouteNotReady'],
+        ['waiting', 'ready', 'ReconciliationSucceeded'],
+      ],
+    );
+    assert.ok(machine.transitions.every((x) => !Number.isNaN(Date.parse(x.at))));
+
+    const { describeResource } = await import('../src/cli/commands/describe.ts');
+    const text = await describeResource(store, (await store.getResource('Fake', 'a'))!, st);
+    assert.match(text, /^Machine State: +ready$/m);
+    assert.match(text, /^ {2}\S+ +\S+ +pending +waiting +RouteNotReady$/m);
+    assert.match(text, /^ {2}\S+ +\S+ +waiting +ready +ReconciliationSucceeded$/m);
+    assert.doesNotMatch(text, /^Status:[\s\S]*transitions/m, 'the machine is not dumped again under Status');
+
+    // A new engine (a restart) keeps the history.
+    await engine.stop();
+    const again = newEngine();
+    try {
+      fake.waitOver = false;
+      await startAndSettle(again, ['Fake/a'], false);
+      const m2 = (await store.getStatus('Fake', 'a'))?.fields.machine as typeof machine;
+      assert.deepEqual(m2.transitions.map((x) => x.to), ['waiting', 'ready', 'waiting']);
+    } finally {
+      await again.stop();
+    }
+  } finally {
+    await engine.stop();
+  }
+});
+
+test('collectGarbage logs each line as a GarbageCollected event and never throws', async (t) => {
+  const { store, fake, newEngine } = await harness(t);
+  await put(store, 'a', { value: 'one' });
+  const warnings: string[] = [];
+  const engine = newEngine({ onWarning: (line) => warnings.push(line) });
+  try {
+    fake.garbage = ['removed netns qw-old'];
+    assert.deepEqual(await engine.collectGarbage(), [], 'nothing before the store was read (an empty world would claim everything)');
+    await engine.sync();
+    assert.deepEqual(await engine.collectGarbage(), ['removed netns qw-old']);
+    const events = await store.listEvents({ resource: 'controller' });
+    assert.deepEqual(events.map((e) => [e.reason, e.message]), [['GarbageCollected', 'Fake: removed netns qw-old']]);
+    fake.garbage = new Error('ip netns list failed');
+    assert.deepEqual(await engine.collectGarbage(), []);
+    assert.match(warnings.join('\n'), /garbage collection failed: ip netns list failed/);
   } finally {
     await engine.stop();
   }

@@ -37,19 +37,6 @@ test('backoff doubles per failure, is capped, and has bounded jitter', () => {
   assert.equal(high.backoff(0), 120);
 });
 
-test('addRateLimited counts failures until forget, and the key comes back after the delay', async () => {
-  const q = new WorkQueue<string>({ baseDelayMs: 20, jitter: 0 });
-  q.addRateLimited('a');
-  q.addRateLimited('a');
-  assert.equal(q.failuresOf('a'), 2);
-  assert.equal(q.delayed, 1, 'one timer per key');
-  const start = Date.now();
-  assert.equal(await q.get(), 'a');
-  assert.ok(Date.now() - start >= 15);
-  q.forget('a');
-  assert.equal(q.failuresOf('a'), 0);
-});
-
 test('shutDown releases waiting getters', async () => {
   const q = new WorkQueue<string>();
   const pending = q.get();

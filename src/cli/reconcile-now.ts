@@ -1,12 +1,17 @@
 // Reconciling after a CLI change: hand the work to a running daemon, or do it in this process. The
 // two never reconcile the host at once: both take the reconciler lease.
 import type { PassResult } from '../engine/engine.ts';
+import { CONVERGED_PHASES, isPhase, legacyState, type Phase } from '../engine/phase.ts';
+import type { MachineStatus } from '../engine/resource-machine.ts';
+import { parseKey } from '../resources/keys.ts';
 import { DAEMON_LEASE, RECONCILER_LEASE, createEngine, waitForLease } from '../runtime.ts';
 import type { Store } from '../store/store.ts';
 
 export interface Outcome {
   key: string;
-  /** ready, drifted, backoff, stalled, suspended, deleted, waiting; 'pending' when not reached. */
+  /** How the last pass ended; Pending when none (that saw the caller's write) ended before the timeout. */
+  phase: Phase;
+  /** Deprecated: legacyState(phase), for commands still comparing the lowercase words. */
   state: string;
   message: string;
 }
@@ -18,7 +23,7 @@ export interface ReconcileReport {
   timedOut: boolean;
 }
 
-const CONVERGED = new Set(['Ready', 'Drifted', 'Stalled', 'Suspended']);
+const outcome = (key: string, phase: Phase, message: string): Outcome => ({ key, phase, state: legacyState(phase), message });
 
 export async function reconcileNow(
   store: Store,
@@ -47,8 +52,10 @@ export async function reconcileNow(
     const outcomes = new Map<string, Outcome>();
     for (const key of keys) {
       const r = engine.last.get(key);
-      outcomes.set(key, { key, state: r?.state ?? 'pending', message: r?.message ?? 'not reconciled before the timeout' });
+      outcomes.set(key, r && r.startedAt >= since ? outcome(key, r.phase, r.message) : outcome(key, 'Pending', 'not reconciled before the timeout'));
     }
+    // What no resource declares any more (after deletes, or a record lost) goes too; logged as events.
+    await engine.sync().then(() => engine.collectGarbage(), () => []);
     return { outcomes, timedOut: !settled };
   } finally {
     await engine.stop();
@@ -56,7 +63,11 @@ export async function reconcileNow(
   }
 }
 
-/** The daemon reconciles; with wait, follow the store until each resource converged or the timeout. */
+/**
+ * The daemon reconciles; with wait, follow the store until each resource converged or the timeout. A
+ * status counts only when its pass acted on the record as the caller wrote it (same generation and
+ * appliedAt, no tombstone): a status written before the caller's apply is not the answer.
+ */
 async function waitForDaemon(
   store: Store,
   keys: string[],
@@ -67,20 +78,21 @@ async function waitForDaemon(
   const outcomes = new Map<string, Outcome>();
   for (;;) {
     for (const key of keys) {
-      const [kind, name] = key.split('/') as [string, string];
+      const { kind, name } = parseKey(key);
       const r = await store.getResource(kind, name);
       const st = await store.getStatus(kind, name);
       if (!r) {
-        outcomes.set(key, { key, state: 'deleted', message: 'deleted' });
+        outcomes.set(key, outcome(key, 'Deleted', 'deleted'));
         continue;
       }
-      const current = st && st.observedGeneration === r.generation && !r.deletionRequestedAt;
+      const machine = st?.fields.machine as Partial<MachineStatus> | undefined;
+      const current = st && !r.deletionRequestedAt && st.observedGeneration === r.generation && machine?.appliedAt === r.appliedAt;
       const ready = st?.conditions.find((c) => c.type === 'Ready');
       const stalled = st?.conditions.find((c) => c.type === 'Stalled' && c.status === 'True');
-      const state = current && CONVERGED.has(st.phase) ? st.phase.toLowerCase() : 'pending';
-      outcomes.set(key, { key, state, message: stalled?.message ?? ready?.message ?? 'handed to the controller' });
+      const phase: Phase = current && isPhase(st.phase) ? st.phase : 'Pending';
+      outcomes.set(key, outcome(key, phase, current ? (stalled?.message ?? ready?.message ?? '') : 'handed to the controller'));
     }
-    const done = [...outcomes.values()].every((o) => o.state !== 'pending');
+    const done = [...outcomes.values()].every((o) => CONVERGED_PHASES.has(o.phase));
     if (!opts.wait || done) return { daemonPid, outcomes, timedOut: opts.wait && !done };
     if (Date.now() > deadline) return { daemonPid, outcomes, timedOut: true };
     await new Promise((r) => setTimeout(r, 100));

@@ -1,22 +1,44 @@
-// The reconcile engine: one XState actor per resource, fed by a keyed work queue with backoff.
-// Level-triggered: every pass starts by observing the host as it is; the store says what should be.
-import { createActor, waitFor, type Actor } from 'xstate';
-import { makeWorld, type Action, type AnyController, type World } from './contract.ts';
+// The reconcile engine: one XState actor per resource (resource-machine.ts owns the whole pass), fed by a
+// keyed work queue that de-duplicates and bounds concurrency. Level-triggered: every pass starts by
+// observing the host as it is; the store says what should be. The engine gives the machines their steps
+// (controller calls batched per kind across resources, the store writes batched under one lock) and
+// passes RECONCILE/UPDATE events; it keeps no state of its own about where a resource is.
+import { createActor, waitFor, type SnapshotFrom } from 'xstate';
+import { OutcomeError, makeWorld, stalled, type Action, type AnyController, type World } from './contract.ts';
 import { keyOf, type ObjectKey } from '../resources/keys.ts';
-import type { Condition, ConditionPatch, StatusPatch, Store, StoredResource } from '../store/store.ts';
+import type { ConditionPatch, ResourceStatus, StatusPatch, Store, StoredResource } from '../store/store.ts';
 import { Batcher, fulfilled } from './batcher.ts';
+import { CONVERGED_PHASES, isPhase, legacyState, type Phase } from './phase.ts';
 import { WorkQueue, type QueueOptions } from './queue.ts';
-import { SETTLED_STATES, TerminalError, resourceMachine, type SettledState } from './resource-machine.ts';
-
-export type PassState = SettledState | 'waiting';
+import {
+  resourceMachine,
+  type MachineStatus,
+  type PassEnd,
+  type PassRecord,
+  type RecordResult,
+  type ResourceActor,
+  type ResourceSteps,
+  type Transition,
+} from './resource-machine.ts';
 
 export interface PassResult {
-  key: string;
-  state: PassState;
+  key: ObjectKey;
+  phase: Phase;
+  /** Deprecated: the lowercase word (ready, backoff, waiting, ...) for CLI code still comparing it. */
+  state: string;
+  /** The machine's rest state after the pass. */
+  machineState: string;
+  /** The condition reason the pass ended with. */
+  reason: string;
   generation: number;
   applied: Action[];
   drifted: boolean;
   message: string;
+  /** Dependencies (or dependants, when deleting) the resource waits for. */
+  blockers: ObjectKey[];
+  /** When the pass started (ms since the epoch), and when it ended. */
+  startedAt: number;
+  at: number;
 }
 
 export interface EngineOptions {
@@ -26,28 +48,16 @@ export interface EngineOptions {
   concurrency?: number;
   queue?: QueueOptions;
   onSettled?: (result: PassResult) => void;
+  /** Problems that are no resource's failure (a store write that failed); stderr by default. */
+  onWarning?: (line: string) => void;
 }
 
 interface Entry {
-  resource: StoredResource;
+  actor: ResourceActor;
   controller: AnyController;
-  actor: Actor<typeof resourceMachine>;
-  /** Generation the stored status said was Ready when this process loaded the resource (0: not). */
-  syncedAtStart: number;
-  /** What the last pass observed, for the controller's status report. */
-  lastActual?: unknown;
-  /** The last status patch written (JSON), to skip writing the same again. */
-  lastStatus?: string;
-  /** Store writes started from inside the machine (drift records), awaited before status is written. */
-  pendingWrites: Promise<unknown>[];
-  /**
-   * The store may hold open drift records of this resource: set when drift is recorded, and at first
-   * (records from before a restart). A pass that ends in sync closes them, also when it healed nothing
-   * itself (warn drift put right by hand, a heal whose retry found the host already fixed).
-   */
-  driftMayBeOpen: boolean;
 }
 
+type Snapshot = SnapshotFrom<typeof resourceMachine>;
 
 export class Engine {
   readonly queue: WorkQueue<string>;
@@ -57,20 +67,33 @@ export class Engine {
   private readonly controllers = new Map<string, AnyController>();
   private readonly observers = new Map<string, Batcher<StoredResource, unknown>>();
   private readonly appliers = new Map<string, Batcher<Action[], void>>();
-  /** dependency key -> keys waiting for it to be ready */
-  private readonly waiting = new Map<string, Set<string>>();
+  /** Writes the outcomes of passes finishing together under one store lock. */
+  private readonly recorder: Batcher<PassRecord, RecordResult>;
+  /** The last status patch written per resource (JSON), to skip writing the same again. */
+  private readonly lastStatus = new Map<string, string>();
+  /** The last warning per subject, so a failure that repeats is reported once. */
+  private readonly warned = new Map<string, string>();
   private workers: Promise<void>[] = [];
   /** Passes whose outcome is still being written to the store (see work()). */
   private readonly finishing = new Set<Promise<void>>();
   private readonly store: Store;
+  /** The store has been read: only then may garbage be collected (an empty world would claim all). */
+  private synced = false;
 
   constructor(private readonly opts: EngineOptions) {
     this.store = opts.store;
     this.queue = new WorkQueue(opts.queue);
     for (const c of opts.controllers) this.controllers.set(c.kind, c);
+    this.recorder = new Batcher((passes) =>
+      this.store.withLock(async () => {
+        const results: PromiseSettledResult<RecordResult>[] = [];
+        for (const p of passes) results.push(await this.write(p).then(fulfilled, (reason: unknown) => ({ status: 'rejected' as const, reason })));
+        return results;
+      }),
+    );
   }
 
-  /** Reads the store; creates, updates or drops actors. Returns the keys that changed. */
+  /** Reads the store; creates actors, hands them their new records, drops the gone. Returns the keys that changed. */
   async sync(): Promise<string[]> {
     const [resources, statuses] = await Promise.all([this.store.listResources(), this.store.listStatuses()]);
     const statusOf = new Map(statuses.map((s) => [`${s.kind}/${s.name}`, s]));
@@ -81,35 +104,27 @@ export class Engine {
       seen.add(key);
       const entry = this.entries.get(key);
       if (!entry) {
-        // A resource that was in sync at this generation (before a restart) counts as in sync, so
-        // what differs now is drift, not a first apply.
-        const st = statusOf.get(key);
-        const synced = st && st.observedGeneration === r.generation && (st.phase === 'Ready' || st.phase === 'Drifted');
-        const entry = this.createEntry(r, synced ? r.generation : 0);
-        entry.syncedAtStart = st?.phase === 'Ready' && st.observedGeneration === r.generation ? r.generation : 0;
-        this.entries.set(key, entry);
+        this.entries.set(key, this.createEntry(r, statusOf.get(key)));
         changed.push(key);
         continue;
       }
-      const before = entry.resource;
-      entry.resource = r;
-      if (r.generation !== before.generation) {
-        entry.actor.send({ type: 'SPEC', generation: r.generation, driftPolicy: driftPolicyOf(r) });
+      const before = resourceOf(entry);
+      if (before === r) continue;
+      entry.actor.send({ type: 'UPDATE', resource: r });
+      if (
+        r.generation !== before.generation ||
+        r.appliedAt !== before.appliedAt ||
+        Boolean(r.suspended) !== Boolean(before.suspended) ||
+        r.deletionRequestedAt !== before.deletionRequestedAt
+      ) {
         changed.push(key);
       }
-      if (Boolean(r.suspended) !== Boolean(before.suspended)) {
-        entry.actor.send({ type: r.suspended ? 'SUSPEND' : 'RESUME' });
-        changed.push(key);
-      }
-      if (r.deletionRequestedAt && !before.deletionRequestedAt) changed.push(key);
     }
     for (const [key, entry] of this.entries) {
-      if (!seen.has(key)) {
-        entry.actor.stop();
-        this.entries.delete(key);
-      }
+      if (!seen.has(key)) this.forget(key, entry);
     }
-    return [...new Set(changed)];
+    this.synced = true;
+    return changed;
   }
 
   /** A snapshot of the desired state, for one pass. */
@@ -119,7 +134,7 @@ export class Engine {
 
   /** Resources in the store, as last synced. */
   resources(kind?: string): StoredResource[] {
-    return [...this.entries.values()].map((e) => e.resource).filter((r) => !kind || r.kind === kind);
+    return [...this.entries.values()].map(resourceOf).filter((r) => !kind || r.kind === kind);
   }
 
   /** Starts every controller's event sources; what they report is reconciled at once. */
@@ -149,64 +164,101 @@ export class Engine {
     for (const e of this.entries.values()) e.actor.stop();
   }
 
+  /** The machine's state of a resource (e.g. 'backoff'), undefined when not known. */
+  machineState(key: string): string | undefined {
+    const actor = this.entries.get(key)?.actor;
+    return actor ? String(actor.getSnapshot().value) : undefined;
+  }
+
+  /** Failed passes in a row (what the backoff grows with). */
+  failuresOf(key: string): number {
+    return this.entries.get(key)?.actor.getSnapshot().context.failures ?? 0;
+  }
+
   /**
-   * Waits until every key has finished a pass (and, with untilConverged, reached a state that retrying
-   * would not change: ready, drifted, stalled, suspended or deleted) or the timeout passes.
+   * Waits until every key has finished a pass that started at or after `since` (the caller's write):
+   * with untilConverged, one whose phase another pass would not change (Ready, Drifted, Stalled,
+   * Suspended, Deleted); without, any but a wait for dependencies that are themselves still to settle.
    */
   async settle(keys: string[], opts: { untilConverged: boolean; timeoutMs: number; since: number }): Promise<boolean> {
     const deadline = Date.now() + opts.timeoutMs;
-    const done = (key: string) => {
+    const done = (key: string, seen: Set<string>): boolean => {
       const r = this.last.get(key);
-      if (!r || (r as PassResult & { at?: number }).at! < opts.since) return false;
-      if (!opts.untilConverged) return r.state !== 'waiting' || !this.entries.has(key);
-      return ['ready', 'drifted', 'stalled', 'suspended', 'deleted'].includes(r.state);
+      if (!r || r.startedAt < opts.since) return false;
+      if (opts.untilConverged) return CONVERGED_PHASES.has(r.phase);
+      if (r.phase !== 'Pending') return true;
+      seen.add(key);
+      return r.blockers.every((b) => seen.has(b) || done(b, seen));
     };
-    while (!keys.every(done)) {
+    while (!keys.every((k) => done(k, new Set()))) {
       if (Date.now() > deadline) return false;
       await new Promise((r) => setTimeout(r, 25));
     }
     return true;
   }
 
-  private createEntry(resource: StoredResource, syncedGeneration: number): Entry {
-    const controller = this.controllers.get(resource.kind) ?? unsupported(resource.kind);
-    const entry = { resource, controller, pendingWrites: [], driftMayBeOpen: true } as unknown as Entry;
-    this.startActor(entry, syncedGeneration);
-    return entry;
+  /**
+   * Runs every controller's collectGarbage with the current world (after a full resync): each line is
+   * logged as a GarbageCollected event. Never throws; returns the lines.
+   */
+  async collectGarbage(): Promise<string[]> {
+    if (!this.synced) return [];
+    const world = this.world();
+    const lines: string[] = [];
+    for (const c of this.controllers.values()) {
+      if (!c.collectGarbage) continue;
+      try {
+        const removed = await c.collectGarbage(world);
+        if (removed.length === 0) continue;
+        lines.push(...removed);
+        await this.store.withLock(async () => {
+          for (const line of removed) await this.store.appendEvent({ resource: 'controller', type: 'Normal', reason: 'GarbageCollected', message: `${c.kind}: ${line}` });
+        });
+      } catch (err) {
+        this.warn(`gc:${c.kind}`, `${c.kind} garbage collection failed: ${firstLine(err)}`);
+      }
+    }
+    return lines;
   }
 
-  private startActor(entry: Entry, syncedGeneration: number): void {
-    const { resource, controller } = entry;
+  // ---- actors -----------------------------------------------------------------------------------
+
+  private createEntry(resource: StoredResource, status: ResourceStatus | undefined): Entry {
+    const controller = this.controllerOf(resource.kind);
     const key = keyOf(resource);
-    entry.actor = createActor(resourceMachine, {
+    const actor = createActor(resourceMachine, {
       input: {
         key,
-        generation: resource.generation,
-        syncedGeneration,
-        driftPolicy: driftPolicyOf(resource),
-        suspended: Boolean(resource.suspended),
-        steps: {
-          observe: () => this.observer(controller).load(entry.resource),
-          plan: (actual) => {
-            // Interim: a plan's hold becomes a blocked step (terminal when Stalled).
-            const plan = controller.plan(entry.resource, actual, this.world());
-            if (!plan.hold) return plan.actions;
-            return [{ type: 'blocked', resource: key, describe: plan.hold.message, terminal: plan.hold.type === 'Stalled' } as Action];
-          },
-          apply: (actions) => this.applier(controller).load(actions),
-          onDrift: (actual, _plan, healing) => {
-            const policy = healing ? 'heal' : 'warn';
-            entry.driftMayBeOpen = true;
-            const diffs = controller.diff(entry.resource, actual, this.world());
-            if (diffs.length) entry.pendingWrites.push(this.store.recordDrifts(key, diffs, policy));
-          },
-        },
+        steps: this.steps,
+        resource,
+        phase: status && isPhase(status.phase) ? status.phase : 'Pending',
+        observedGeneration: status?.observedGeneration ?? 0,
+        transitions: transitionsOf(status),
       },
     });
-    // An actor error must never take the process down; the machine handles its own failures.
-    entry.actor.subscribe({ error: (err) => this.emit(key, entry.resource.generation, 'backoff', [], false, String(err)) });
-    entry.actor.start();
-    if (resource.suspended) entry.actor.send({ type: 'SUSPEND' });
+    // Every step's failure is a transition of the machine; this only guards against a bug in it.
+    actor.subscribe({ error: (err) => this.warn(key, `${key}: resource machine stopped: ${firstLine(err)}`) });
+    actor.start();
+    return { actor, controller };
+  }
+
+  /** What every resource's machine calls: its kind's controller (batched per kind) and the store. */
+  private readonly steps: ResourceSteps = {
+    blockers: (target) => this.blockers(keyOf(target), this.controllerOf(target.kind), target),
+    observe: (target) => this.observer(this.controllerOf(target.kind)).load(target),
+    plan: (target, actual) => this.controllerOf(target.kind).plan(target, actual, this.world()),
+    diff: (target, actual) => this.controllerOf(target.kind).diff(target, actual, this.world()),
+    apply: (target, actions) => this.applier(this.controllerOf(target.kind)).load(actions),
+    record: (pass) => this.recorder.load(pass),
+    writeFailed: (key, err) => this.warn(key, `${key}: could not write the outcome of its pass: ${firstLine(err)}`),
+    requeue: (key) => this.queue.add(key),
+    backoff: (failures) => this.queue.backoff(failures),
+  };
+
+  private controllerOf(kind: string): AnyController {
+    let c = this.controllers.get(kind);
+    if (!c) this.controllers.set(kind, (c = unsupported(kind)));
+    return c;
   }
 
   private observer(controller: AnyController): Batcher<StoredResource, unknown> {
@@ -240,229 +292,258 @@ export class Engine {
     for (;;) {
       const key = await this.queue.get();
       if (key === undefined) return;
-      const failed = (err: unknown) => {
-        this.emit(key, this.entries.get(key)?.resource.generation ?? 0, 'backoff', [], false, String(err));
-        this.queue.addRateLimited(key);
-      };
-      let finish: (() => Promise<void>) | undefined;
-      try {
-        finish = await this.reconcile(key);
-      } catch (err) {
-        failed(err);
+      const entry = this.entries.get(key);
+      if (!entry || entry.actor.getSnapshot().status !== 'active') {
         this.queue.done(key);
         continue;
       }
+      const { actor } = entry;
+      const passes = actor.getSnapshot().context.passes;
+      actor.send({ type: 'RECONCILE' });
       // The worker takes its next key as soon as the host work of this pass is done, while the outcome
       // is written to the store (the key stays "processing" until then, so it never runs twice at once).
       // Awaiting the writes here made each worker leave at its own time, as store writes are serialized
       // by its lock, so after the first wave every observe/apply batch held one resource (50 resources
       // at concurrency 16 cost 70 observe calls instead of 8).
-      const tracked: Promise<void> = (finish ? finish() : Promise.resolve()).catch(failed).finally(() => {
-        this.finishing.delete(tracked);
-        this.queue.done(key);
-      });
+      await waitFor(actor, (s) => !s.hasTag('host')).catch(() => undefined);
+      const tracked: Promise<void> = waitFor(actor, (s) => !s.hasTag('pass'))
+        .then((snap) => {
+          if (snap.context.passes !== passes) this.finished(key, entry, snap);
+        })
+        // A record removed from the store behind the engine stops its actor mid-pass: nothing to report.
+        .catch((err: unknown) => {
+          if (actor.getSnapshot().status !== 'stopped') this.warn(key, `${key}: ${firstLine(err)}`);
+        })
+        .finally(() => {
+          this.finishing.delete(tracked);
+          this.queue.done(key);
+        });
       this.finishing.add(tracked);
     }
   }
 
-  /** Runs the host work of one pass of key; returns what writes its outcome to the store (slower). */
-  private async reconcile(key: string): Promise<(() => Promise<void>) | undefined> {
-    const entry = this.entries.get(key);
-    if (!entry) return undefined;
-    const r = entry.resource;
-    const deleting = Boolean(r.deletionRequestedAt);
+  /** A pass ended: report it and wake whoever waited for it. */
+  private finished(key: string, entry: Entry, snap: Snapshot): void {
+    const ctx = snap.context;
+    const end = ctx.end;
+    if (!end) return;
+    const deleted = snap.status === 'done';
+    // Gone from the engine before dependants are woken: a dependency being deleted then finds no
+    // dependant left to wait for.
+    if (deleted) this.forget(key, entry);
+    const phase: Phase = deleted ? 'Deleted' : ctx.phase;
+    const result: PassResult = {
+      key: ctx.key,
+      phase,
+      state: legacyState(phase),
+      machineState: String(snap.value),
+      reason: end.reason,
+      generation: ctx.target.generation,
+      applied: ctx.applied,
+      drifted: ctx.drifted,
+      message: messageOf(end, ctx.applied),
+      blockers: ctx.blockers,
+      startedAt: ctx.startedAt,
+      at: Date.now(),
+    };
+    this.last.set(key, result);
+    this.opts.onSettled?.(result);
 
-    const blockers = this.blockers(entry, deleting);
-    if (blockers.length > 0) {
-      for (const b of blockers) {
-        if (!this.waiting.has(b)) this.waiting.set(b, new Set());
-        this.waiting.get(b)!.add(key);
+    if (phase === 'Ready' || phase === 'Deleted') {
+      for (const [other, e] of this.entries) {
+        const s = e.actor.getSnapshot();
+        if (s.matches('waitingForDependencies') && s.context.blockers.includes(ctx.key)) this.queue.add(other);
       }
-      const message = deleting ? `waiting for ${blockers.join(', ')} to be deleted first` : `waiting for ${blockers.join(', ')} to be ready`;
-      await this.writeStatus(entry, {
-        phase: deleting ? 'Deleting' : 'Pending',
-        conditions: [
-          { type: 'Ready', status: 'False', reason: 'DependencyNotReady', message },
-          { type: 'Reconciling', status: 'True', reason: 'DependencyNotReady', message },
-        ],
-      });
-      this.emit(key, r.generation, 'waiting', [], false, message);
-      return undefined;
-    }
-
-    // An exception thrown inside the machine (a controller's plan or diff runs in XState actions) leaves
-    // the actor in status 'error' for good: every later waitFor rejected at once without calling the
-    // controller again, so the resource backed off forever even after the cause was gone. Start afresh,
-    // keeping what was known to be in sync.
-    if (entry.actor.getSnapshot().status === 'error') {
-      const synced = entry.actor.getSnapshot().context.syncedGeneration;
-      entry.actor.stop();
-      this.startActor(entry, synced);
-    }
-    const actor = entry.actor;
-    // sync() sends SUSPEND/RESUME when the store changes, but a SUSPEND arriving mid-pass is ignored by
-    // the machine (and never sent again): make the machine agree with the store before each pass.
-    const snap = actor.getSnapshot();
-    if (!deleting && Boolean(r.suspended) !== snap.matches('suspended')) actor.send({ type: r.suspended ? 'SUSPEND' : 'RESUME' });
-    actor.send(deleting ? { type: 'DELETE' } : { type: 'RECONCILE' });
-    const snapshot = await waitFor(actor, (s) => (SETTLED_STATES as readonly string[]).includes(s.value as string) && !s.matches('pending'));
-    return () => this.finish(entry, snapshot.value as SettledState, snapshot.context);
-  }
-
-  /** Writes the outcome of a pass and acts on it (retry, wake dependants, forget a deleted resource). */
-  private async finish(entry: Entry, state: SettledState, ctx: { applied: Action[]; drifted: boolean; error?: { message: string }; actual?: unknown }): Promise<void> {
-    const r = entry.resource;
-    const key = keyOf(r);
-    await Promise.all(entry.pendingWrites.splice(0));
-    if (state === 'deleted') {
-      // Gone from the store and the engine before the pass is reported and dependants are woken. It used
-      // to be removed after waking them: a dependency being deleted then ran its blockers() check while
-      // this entry still existed, found itself blocked again and was never woken (deleting two resources
-      // where one depends on the other hung in "waiting for ... to be deleted first"); and settle() could
-      // report 'deleted' while the resource was still in the store.
-      await this.store.deleteResource(r.kind, r.metadata.name);
-      entry.actor.stop();
-      this.entries.delete(key);
-    }
-    entry.lastActual = ctx.actual;
-    await this.record(entry, state, ctx.applied, ctx.drifted, ctx.error?.message);
-
-    if (state === 'backoff') this.queue.addRateLimited(key);
-    else this.queue.forget(key);
-    if (state === 'ready' || state === 'deleted') {
-      const waiters = this.waiting.get(key);
-      this.waiting.delete(key);
-      if (waiters) this.enqueue(waiters);
     }
     // A dependency the host changed under (healed drift) may have taken its dependants' state with it
     // (a VM's tap goes with its Route's netns): look at them again.
-    if (state === 'ready' && ctx.drifted) this.enqueue(this.dependantsOf(key));
+    if (phase === 'Ready' && ctx.drifted) this.enqueue(this.dependantsOf(key));
+    // Its blockers may have become ready while this pass recorded the wait: nobody would wake it.
+    if (!deleted && snap.matches('waitingForDependencies') && this.blockersNow(key, entry).length === 0) this.queue.add(key);
+  }
+
+  private forget(key: string, entry: Entry): void {
+    entry.actor.stop();
+    this.entries.delete(key);
+    this.lastStatus.delete(key);
   }
 
   private dependantsOf(key: string): string[] {
-    const all = this.resources();
     const world = this.world();
-    return all.filter((o) => (this.controllers.get(o.kind)?.dependencies?.(o, world) ?? []).includes(key as ObjectKey)).map((o) => keyOf(o));
+    return [...this.entries]
+      .filter(([, e]) => {
+        try {
+          return (e.controller.dependencies?.(resourceOf(e), world) ?? []).includes(key as ObjectKey);
+        } catch {
+          return false;
+        }
+      })
+      .map(([k]) => k);
   }
 
-  /** Dependencies not ready yet (or, when deleting, dependants not deleted yet). */
-  private blockers(entry: Entry, deleting: boolean): string[] {
-    const all = this.resources();
-    const world = this.world();
-    if (deleting) {
-      const key = keyOf(entry.resource);
-      return all
-        .filter((o) => o.deletionRequestedAt && (this.controllers.get(o.kind)?.dependencies?.(o, world) ?? []).includes(key))
-        .map((o) => keyOf(o));
+  private blockersNow(key: string, entry: Entry): ObjectKey[] {
+    try {
+      return this.blockers(key as ObjectKey, entry.controller, resourceOf(entry));
+    } catch {
+      return [];
     }
-    const deps: ObjectKey[] = entry.controller.dependencies?.(entry.resource, world) ?? [];
-    return deps.filter((dep) => {
-      const other = this.entries.get(dep);
-      if (!other || other.resource.deletionRequestedAt) return true;
-      const last = this.last.get(dep);
-      // Before this process has reconciled the dependency, its stored status speaks for it.
-      if (!last) return other.syncedAtStart !== other.resource.generation;
-      return last.state !== 'ready' || last.generation !== other.resource.generation;
-    });
   }
 
-  private async record(entry: Entry, state: SettledState, applied: Action[], drifted: boolean, error?: string): Promise<void> {
-    const r = entry.resource;
-    const key = keyOf(r);
-    const conditions = (ready: [Condition['status'], string, string], reconciling: [Condition['status'], string, string], stalled: [Condition['status'], string, string]): ConditionPatch[] => [
-      { type: 'Ready', status: ready[0], reason: ready[1], message: ready[2] },
-      { type: 'Reconciling', status: reconciling[0], reason: reconciling[1], message: reconciling[2] },
-      { type: 'Stalled', status: stalled[0], reason: stalled[1], message: stalled[2] },
-    ];
+  /** Dependencies not ready yet (or, for a record with a tombstone, dependants being deleted that are not gone). */
+  private blockers(key: ObjectKey, controller: AnyController, target: StoredResource): ObjectKey[] {
+    const world = this.world();
+    if (target.deletionRequestedAt) {
+      return [...this.entries]
+        .filter(([k, e]) => k !== key && resourceOf(e).deletionRequestedAt && (e.controller.dependencies?.(resourceOf(e), world) ?? []).includes(key))
+        .map(([k]) => k as ObjectKey);
+    }
+    return (controller.dependencies?.(target, world) ?? []).filter((dep: ObjectKey) => !this.isReady(dep));
+  }
+
+  /** Ready at its current generation, as its last pass (or, before one, its stored status) says. */
+  private isReady(key: string): boolean {
+    const entry = this.entries.get(key);
+    if (!entry) return false;
+    const ctx = entry.actor.getSnapshot().context;
+    return !ctx.resource.deletionRequestedAt && ctx.phase === 'Ready' && ctx.observedGeneration === ctx.resource.generation;
+  }
+
+  // ---- recording --------------------------------------------------------------------------------
+
+  /** Writes the outcome of one pass (called under the store lock, with the passes finishing with it). */
+  private async write(pass: PassRecord): Promise<RecordResult> {
+    const { key, target, end, applied, drifted } = pass;
+    const { kind, name } = { kind: target.kind, name: target.metadata.name };
+    if (end.phase === 'Deleted') {
+      // Only the tombstone this pass acted on: a record applied again meanwhile stays.
+      const removed = await this.store.deleteResource(kind, name, target.deletionRequestedAt ? { ifDeletionRequestedAt: target.deletionRequestedAt } : {});
+      if (removed) {
+        const what = applied.length ? applied.map((a) => a.describe).join('; ') : 'nothing left on the host';
+        await this.store.appendEvent({ resource: key, type: 'Normal', reason: 'Deleted', message: what });
+        this.lastStatus.delete(key);
+      }
+      return { removed };
+    }
     if (applied.length > 0) {
       await this.store.appendEvent({ resource: key, type: 'Normal', reason: drifted ? 'DriftHealed' : 'Applied', message: applied.map((a) => a.describe).join('; ') });
     }
-    let message = '';
-    switch (state) {
-      case 'ready': {
-        message = applied.length ? `applied ${applied.length} change(s)` : 'in sync';
-        // In sync: no difference is open any more, whoever put the host right (see driftMayBeOpen).
-        if (drifted || entry.driftMayBeOpen) {
-          await this.store.resolveDrift(key);
-          entry.driftMayBeOpen = false;
-        }
-        await this.writeStatus(entry, {
-          phase: 'Ready',
-          observedGeneration: r.generation,
-          conditions: conditions(['True', 'ReconciliationSucceeded', message], ['False', 'ReconciliationSucceeded', ''], ['False', 'ReconciliationSucceeded', '']),
-        });
-        break;
+    // Drift records are history: a failed drift write (a malformed file, a full disk) is reported and
+    // the pass still records its outcome.
+    let driftClosed = false;
+    try {
+      if (pass.diffs.length) await this.store.recordDrifts(key, pass.diffs, end.phase === 'Drifted' ? 'warn' : 'heal');
+      // In sync: no difference is open any more, whoever put the host right.
+      if (end.phase === 'Ready' && (drifted || pass.driftMayBeOpen)) {
+        await this.store.resolveDrift(key);
+        driftClosed = true;
       }
-      case 'drifted': {
-        const open = await this.store.listDrift({ state: 'open', resource: key });
-        message = `host differs (${open.map((d) => d.field).join(', ')}); driftPolicy warn: not healed`;
-        await this.store.appendEvent({ resource: key, type: 'Warning', reason: 'DriftDetected', message });
-        await this.writeStatus(entry, {
-          phase: 'Drifted',
-          observedGeneration: r.generation,
-          conditions: conditions(['False', 'DriftDetected', message], ['False', 'DriftDetected', ''], ['False', 'DriftDetected', '']),
-        });
+    } catch (err) {
+      this.warn(`drift:${key}`, `${key}: could not write its drift records: ${firstLine(err)}`);
+    }
+    const message = messageOf(end, applied);
+    switch (end.phase) {
+      case 'Failed':
+        await this.store.appendEvent({ resource: key, type: 'Warning', reason: 'ReconcileFailed', message: `${end.reason}: ${message} (retry ${pass.failures})` });
         break;
-      }
-      case 'backoff':
-      case 'stalled': {
-        message = error ?? 'reconcile failed';
-        const stalled = state === 'stalled';
-        const retry = stalled ? '' : ` (retry ${this.queue.failuresOf(key) + 1})`;
-        await this.store.appendEvent({ resource: key, type: 'Warning', reason: stalled ? 'Stalled' : 'ReconcileFailed', message: message + retry });
-        await this.writeStatus(entry, {
-          phase: stalled ? 'Stalled' : 'Degraded',
-          observedGeneration: r.generation,
-          conditions: stalled
-            ? conditions(['False', 'Stalled', message], ['False', 'Stalled', ''], ['True', 'ReconcileError', message])
-            : conditions(['False', 'ReconcileFailed', message], ['True', 'ProgressingWithRetry', message + retry], ['False', 'ReconcileFailed', '']),
-        });
+      case 'Stalled':
+        if (pass.endChanged) await this.store.appendEvent({ resource: key, type: 'Warning', reason: 'Stalled', message: `${end.reason}: ${message}` });
         break;
-      }
-      case 'suspended':
-        message = 'suspended: not reconciled until resumed';
-        await this.writeStatus(entry, {
-          phase: 'Suspended',
-          conditions: [{ type: 'Reconciling', status: 'False', reason: 'Suspended', message }],
-        });
+      case 'Drifted':
+        if (pass.endChanged || pass.diffs.length) await this.store.appendEvent({ resource: key, type: 'Warning', reason: 'DriftDetected', message });
         break;
-      case 'deleted':
-        message = 'deleted';
-        await this.store.appendEvent({ resource: key, type: 'Normal', reason: 'Deleted', message: applied.length ? applied.map((a) => a.describe).join('; ') : 'nothing left on the host' });
+      case 'Waiting':
+        if (pass.endChanged) await this.store.appendEvent({ resource: key, type: 'Normal', reason: end.reason, message });
         break;
       default:
         break;
     }
-    this.emit(key, r.generation, state, applied, drifted, message);
+    const entry = this.entries.get(key);
+    await this.writeStatus(key, entry?.controller, pass, {
+      phase: target.deletionRequestedAt ? 'Deleting' : end.phase,
+      observedGeneration: target.generation,
+      conditions: conditionsOf(end, message, pass.failures),
+    });
+    return { driftClosed };
   }
 
   /**
    * Writes a status patch unless it equals the last one this engine wrote for the resource: a quiet
-   * resync of hundreds of resources then costs no store I/O (the store's lock serializes writes).
+   * resync of hundreds of resources then costs no store I/O.
    */
-  private async writeStatus(entry: Entry, base: StatusPatch): Promise<void> {
+  private async writeStatus(key: string, controller: AnyController | undefined, pass: PassRecord, base: StatusPatch): Promise<void> {
     // The controller's own conditions and fields (a VM's pid, RestartRequired, ...) ride along.
-    const extra = entry.controller.report?.(entry.resource, entry.lastActual, this.world()) ?? {};
+    let extra: { conditions?: ConditionPatch[]; fields?: Record<string, unknown> } = {};
+    try {
+      extra = controller?.report?.(pass.target, pass.actual, this.world()) ?? {};
+    } catch (err) {
+      this.warn(`report:${key}`, `${key}: its controller's status report failed: ${firstLine(err)}`);
+    }
+    const machine: MachineStatus = pass.machine;
     const patch: StatusPatch = {
       ...base,
-      ...(base.conditions || extra.conditions ? { conditions: [...(base.conditions ?? []), ...(extra.conditions ?? [])] } : {}),
-      ...(extra.fields ? { fields: extra.fields } : {}),
+      conditions: [...(base.conditions ?? []), ...(extra.conditions ?? [])],
+      fields: { ...extra.fields, machine },
     };
     const text = JSON.stringify(patch);
-    if (entry.lastStatus === text) return;
-    await this.store.updateStatus(entry.resource.kind, entry.resource.metadata.name, patch);
-    entry.lastStatus = text;
+    if (this.lastStatus.get(key) === text) return;
+    await this.store.updateStatus(pass.target.kind, pass.target.metadata.name, patch);
+    this.lastStatus.set(key, text);
   }
 
-  private emit(key: string, generation: number, state: PassState, applied: Action[], drifted: boolean, message: string): void {
-    const result = { key, state, generation, applied, drifted, message, at: Date.now() } as PassResult;
-    this.last.set(key, result);
-    this.opts.onSettled?.(result);
+  /** Reports a problem that is no resource's failure, once until it changes. */
+  private warn(subject: string, line: string): void {
+    if (this.warned.get(subject) === line) return;
+    this.warned.set(subject, line);
+    if (this.opts.onWarning) this.opts.onWarning(line);
+    else process.stderr.write(`warning: ${line}\n`);
   }
 }
 
-function driftPolicyOf(r: StoredResource): 'heal' | 'warn' {
-  return 'driftPolicy' in r.spec && r.spec.driftPolicy === 'warn' ? 'warn' : 'heal';
+function resourceOf(entry: Entry): StoredResource {
+  return entry.actor.getSnapshot().context.resource;
+}
+
+const firstLine = (err: unknown) => (err instanceof Error ? err.message : String(err)).split('\n')[0]!;
+
+function messageOf(end: PassEnd, applied: Action[]): string {
+  if (end.phase === 'Ready') return applied.length ? `applied ${applied.length} change(s)` : 'in sync';
+  if (end.phase === 'Deleted') return 'deleted';
+  return end.message;
+}
+
+/** Ready, Reconciling and Stalled for the end of a pass; the reason is the one the end carries. */
+function conditionsOf(end: PassEnd, message: string, failures: number): ConditionPatch[] {
+  const three = (ready: [boolean, string], reconciling: [boolean, string], stalled: [boolean, string]): ConditionPatch[] => [
+    { type: 'Ready', status: ready[0] ? 'True' : 'False', reason: end.reason, message: ready[1] },
+    { type: 'Reconciling', status: reconciling[0] ? 'True' : 'False', reason: reconciling[0] && end.phase === 'Failed' ? 'ProgressingWithRetry' : end.reason, message: reconciling[1] },
+    { type: 'Stalled', status: stalled[0] ? 'True' : 'False', reason: end.reason, message: stalled[1] },
+  ];
+  switch (end.phase) {
+    case 'Ready':
+      return three([true, message], [false, ''], [false, '']);
+    case 'Drifted':
+      return three([false, message], [false, ''], [false, '']);
+    case 'Waiting':
+    case 'Pending':
+      return three([false, message], [true, message], [false, '']);
+    case 'Failed':
+      return three([false, message], [true, `${message} (retry ${failures})`], [false, '']);
+    case 'Stalled':
+      return three([false, message], [false, ''], [true, message]);
+    case 'Suspended':
+      return [{ type: 'Reconciling', status: 'False', reason: 'Suspended', message }];
+    default:
+      return [];
+  }
+}
+
+/** The transitions a previous run wrote (status.fields.machine), so history survives a restart. */
+function transitionsOf(status: ResourceStatus | undefined): Transition[] {
+  const machine = status?.fields.machine;
+  if (!machine || typeof machine !== 'object' || !('transitions' in machine) || !Array.isArray(machine.transitions)) return [];
+  return machine.transitions.filter(
+    (t): t is Transition => typeof t === 'object' && t !== null && ['at', 'from', 'to', 'reason'].every((k) => typeof (t as Record<string, unknown>)[k] === 'string'),
+  );
 }
 
 /** Kinds this host has no controller for yet: they stall with a clear reason instead of pretending. */
@@ -470,7 +551,7 @@ function unsupported(kind: string): AnyController {
   return {
     kind,
     observe: async () => {
-      throw new TerminalError(`no ${kind} controller on this host yet: nothing was done`);
+      throw new OutcomeError(stalled('KindUnsupported', `no ${kind} controller on this host yet: nothing was done`));
     },
     plan: () => ({ actions: [] }),
     diff: () => [],

@@ -1,6 +1,7 @@
 // A keyed, de-duplicating work queue, after controller-runtime's: a key is queued at most once, a key
 // being processed is never handed out twice (adding it again marks it dirty, to run once more when
-// done), failed keys come back after an exponential backoff with jitter.
+// done). Retry timing is the resource machines' (their `after` delays re-add the key); the queue only
+// computes the exponential backoff with jitter they use.
 
 export interface QueueOptions {
   baseDelayMs?: number;
@@ -15,8 +16,6 @@ export class WorkQueue<K = string> {
   private readonly queued = new Set<K>();
   private readonly processing = new Set<K>();
   private readonly dirty = new Set<K>();
-  private readonly failures = new Map<K, number>();
-  private readonly timers = new Map<K, NodeJS.Timeout>();
   private readonly waiters: ((key: K | undefined) => void)[] = [];
   private idleWaiters: (() => void)[] = [];
   private closed = false;
@@ -28,11 +27,6 @@ export class WorkQueue<K = string> {
 
   add(key: K): void {
     if (this.closed) return;
-    const timer = this.timers.get(key);
-    if (timer) {
-      clearTimeout(timer);
-      this.timers.delete(key);
-    }
     if (this.processing.has(key)) {
       this.dirty.add(key);
       return;
@@ -48,40 +42,11 @@ export class WorkQueue<K = string> {
     this.queue.push(key);
   }
 
-  /** Adds the key after a delay (a later add() wins: it cancels the timer and queues at once). */
-  addAfter(key: K, delayMs: number): void {
-    if (this.closed) return;
-    if (this.timers.has(key) || this.queued.has(key)) return;
-    const timer = setTimeout(() => {
-      this.timers.delete(key);
-      this.add(key);
-      this.notifyIdle();
-    }, delayMs);
-    this.timers.set(key, timer);
-  }
-
-  /** Re-adds a failed key after its backoff; returns the delay chosen. */
-  addRateLimited(key: K): number {
-    const n = this.failures.get(key) ?? 0;
-    this.failures.set(key, n + 1);
-    const delay = this.backoff(n);
-    this.addAfter(key, delay);
-    return delay;
-  }
-
+  /** The delay before retry number failures+1: doubling from baseDelayMs, capped, with jitter. */
   backoff(failures: number): number {
     const raw = Math.min(this.opts.maxDelayMs, this.opts.baseDelayMs * 2 ** failures);
     const factor = 1 + this.opts.jitter * (2 * this.opts.random() - 1);
     return Math.round(Math.min(this.opts.maxDelayMs, raw * factor));
-  }
-
-  /** Forgets a key's failures (after a success). */
-  forget(key: K): void {
-    this.failures.delete(key);
-  }
-
-  failuresOf(key: K): number {
-    return this.failures.get(key) ?? 0;
   }
 
   /** Waits for the next key; undefined once the queue is shut down. */
@@ -108,11 +73,6 @@ export class WorkQueue<K = string> {
     return this.queue.length === 0 && this.processing.size === 0;
   }
 
-  /** Number of keys waiting on a backoff timer. */
-  get delayed(): number {
-    return this.timers.size;
-  }
-
   whenIdle(): Promise<void> {
     if (this.idle) return Promise.resolve();
     return new Promise((resolve) => this.idleWaiters.push(resolve));
@@ -127,8 +87,6 @@ export class WorkQueue<K = string> {
 
   shutDown(): void {
     this.closed = true;
-    for (const t of this.timers.values()) clearTimeout(t);
-    this.timers.clear();
     for (const w of this.waiters.splice(0)) w(undefined);
     this.notifyIdle();
   }

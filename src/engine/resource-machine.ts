@@ -1,68 +1,190 @@
-// One XState machine per resource: the life of a resource as the engine reconciles it.
+// One XState machine per resource: the whole life of a resource as the engine reconciles it. Every call
+// to a controller or the store is an invoked actor, so a throw is an onError transition, never an actor
+// that dies; the engine only feeds the machine RECONCILE (from its work queue) and UPDATE (a new record).
 //
-//   pending ─RECONCILE─► observing ─► planning ─(empty plan)──────────────► ready
-//                                       │  └─(drift, driftPolicy warn)────► drifted
-//                                       └─► applying ─► verifying ─(in sync)► ready
-//   any step failing ─► failed ─► backoff (retried by the queue) | stalled (retrying cannot fix it)
-//   SUSPEND ─► suspended ─RESUME─► pending (the queue starts the next pass);
-//   DELETE: the same path with nothing desired, ending in deleted.
+//   rest states: pending | ready | drifted | waiting (after delay) | backoff (after delay) | stalled
+//                | waitingForDependencies | suspended            --RECONCILE--> starting
+//   starting ─(tombstone)─► deleting ─► … ─► recording ─► deleted (final) | pending (re-applied meanwhile)
+//            ─(suspended)─► recording ─► suspended
+//            ─► checkingDependencies ─(blocked)─► recording ─► waitingForDependencies
+//                 └► observing ─► planning ─► deciding ─(in sync / hold)────────────────► recording
+//                                              ├─(was in sync)─► diffing ─(warn)─► recording ─► drifted
+//                                              └─► applying ─(hold)─► recording
+//                                                    └─► verifying ─► verifyPlanning ─► recording
+//   recording writes the outcome (status, events, drift) and routes to the rest state of the outcome.
+// A waiting or backoff state re-enqueues its key when its `after` delay fires: the work queue still
+// de-duplicates and bounds concurrency. Tags: 'pass' while a pass runs, 'host' while it does host work.
 import { assign, fromPromise, setup } from 'xstate';
-import type { Action } from './contract.ts';
+import { OutcomeError, type Action, type FieldDiff, type Hold, type Plan } from './contract.ts';
+import type { ObjectKey } from '../resources/keys.ts';
+import type { StoredResource } from '../store/store.ts';
+import type { Phase } from './phase.ts';
 
-/** What the machine needs from the engine for one resource. */
-export interface ReconcileSteps {
-  /** The host as it is now, for this resource (batched with other resources by the engine). */
-  observe(): Promise<unknown>;
-  /** Pure: the actions that would make the host equal to the declaration (or remove it, when deleting). */
-  plan(actual: unknown, deleting: boolean): Action[];
-  apply(actions: Action[]): Promise<void>;
-  /** Called when the host differs from a resource that was in sync at this generation. */
-  onDrift(actual: unknown, plan: Action[], healing: boolean): void;
+/** How a pass ended: the phase it leaves the resource in, the condition reason, and the retry delay. */
+export interface PassEnd {
+  phase: Exclude<Phase, 'Deleting'>;
+  reason: string;
+  message: string;
+  /** Waiting: the delay the controller asked for; Failed: the backoff chosen. */
+  afterMs?: number;
+}
+
+/** One change of the machine's rest state, as `describe` shows it. */
+export interface Transition {
+  at: string;
+  from: string;
+  to: string;
+  reason: string;
+}
+
+/** Transitions kept per resource. */
+export const TRANSITIONS_KEPT = 20;
+
+/** What the engine writes at the end of a pass. */
+export interface PassRecord {
+  key: ObjectKey;
+  /** The record this pass acted on (its generation, its tombstone). */
+  target: StoredResource;
+  end: PassEnd;
+  /** The end differs from the previous one (state or reason): worth an event. */
+  endChanged: boolean;
+  applied: Action[];
+  drifted: boolean;
+  diffs: FieldDiff[];
+  actual: unknown;
+  driftMayBeOpen: boolean;
+  failures: number;
+  machine: MachineStatus;
+}
+
+/** Written to status.fields.machine. */
+export interface MachineStatus {
+  state: string;
+  /** appliedAt of the record the last pass acted on: tells a waiting CLI the pass saw its write. */
+  appliedAt: string;
+  transitions: Transition[];
+}
+
+export interface RecordResult {
+  /** Deleted: false when the record no longer carried the tombstone (re-applied meanwhile). */
+  removed?: boolean;
+  /** Open drift records were closed. */
+  driftClosed?: boolean;
+}
+
+/**
+ * Every call the machine makes: to the controller (batched by the engine) and to the store. One object
+ * shared by all machines (each call names its resource), so an actor costs no closures of its own.
+ */
+export interface ResourceSteps {
+  /** Dependencies not ready (or, for a record with a tombstone, dependants not deleted yet). */
+  blockers(target: StoredResource): ObjectKey[];
+  observe(target: StoredResource): Promise<unknown>;
+  plan(target: StoredResource, actual: unknown): Plan;
+  diff(target: StoredResource, actual: unknown): FieldDiff[];
+  apply(target: StoredResource, actions: Action[]): Promise<void>;
+  record(pass: PassRecord): Promise<RecordResult>;
+  /** A store write failed (lock timeout, full disk): reported, never a reconcile failure. */
+  writeFailed(key: ObjectKey, err: unknown): void;
+  /** Puts the key on the work queue again (a delay ran out). */
+  requeue(key: ObjectKey): void;
+  /** Exponential backoff with jitter after `failures` failures. */
+  backoff(failures: number): number;
 }
 
 export interface ResourceContext {
-  key: string;
-  steps: ReconcileSteps;
-  generation: number;
-  /** Generation of the last pass that ended in sync. */
+  key: ObjectKey;
+  steps: ResourceSteps;
+  /** The record as last read from the store. */
+  resource: StoredResource;
+  /** The record the current (or last) pass acts on. */
+  target: StoredResource;
+  /** Generation of the last pass that found the host in sync (Ready or Drifted): later differences are drift. */
   syncedGeneration: number;
-  driftPolicy: 'heal' | 'warn';
-  deleting: boolean;
+  /** The phase the last pass recorded, and for which generation (dependants read these). */
+  phase: Phase;
+  observedGeneration: number;
   actual: unknown;
-  plan: Action[];
-  /** Actions applied in the current pass (for events and apply's output). */
+  plan: Plan;
   applied: Action[];
-  error?: { message: string; terminal: boolean };
-  /** Set when this pass found drift on a resource that was in sync. */
   drifted: boolean;
+  diffs: FieldDiff[];
+  end?: PassEnd;
+  endChanged: boolean;
+  failures: number;
+  retryAfterMs: number;
+  blockers: ObjectKey[];
+  startedAt: number;
+  /** Passes started: tells the engine whether a RECONCILE started one. */
+  passes: number;
+  /** The rest state the machine was last in (for transitions). */
+  rest: string;
+  transitions: Transition[];
+  driftMayBeOpen: boolean;
 }
 
-export type ResourceEvent =
-  | { type: 'RECONCILE' }
-  | { type: 'SPEC'; generation: number; driftPolicy: 'heal' | 'warn' }
-  | { type: 'SUSPEND' }
-  | { type: 'RESUME' }
-  | { type: 'DELETE' };
+export type ResourceEvent = { type: 'RECONCILE' } | { type: 'UPDATE'; resource: StoredResource };
 
 export interface ResourceInput {
-  key: string;
-  steps: ReconcileSteps;
-  generation: number;
-  /** Generation last known to be in sync (from the stored status), 0 if none. */
-  syncedGeneration: number;
-  driftPolicy: 'heal' | 'warn';
-  suspended: boolean;
+  key: ObjectKey;
+  steps: ResourceSteps;
+  resource: StoredResource;
+  /** From the stored status, so a restart keeps what was known. */
+  phase: Phase;
+  observedGeneration: number;
+  transitions: Transition[];
 }
 
-/** An error retrying cannot fix: the resource stalls until its spec changes or it is reconciled by hand. */
-export class TerminalError extends Error {
-  override name = 'TerminalError';
+/** The rest state each outcome leads to. */
+const REST_OF: Record<PassEnd['phase'], string> = {
+  Pending: 'waitingForDependencies',
+  Ready: 'ready',
+  Waiting: 'waiting',
+  Stalled: 'stalled',
+  Failed: 'backoff',
+  Drifted: 'drifted',
+  Suspended: 'suspended',
+  Deleted: 'deleted',
+};
+
+const firstLine = (err: unknown) => (err instanceof Error ? err.message : String(err)).split('\n')[0]!;
+
+/** The step that knows why sets the reason: an OutcomeError's own, else ReconcileFailed. */
+export function endOfError(err: unknown): PassEnd {
+  if (err instanceof OutcomeError) return endOf(err.outcome);
+  return { phase: 'Failed', reason: 'ReconcileFailed', message: firstLine(err) };
 }
 
-const errorOf = (err: unknown) => ({
-  message: err instanceof Error ? err.message.split('\n')[0]! : String(err),
-  terminal: err instanceof TerminalError,
-});
+function endOf(o: Hold | OutcomeError['outcome']): PassEnd {
+  return o.type === 'Waiting' ? { phase: 'Waiting', reason: o.reason, message: o.message, afterMs: o.afterMs } : { phase: o.type, reason: o.reason, message: o.message };
+}
+
+const READY: PassEnd = { phase: 'Ready', reason: 'ReconciliationSucceeded', message: '' };
+
+/** The context changes that end a pass with `end` (before it is recorded). */
+function finish(context: ResourceContext, end: PassEnd): Partial<ResourceContext> {
+  const to = REST_OF[end.phase];
+  const failures = end.phase === 'Failed' ? context.failures + 1 : end.phase === 'Ready' ? 0 : context.failures;
+  if (end.phase === 'Failed') end = { ...end, afterMs: context.steps.backoff(context.failures) };
+  const last = context.transitions.at(-1);
+  const endChanged = to !== context.rest || last?.reason !== end.reason;
+  const transitions = endChanged
+    ? [...context.transitions, { at: new Date().toISOString(), from: context.rest, to, reason: end.reason }].slice(-TRANSITIONS_KEPT)
+    : context.transitions;
+  return {
+    end,
+    endChanged,
+    failures,
+    retryAfterMs: end.afterMs ?? 0,
+    transitions,
+    rest: to,
+    phase: end.phase,
+    observedGeneration: context.target.generation,
+    syncedGeneration: end.phase === 'Ready' || end.phase === 'Drifted' ? context.target.generation : context.syncedGeneration,
+  };
+}
+
+const isDeleting = (r: StoredResource) => Boolean(r.deletionRequestedAt);
 
 export const resourceMachine = setup({
   types: {
@@ -71,147 +193,330 @@ export const resourceMachine = setup({
     input: {} as ResourceInput,
   },
   actors: {
-    observe: fromPromise<unknown, { steps: ReconcileSteps }>(({ input }) => input.steps.observe()),
-    apply: fromPromise<void, { steps: ReconcileSteps; actions: Action[] }>(({ input }) => input.steps.apply(input.actions)),
+    blockers: fromPromise<ObjectKey[], { steps: ResourceSteps; target: StoredResource }>(async ({ input }) => input.steps.blockers(input.target)),
+    observe: fromPromise<unknown, { steps: ResourceSteps; target: StoredResource }>(({ input }) => input.steps.observe(input.target)),
+    plan: fromPromise<Plan, { steps: ResourceSteps; target: StoredResource; actual: unknown }>(async ({ input }) => input.steps.plan(input.target, input.actual)),
+    diff: fromPromise<FieldDiff[], { steps: ResourceSteps; target: StoredResource; actual: unknown }>(async ({ input }) => input.steps.diff(input.target, input.actual)),
+    apply: fromPromise<void, { steps: ResourceSteps; target: StoredResource; actions: Action[] }>(({ input }) => input.steps.apply(input.target, input.actions)),
+    record: fromPromise<RecordResult, { steps: ResourceSteps; pass: PassRecord }>(({ input }) => input.steps.record(input.pass)),
+  },
+  delays: {
+    retryDelay: ({ context }) => context.retryAfterMs,
   },
   guards: {
-    inSync: ({ context }) => context.plan.length === 0,
-    isBlocked: ({ context }) => context.plan.some((a) => a.type === 'blocked'),
-    isDrift: ({ context }) => !context.deleting && context.syncedGeneration === context.generation,
-    warnOnly: ({ context }) => context.driftPolicy === 'warn',
-    terminal: ({ context }) => context.error?.terminal === true,
-    deleting: ({ context }) => context.deleting,
+    tombstoned: ({ context }) => isDeleting(context.target),
+    suspendedAtStart: ({ context }) => Boolean(context.target.suspended),
+    /** A suspend (or a delete) that arrived while the pass observed: apply nothing more. */
+    suspendedNow: ({ context }) => Boolean(context.resource.suspended) && !isDeleting(context.target),
+    holdsOnly: ({ context }) => context.plan.actions.length === 0 && context.plan.hold !== undefined,
+    nothingToDo: ({ context }) => context.plan.actions.length === 0,
+    holds: ({ context }) => context.plan.hold !== undefined,
+    wasInSync: ({ context }) => context.syncedGeneration === context.target.generation,
+    warnOnly: ({ context }) => 'driftPolicy' in context.target.spec && context.target.spec.driftPolicy === 'warn',
+    deletedEnd: ({ context }) => context.end?.phase === 'Deleted',
   },
   actions: {
-    computePlan: assign({ plan: ({ context }) => context.steps.plan(context.actual, context.deleting) }),
-    takeBlockedError: assign({
-      error: ({ context }) => {
-        const b = context.plan.filter((a) => a.type === 'blocked') as (Action & { terminal?: boolean })[];
-        return { message: b.map((a) => a.describe).join('; '), terminal: b.some((a) => a.terminal) };
-      },
-    }),
-    startPass: assign({ applied: () => [], drifted: () => false, error: () => undefined }),
-    markSynced: assign({ syncedGeneration: ({ context }) => context.generation, error: () => undefined }),
-    reportDrift: assign({
-      drifted: ({ context }) => {
-        context.steps.onDrift(context.actual, context.plan, context.driftPolicy === 'heal');
-        return true;
-      },
-    }),
-    takeSpec: assign({
-      generation: ({ event }) => (event.type === 'SPEC' ? event.generation : 0),
-      driftPolicy: ({ event, context }) => (event.type === 'SPEC' ? event.driftPolicy : context.driftPolicy),
-    }),
+    startPass: assign(({ context }) => ({
+      target: context.resource,
+      startedAt: Date.now(),
+      actual: undefined,
+      plan: { actions: [] },
+      applied: [],
+      drifted: false,
+      diffs: [],
+      blockers: [],
+      passes: context.passes + 1,
+    })),
+    requeue: ({ context }) => context.steps.requeue(context.key),
+    writeFailed: ({ context, event }) => context.steps.writeFailed(context.key, 'error' in event ? event.error : event),
+    endReady: assign(({ context }) => finish(context, READY)),
+    endHold: assign(({ context }) => finish(context, endOf(context.plan.hold!))),
+    endSuspended: assign(({ context }) => finish(context, { phase: 'Suspended', reason: 'Suspended', message: 'suspended: not reconciled until resumed' })),
+    endDrifted: assign(({ context }) =>
+      finish(context, {
+        phase: 'Drifted',
+        reason: 'DriftDetected',
+        message: `host differs (${context.diffs.map((d) => d.field).join(', ') || 'unknown fields'}); driftPolicy warn: not healed`,
+      }),
+    ),
+    endNotConverged: assign(({ context }) =>
+      finish(context, { phase: 'Failed', reason: 'NotConverged', message: `host did not converge: still to do: ${context.plan.actions.map((a) => a.describe).join('; ')}` }),
+    ),
+    endDeleted: assign(({ context }) => finish(context, { phase: 'Deleted', reason: 'Deleted', message: 'deleted' })),
+    endError: assign(({ context, event }) => finish(context, endOfError('error' in event ? event.error : event))),
+    keepApplied: assign(({ context }) => ({ applied: [...context.applied, ...context.plan.actions] })),
   },
 }).createMachine({
   id: 'resource',
   context: ({ input }) => ({
     key: input.key,
     steps: input.steps,
-    generation: input.generation,
-    syncedGeneration: input.syncedGeneration,
-    driftPolicy: input.driftPolicy,
-    deleting: false,
+    resource: input.resource,
+    target: input.resource,
+    syncedGeneration: (input.phase === 'Ready' || input.phase === 'Drifted') && input.observedGeneration === input.resource.generation ? input.resource.generation : 0,
+    phase: input.phase,
+    observedGeneration: input.observedGeneration,
     actual: undefined,
-    plan: [],
+    plan: { actions: [] },
     applied: [],
     drifted: false,
+    diffs: [],
+    endChanged: false,
+    failures: 0,
+    retryAfterMs: 0,
+    blockers: [],
+    startedAt: 0,
+    passes: 0,
+    rest: 'pending',
+    transitions: input.transitions.slice(-TRANSITIONS_KEPT),
+    // Records from before a restart may be open: the first pass in sync closes them.
+    driftMayBeOpen: true,
   }),
   initial: 'pending',
-  on: {
-    SPEC: { actions: 'takeSpec' },
-    DELETE: { target: '.observing', actions: [assign({ deleting: true }), 'startPass'] },
-  },
+  // The record as stored now. A pass acts on the record it started with (`target`); the next pass,
+  // which the engine queues for every change, acts on this one: a tombstone gone means no deletion.
+  on: { UPDATE: { actions: assign({ resource: ({ event }) => event.resource }) } },
   states: {
-    pending: {
-      on: {
-        RECONCILE: { target: 'observing', actions: 'startPass' },
-        SUSPEND: 'suspended',
+    pending: { on: { RECONCILE: 'starting' } },
+    starting: {
+      tags: ['pass'],
+      entry: 'startPass',
+      always: [
+        { guard: 'tombstoned', target: 'deleting' },
+        { guard: 'suspendedAtStart', target: 'recording', actions: 'endSuspended' },
+        { target: 'checkingDependencies' },
+      ],
+    },
+    checkingDependencies: {
+      tags: ['pass', 'host'],
+      invoke: {
+        src: 'blockers',
+        input: ({ context }) => ({ steps: context.steps, target: context.target }),
+        onDone: [
+          { guard: ({ event }) => event.output.length === 0, target: 'observing' },
+          {
+            target: 'recording',
+            actions: assign(({ context, event }) => ({
+              blockers: event.output,
+              ...finish(context, { phase: 'Pending', reason: 'DependencyNotReady', message: `waiting for ${event.output.join(', ')} to be ready` }),
+            })),
+          },
+        ],
+        onError: { target: 'recording', actions: 'endError' },
       },
     },
     observing: {
+      tags: ['pass', 'host'],
       invoke: {
         src: 'observe',
-        input: ({ context }) => ({ steps: context.steps }),
+        input: ({ context }) => ({ steps: context.steps, target: context.target }),
         onDone: { target: 'planning', actions: assign({ actual: ({ event }) => event.output }) },
-        onError: { target: 'failed', actions: assign({ error: ({ event }) => errorOf(event.error) }) },
+        onError: { target: 'recording', actions: 'endError' },
       },
     },
     planning: {
-      entry: 'computePlan',
+      tags: ['pass', 'host'],
+      invoke: {
+        src: 'plan',
+        input: ({ context }) => ({ steps: context.steps, target: context.target, actual: context.actual }),
+        onDone: { target: 'deciding', actions: assign({ plan: ({ event }) => event.output }) },
+        onError: { target: 'recording', actions: 'endError' },
+      },
+    },
+    deciding: {
+      tags: ['pass', 'host'],
       always: [
-        { guard: 'inSync', target: 'settled' },
-        { guard: 'isBlocked', target: 'failed', actions: 'takeBlockedError' },
-        { guard: 'isDrift', actions: 'reportDrift', target: 'checkDriftPolicy' },
+        { guard: 'suspendedNow', target: 'recording', actions: 'endSuspended' },
+        { guard: 'holdsOnly', target: 'recording', actions: 'endHold' },
+        { guard: 'nothingToDo', target: 'recording', actions: 'endReady' },
+        { guard: 'wasInSync', target: 'diffing' },
         { target: 'applying' },
       ],
     },
-    checkDriftPolicy: {
-      always: [{ guard: 'warnOnly', target: 'drifted' }, { target: 'applying' }],
+    diffing: {
+      tags: ['pass', 'host'],
+      invoke: {
+        src: 'diff',
+        input: ({ context }) => ({ steps: context.steps, target: context.target, actual: context.actual }),
+        onDone: { target: 'healOrWarn', actions: assign({ diffs: ({ event }) => event.output, drifted: true, driftMayBeOpen: true }) },
+        // Drift without its field list is still drift: heal (or warn) it.
+        onError: { target: 'healOrWarn', actions: ['writeFailed', assign({ drifted: true })] },
+      },
+    },
+    healOrWarn: {
+      tags: ['pass', 'host'],
+      always: [{ guard: 'warnOnly', target: 'recording', actions: 'endDrifted' }, { target: 'applying' }],
     },
     applying: {
+      tags: ['pass', 'host'],
       invoke: {
         src: 'apply',
-        input: ({ context }) => ({ steps: context.steps, actions: context.plan }),
-        onDone: { target: 'verifying', actions: assign({ applied: ({ context }) => [...context.applied, ...context.plan] }) },
-        onError: { target: 'failed', actions: assign({ error: ({ event }) => errorOf(event.error) }) },
+        input: ({ context }) => ({ steps: context.steps, target: context.target, actions: context.plan.actions }),
+        // Actions applied beside a hold (a crash recorded while the restart waits) end with the hold.
+        onDone: [
+          { guard: 'holds', target: 'recording', actions: ['keepApplied', 'endHold'] },
+          { target: 'verifying', actions: 'keepApplied' },
+        ],
+        onError: { target: 'recording', actions: 'endError' },
       },
     },
     verifying: {
+      tags: ['pass', 'host'],
       invoke: {
         src: 'observe',
-        input: ({ context }) => ({ steps: context.steps }),
-        onDone: {
-          target: 'checkVerified',
-          actions: [assign({ actual: ({ event }) => event.output }), 'computePlan'],
-        },
-        onError: { target: 'failed', actions: assign({ error: ({ event }) => errorOf(event.error) }) },
+        input: ({ context }) => ({ steps: context.steps, target: context.target }),
+        onDone: { target: 'verifyPlanning', actions: assign({ actual: ({ event }) => event.output }) },
+        onError: { target: 'recording', actions: 'endError' },
       },
     },
-    checkVerified: {
-      always: [
-        { guard: 'inSync', target: 'settled' },
-        {
-          target: 'failed',
-          actions: assign({
-            error: ({ context }) => ({ message: `host did not converge: still to do: ${context.plan.map((a) => a.describe).join('; ')}`, terminal: false }),
-          }),
+    verifyPlanning: {
+      tags: ['pass', 'host'],
+      invoke: {
+        src: 'plan',
+        input: ({ context }) => ({ steps: context.steps, target: context.target, actual: context.actual }),
+        onDone: [
+          { guard: ({ event }) => event.output.hold !== undefined, target: 'recording', actions: [assign({ plan: ({ event }) => event.output }), 'endHold'] },
+          { guard: ({ event }) => event.output.actions.length === 0, target: 'recording', actions: 'endReady' },
+          { target: 'recording', actions: [assign({ plan: ({ event }) => event.output }), 'endNotConverged'] },
+        ],
+        onError: { target: 'recording', actions: 'endError' },
+      },
+    },
+    deleting: {
+      tags: ['pass', 'host'],
+      initial: 'checkingDependants',
+      states: {
+        checkingDependants: {
+          invoke: {
+            src: 'blockers',
+            input: ({ context }) => ({ steps: context.steps, target: context.target }),
+            onDone: [
+              { guard: ({ event }) => event.output.length === 0, target: 'observing' },
+              {
+                target: '#resource.recording',
+                actions: assign(({ context, event }) => ({
+                  blockers: event.output,
+                  ...finish(context, { phase: 'Pending', reason: 'DependencyNotReady', message: `waiting for ${event.output.join(', ')} to be deleted first` }),
+                })),
+              },
+            ],
+            onError: { target: '#resource.recording', actions: 'endError' },
+          },
         },
+        observing: {
+          invoke: {
+            src: 'observe',
+            input: ({ context }) => ({ steps: context.steps, target: context.target }),
+            onDone: { target: 'planning', actions: assign({ actual: ({ event }) => event.output }) },
+            onError: { target: '#resource.recording', actions: 'endError' },
+          },
+        },
+        planning: {
+          invoke: {
+            src: 'plan',
+            input: ({ context }) => ({ steps: context.steps, target: context.target, actual: context.actual }),
+            onDone: { target: 'deciding', actions: assign({ plan: ({ event }) => event.output }) },
+            onError: { target: '#resource.recording', actions: 'endError' },
+          },
+        },
+        deciding: {
+          always: [
+            { guard: 'holdsOnly', target: '#resource.recording', actions: 'endHold' },
+            { guard: 'nothingToDo', target: '#resource.recording', actions: 'endDeleted' },
+            { target: 'applying' },
+          ],
+        },
+        applying: {
+          invoke: {
+            src: 'apply',
+            input: ({ context }) => ({ steps: context.steps, target: context.target, actions: context.plan.actions }),
+            onDone: [
+              { guard: 'holds', target: '#resource.recording', actions: ['keepApplied', 'endHold'] },
+              { target: 'verifying', actions: 'keepApplied' },
+            ],
+            onError: { target: '#resource.recording', actions: 'endError' },
+          },
+        },
+        verifying: {
+          invoke: {
+            src: 'observe',
+            input: ({ context }) => ({ steps: context.steps, target: context.target }),
+            onDone: { target: 'verifyPlanning', actions: assign({ actual: ({ event }) => event.output }) },
+            onError: { target: '#resource.recording', actions: 'endError' },
+          },
+        },
+        verifyPlanning: {
+          invoke: {
+            src: 'plan',
+            input: ({ context }) => ({ steps: context.steps, target: context.target, actual: context.actual }),
+            onDone: [
+              { guard: ({ event }) => event.output.hold !== undefined, target: '#resource.recording', actions: [assign({ plan: ({ event }) => event.output }), 'endHold'] },
+              { guard: ({ event }) => event.output.actions.length === 0, target: '#resource.recording', actions: 'endDeleted' },
+              { target: '#resource.recording', actions: [assign({ plan: ({ event }) => event.output }), 'endNotConverged'] },
+            ],
+            onError: { target: '#resource.recording', actions: 'endError' },
+          },
+        },
+      },
+    },
+    recording: {
+      tags: ['pass'],
+      invoke: {
+        src: 'record',
+        input: ({ context }) => ({
+          steps: context.steps,
+          pass: {
+            key: context.key,
+            target: context.target,
+            end: context.end!,
+            endChanged: context.endChanged,
+            applied: context.applied,
+            drifted: context.drifted,
+            diffs: context.diffs,
+            actual: context.actual,
+            driftMayBeOpen: context.driftMayBeOpen,
+            failures: context.failures,
+            machine: { state: context.rest, appliedAt: context.target.appliedAt, transitions: context.transitions },
+          },
+        }),
+        onDone: [
+          // The record was applied again while it was being deleted: it stays, and is reconciled anew.
+          { guard: ({ event }) => event.output.removed === false, target: 'pending', actions: [assign({ rest: 'pending', phase: 'Pending' }), 'requeue'] },
+          { guard: 'deletedEnd', target: 'deleted' },
+          { target: 'routing', actions: assign({ driftMayBeOpen: ({ context, event }) => context.driftMayBeOpen && !event.output.driftClosed }) },
+        ],
+        // A failed write is reported, never the resource's failure; a deletion not written is retried.
+        onError: [
+          {
+            guard: 'deletedEnd',
+            target: 'backoff',
+            actions: ['writeFailed', assign(({ context }) => ({ rest: 'backoff', phase: 'Failed' as const, retryAfterMs: context.steps.backoff(context.failures), failures: context.failures + 1 }))],
+          },
+          { target: 'routing', actions: 'writeFailed' },
+        ],
+      },
+    },
+    routing: {
+      tags: ['pass'],
+      always: [
+        { guard: ({ context }) => context.end?.phase === 'Ready', target: 'ready' },
+        { guard: ({ context }) => context.end?.phase === 'Drifted', target: 'drifted' },
+        { guard: ({ context }) => context.end?.phase === 'Waiting', target: 'waiting' },
+        { guard: ({ context }) => context.end?.phase === 'Failed', target: 'backoff' },
+        { guard: ({ context }) => context.end?.phase === 'Stalled', target: 'stalled' },
+        { guard: ({ context }) => context.end?.phase === 'Pending', target: 'waitingForDependencies' },
+        { target: 'suspended' },
       ],
     },
-    settled: {
-      always: [{ guard: 'deleting', target: 'deleted' }, { target: 'ready', actions: 'markSynced' }],
-    },
-    ready: {
-      on: { RECONCILE: { target: 'observing', actions: 'startPass' }, SUSPEND: 'suspended' },
-    },
-    drifted: {
-      on: { RECONCILE: { target: 'observing', actions: 'startPass' }, SUSPEND: 'suspended' },
-    },
-    failed: {
-      always: [{ guard: 'terminal', target: 'stalled' }, { target: 'backoff' }],
-    },
-    backoff: {
-      on: { RECONCILE: { target: 'observing', actions: 'startPass' }, SUSPEND: 'suspended' },
-    },
-    stalled: {
-      on: {
-        RECONCILE: { target: 'observing', actions: 'startPass' },
-        SPEC: { target: 'pending', actions: 'takeSpec' },
-        SUSPEND: 'suspended',
-      },
-    },
-    suspended: {
-      // RESUME used to start a pass right here, outside the work queue: past the concurrency limit, and
-      // when it ended before the queued RECONCILE arrived its outcome (DriftHealed event, healed drift
-      // records, status) was never written, as the engine records only passes it started. Like a spec
-      // change out of stalled, resuming only makes the resource ready for the queue's next pass.
-      on: { RESUME: 'pending', RECONCILE: {} },
-    },
+    ready: { on: { RECONCILE: 'starting' } },
+    drifted: { on: { RECONCILE: 'starting' } },
+    waiting: { after: { retryDelay: { actions: 'requeue' } }, on: { RECONCILE: 'starting' } },
+    backoff: { after: { retryDelay: { actions: 'requeue' } }, on: { RECONCILE: 'starting' } },
+    stalled: { on: { RECONCILE: 'starting' } },
+    waitingForDependencies: { on: { RECONCILE: 'starting' } },
+    suspended: { on: { RECONCILE: 'starting' } },
     deleted: { type: 'final' },
   },
 });
 
-/** States in which a reconcile pass has ended. */
-export const SETTLED_STATES = ['ready', 'drifted', 'backoff', 'stalled', 'suspended', 'deleted', 'pending'] as const;
-export type SettledState = (typeof SETTLED_STATES)[number];
+export type ResourceActor = import('xstate').Actor<typeof resourceMachine>;

@@ -344,10 +344,17 @@ export class Store {
     }));
   }
 
-  /** Removes a resource with its status and drift records; false if it was not stored. */
-  async deleteResource(kind: string, name: string): Promise<boolean> {
+  /**
+   * Removes a resource with its status and drift records; false if it was not stored. With
+   * ifDeletionRequestedAt, only while the record still carries that tombstone (not applied again since).
+   */
+  async deleteResource(kind: string, name: string, opts: { ifDeletionRequestedAt?: string } = {}): Promise<boolean> {
     const file = this.resourceFile(kind, name);
     return this.mutate(file, async () => {
+      if (opts.ifDeletionRequestedAt !== undefined) {
+        const r = await readJsonFile<StoredResource>(file);
+        if (r?.deletionRequestedAt !== opts.ifDeletionRequestedAt) return false;
+      }
       // Status and drift first: a crash in between leaves the resource (the delete was not acknowledged),
       // never status without a resource.
       await removeFile(this.statusFile(kind, name));

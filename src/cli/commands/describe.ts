@@ -85,7 +85,9 @@ export async function describeResource(store: Store, r: StoredResource, status: 
   if (r.deletionRequestedAt) out += field('Deletion Requested', `${isoSeconds(r.deletionRequestedAt)} (${formatAge(r.deletionRequestedAt, now)} ago)`);
 
   out += `Spec:\n${Object.keys(r.spec).length ? indentYaml(r.spec) : '  {}\n'}`;
-  if (status && Object.keys(status.fields).length) out += `Status:\n${indentYaml(status.fields)}`;
+  const { machine, ...fields } = status?.fields ?? {};
+  if (Object.keys(fields).length) out += `Status:\n${indentYaml(fields)}`;
+  out += machineSection(machine, now);
 
   const conditions = status?.conditions ?? [];
   out += section(
@@ -117,6 +119,27 @@ export async function describeResource(store: Store, r: StoredResource, status: 
       ? renderTable(
           ['AGE', 'TYPE', 'REASON', 'MESSAGE'],
           events.map((e) => [formatAge(e.time, now), e.type, e.reason, e.message]),
+          { indent: '  ' },
+        )
+      : '',
+  );
+  return out;
+}
+
+/** The resource machine's state and its last transitions, as the engine wrote them (status.fields.machine). */
+function machineSection(machine: unknown, now: number): string {
+  if (typeof machine !== 'object' || machine === null) return '';
+  const m = machine as { state?: unknown; transitions?: unknown };
+  const transitions = (Array.isArray(m.transitions) ? m.transitions : []).filter(
+    (t): t is Record<'at' | 'from' | 'to' | 'reason', string> => typeof t === 'object' && t !== null && ['at', 'from', 'to', 'reason'].every((k) => typeof t[k] === 'string'),
+  );
+  let out = field('Machine State', typeof m.state === 'string' ? m.state : '<unknown>');
+  out += section(
+    'Transitions',
+    transitions.length
+      ? renderTable(
+          ['AT', 'AGE', 'FROM', 'TO', 'REASON'],
+          transitions.map((t) => [isoSeconds(t.at), formatAge(t.at, now), t.from, t.to, t.reason]),
           { indent: '  ' },
         )
       : '',
