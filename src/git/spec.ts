@@ -88,3 +88,16 @@ function badRefName(name: string): string | undefined {
   if (name.split('/').some((part) => part.startsWith('.'))) return "has a component starting with '.'";
   return undefined;
 }
+
+/** Milliseconds of a schema duration ('500ms', '30s', '5m', '1h'). */
+export function durationMs(text: string): number {
+  const m = /^([1-9][0-9]*)(ms|s|m|h)$/.exec(text);
+  if (!m) throw new Error(`invalid duration ${JSON.stringify(text)}`);
+  return Number(m[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] as 'ms' | 's' | 'm' | 'h'];
+}
+
+/** The wait before the next poll: the interval, spread by up to ±10% so many sources do not poll in step. */
+export function nextPollMs(spec: GitSourceSpec, random: () => number = Math.random): number {
+  const interval = durationMs(spec.interval ?? DEFAULT_INTERVAL);
+  return Math.round(interval * (0.9 + 0.2 * random()));
+}
