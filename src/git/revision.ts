@@ -41,8 +41,9 @@ export interface RevisionInput {
   ignore: string[];
   allowEmpty: boolean;
   requireIndex: boolean;
-  /** Serial of the index of the revision in force, if it had one. */
+  /** Serial and sha256 of the index of the revision in force, if it had one. */
   appliedSerial?: number;
+  appliedIndexDigest?: string;
   /** The operator named this commit in acceptRevision (an older index serial is let through). */
   accepted: boolean;
   store: TrustStore;
@@ -66,8 +67,9 @@ export type RevisionResult =
       resources: LoadedResource[];
       /** 'sha256:<hex>' over the applied manifests' paths and contents. */
       digest: string;
-      /** The index serial, when the revision has an index. */
+      /** The index serial and the sha256 of its bytes, when the revision has an index. */
       serial?: number;
+      indexDigest?: string;
       warnings: Diagnostic[];
       /** Signature checks this load actually ran (the rest came from the cache). */
       verified: number;
@@ -109,6 +111,7 @@ export function loadRevision(input: RevisionInput): RevisionResult {
     ...(byPath.has(INDEX_SIG_FILE) ? { indexSig: byPath.get(INDEX_SIG_FILE)! } : {}),
     store: input.store,
     ...(input.appliedSerial !== undefined ? { appliedSerial: input.appliedSerial } : {}),
+    ...(input.appliedIndexDigest !== undefined ? { appliedIndexDigest: input.appliedIndexDigest } : {}),
     required: input.requireIndex,
     acceptOlderSerial: input.accepted,
   });
@@ -156,6 +159,7 @@ export function loadRevision(input: RevisionInput): RevisionResult {
     resources: result.resources,
     digest: `sha256:${digest.digest('hex')}`,
     ...(index.index ? { serial: index.index.serial } : {}),
+    ...(index.digest ? { indexDigest: index.digest } : {}),
     warnings: diagnostics,
     verified,
   };

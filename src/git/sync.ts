@@ -15,8 +15,9 @@ import { DEFAULT_TIMEOUT, durationMs, followedRef, isRemoteUrl, revisionString, 
 /** What the source has in force (from its status). */
 export interface AppliedState {
   commit?: string;
-  /** Index serial of the applied revision, when it had an index. */
+  /** Index serial and index sha256 of the applied revision, when it had an index. */
   serial?: number;
+  indexDigest?: string;
   /** An acceptRevision already used: it is honoured once. */
   consumedAcceptRevision?: string;
 }
@@ -123,6 +124,7 @@ export async function syncSource(input: SyncInput): Promise<SyncResult> {
     allowEmpty: spec.allowEmpty ?? false,
     requireIndex: spec.requireIndex ?? false,
     ...(input.applied.serial !== undefined ? { appliedSerial: input.applied.serial } : {}),
+    ...(input.applied.indexDigest !== undefined ? { appliedIndexDigest: input.applied.indexDigest } : {}),
     accepted: acceptable,
     store: input.store,
     signatureCache: input.signatureCache,

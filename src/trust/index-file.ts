@@ -95,7 +95,7 @@ export function parseIndex(text: string): RevisionIndex {
 }
 
 export type IndexCheck =
-  | { ok: true; index?: RevisionIndex }
+  | { ok: true; index?: RevisionIndex; /** sha256 of the index bytes. */ digest?: string }
   | { ok: false; file: string; reason: string };
 
 export interface IndexCheckInput {
@@ -105,8 +105,10 @@ export interface IndexCheckInput {
   indexBytes?: Uint8Array;
   indexSig?: Uint8Array;
   store: TrustStore;
-  /** Serial of the index of the revision in force; a new one must be above it. */
+  /** Serial of the index of the revision in force; a new one must be above it, unless it is that same index. */
   appliedSerial?: number;
+  /** sha256 of the applied index's bytes: a revision that leaves the index alone keeps its serial. */
+  appliedIndexDigest?: string;
   /** No index is an error (spec.requireIndex). Once a source has applied an indexed revision it always is. */
   required: boolean;
   /** The operator accepted this revision by name (acceptRevision): an older serial is let through. */
@@ -138,7 +140,9 @@ export function checkIndex(input: IndexCheckInput): IndexCheck {
   } catch (err) {
     return { ok: false, file: INDEX_FILE, reason: err instanceof UserError ? err.message : 'malformed index (not UTF-8 text)' };
   }
-  if (input.appliedSerial !== undefined && index.serial <= input.appliedSerial && !input.acceptOlderSerial) {
+  const digest = sha256Hex(input.indexBytes);
+  const sameIndex = index.serial === input.appliedSerial && digest === input.appliedIndexDigest;
+  if (input.appliedSerial !== undefined && index.serial <= input.appliedSerial && !sameIndex && !input.acceptOlderSerial) {
     return { ok: false, file: INDEX_FILE, reason: `serial ${index.serial} is not above the applied serial ${input.appliedSerial} (an older signed index replayed?)` };
   }
   for (const file of [...index.files.keys()].sort(byCodeUnit)) {
@@ -150,7 +154,7 @@ export function checkIndex(input: IndexCheckInput): IndexCheck {
     const actual = sha256Hex(bytes);
     if (actual !== expected) return { ok: false, file, reason: `does not match the signed index (sha256 ${actual.slice(0, 12)}…, index has ${expected.slice(0, 12)}…)` };
   }
-  return { ok: true, index };
+  return { ok: true, index, digest };
 }
 
 function decodeSignature(bytes: Uint8Array): string | null {
