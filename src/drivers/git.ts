@@ -164,16 +164,6 @@ export async function peelToCommit(gitdir: string, oid: string, cache: object): 
   throw new GitError('not-found', `${oid}: too many nested tags`);
 }
 
-/** Whether the object store holds this commit. */
-export async function hasCommit(gitdir: string, oid: string, cache: object): Promise<boolean> {
-  try {
-    const { type } = await git.readObject({ fs, gitdir, oid, cache, format: 'content' });
-    return type === 'commit';
-  } catch {
-    return false;
-  }
-}
-
 export interface TreeFile {
   /** Path relative to the directory read, with '/' separators. */
   path: string;
