@@ -139,9 +139,10 @@ describe('format helpers', () => {
     assert.equal(resolveKind('fws'), 'FirewallPolicy');
     assert.equal(resolveKind('gpus'), 'GpuTrustLevel');
     assert.equal(resolveKind('NODE'), 'ClusterNode');
+    assert.equal(resolveKind('gs'), 'GitSource');
     assert.equal(resolveKind('pods'), undefined);
-    assert.equal(parseKinds(undefined).length, 5);
-    assert.equal(parseKinds('ALL').length, 5);
+    assert.equal(parseKinds(undefined).length, 6);
+    assert.equal(parseKinds('ALL').length, 6);
     assert.deepEqual(parseKinds('vm,rt,vms'), ['VirtualMachine', 'Route']);
     assert.throws(() => parseKinds('pods'), { name: 'UsageError', message: /known kinds: VirtualMachine \(vm\), Route \(rt\)/ });
   });
@@ -256,7 +257,7 @@ describe('qwamos get', () => {
     const r = qwamos(state, 'get', 'pods');
     assert.equal(r.code, 2);
     assert.equal(r.stdout, '');
-    assert.match(r.stderr, /^error: unknown resource kind "pods"; known kinds: VirtualMachine \(vm\), Route \(rt\), FirewallPolicy \(fw\), GpuTrustLevel \(gpu\), ClusterNode \(node\), all\n$/);
+    assert.match(r.stderr, /^error: unknown resource kind "pods"; known kinds: VirtualMachine \(vm\), Route \(rt\), FirewallPolicy \(fw\), GpuTrustLevel \(gpu\), ClusterNode \(node\), GitSource \(gs\), all\n$/);
     assert.equal(qwamos(state, 'get', '-o', 'xml').code, 2);
     assert.equal(qwamos(state, 'get', 'all', 'dev').code, 2);
   });

@@ -18,5 +18,7 @@ export function createControllers(config: Config): AnyController[] {
     }),
     declarationController('GpuTrustLevel'),
     declarationController('ClusterNode'),
+    // Until the GitSource controller lands (it needs the reshaped engine and store): stored, not followed.
+    declarationController('GitSource'),
   ];
 }

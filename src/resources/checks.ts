@@ -3,6 +3,7 @@ import { isNetworkOrBroadcast, parseCidr, sameSubnet } from './net.ts';
 import { imagePathEscape } from './paths.ts';
 import { maxVmNameLength, tooLongDerivedName } from '../names.ts';
 import { PASSTHROUGH_MIN_LEVEL } from './gpu.ts';
+import { checkGitSource } from '../git/spec.ts';
 import type { AnyResource, ClusterNode, FirewallPolicy, GpuTrustLevel, Route, VirtualMachine } from './types.ts';
 
 export interface Issue {
@@ -28,6 +29,8 @@ export function checkResource(r: AnyResource, ctx: CheckContext): Issue[] {
       return checkGpuTrustLevel(r);
     case 'ClusterNode':
       return checkClusterNode(r);
+    case 'GitSource':
+      return checkGitSource(r);
   }
 }
 

@@ -249,3 +249,68 @@ export interface PublicKey {
    */
   value: string;
 }
+
+/**
+ * a git branch or tag name
+ */
+export type GitRefName = string;
+/**
+ * a full commit id (40 lowercase hex digits)
+ */
+export type GitCommit = string;
+
+/**
+ * A git repository of signed manifests the controller follows: each revision under path is verified and applied whole, or not at all.
+ */
+export interface GitSource {
+  apiVersion: 'qwamos.io/v1alpha1';
+  kind: 'GitSource';
+  metadata: Metadata;
+  spec: GitSourceSpec;
+}
+export interface GitSourceSpec {
+  /**
+   * an absolute path of a local repository, or an http:// or https:// URL without credentials
+   */
+  url: string;
+  ref?: GitSourceRef;
+  /**
+   * a relative directory inside the repository (no '..', not absolute)
+   */
+  path?: string;
+  /**
+   * a duration such as 500ms, 30s, 5m or 1h
+   */
+  interval?: string;
+  /**
+   * a duration such as 500ms, 30s, 5m or 1h
+   */
+  timeout?: string;
+  /**
+   * an absolute path of a file holding the https token (sent as a bearer token, never logged)
+   */
+  tokenFile?: string;
+  /**
+   * how the token is sent: Bearer, or Basic (the file holds user:password)
+   */
+  tokenScheme?: 'bearer' | 'basic';
+  /**
+   * glob patterns of files under path to leave out (** matches across directories)
+   *
+   * @maxItems 256
+   */
+  ignore?: string[];
+  prune?: boolean;
+  allowEmpty?: boolean;
+  suspend?: boolean;
+  acceptRevision?: GitCommit;
+  requireIndex?: boolean;
+}
+/**
+ * What to follow: a branch, a tag, or a commit (a commit may name the branch to fetch it from). Default: the repository's HEAD.
+ */
+export interface GitSourceRef {
+  branch?: GitRefName;
+  tag?: GitRefName;
+  commit?: GitCommit;
+}

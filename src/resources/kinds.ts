@@ -7,6 +7,7 @@ export const KIND_SCHEMA_FILES = {
   FirewallPolicy: 'firewallpolicy.json',
   GpuTrustLevel: 'gputrustlevel.json',
   ClusterNode: 'clusternode.json',
+  GitSource: 'gitsource.json',
 } as const;
 
 export type Kind = keyof typeof KIND_SCHEMA_FILES;
@@ -23,6 +24,8 @@ export const KIND_STAGE: Record<Kind, number> = {
   Route: 1,
   FirewallPolicy: 1,
   VirtualMachine: 2,
+  // Sources are read before anything they may declare.
+  GitSource: 0,
 };
 
 /** Short names `get` accepts, as kubectl does. */
@@ -32,4 +35,5 @@ export const KIND_ALIASES: Record<string, Kind> = {
   firewallpolicy: 'FirewallPolicy', firewallpolicies: 'FirewallPolicy', fw: 'FirewallPolicy',
   gputrustlevel: 'GpuTrustLevel', gputrustlevels: 'GpuTrustLevel', gpu: 'GpuTrustLevel',
   clusternode: 'ClusterNode', clusternodes: 'ClusterNode', node: 'ClusterNode', nodes: 'ClusterNode',
+  gitsource: 'GitSource', gitsources: 'GitSource', gs: 'GitSource',
 };

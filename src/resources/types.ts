@@ -1,12 +1,12 @@
 // The resource model: generated kind types plus what loading adds (where a resource came from).
-import type { ClusterNode, FirewallPolicy, GpuTrustLevel, Route, VirtualMachine } from './generated.ts';
+import type { ClusterNode, FirewallPolicy, GitSource, GpuTrustLevel, Route, VirtualMachine } from './generated.ts';
 import type { Kind } from './kinds.ts';
 import type { ObjectKey } from './keys.ts';
 import type { PositionMap } from './yaml.ts';
 
 export type * from './generated.ts';
 
-export type AnyResource = VirtualMachine | Route | FirewallPolicy | GpuTrustLevel | ClusterNode;
+export type AnyResource = VirtualMachine | Route | FirewallPolicy | GpuTrustLevel | ClusterNode | GitSource;
 
 export interface ResourceByKind {
   VirtualMachine: VirtualMachine;
@@ -14,6 +14,7 @@ export interface ResourceByKind {
   FirewallPolicy: FirewallPolicy;
   GpuTrustLevel: GpuTrustLevel;
   ClusterNode: ClusterNode;
+  GitSource: GitSource;
 }
 
 /** The spec type of each kind. */
