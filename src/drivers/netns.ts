@@ -294,6 +294,12 @@ export async function observeNetworks(target: ObserveTarget): Promise<NetworkVie
   return { host: toView(out.host), netns };
 }
 
+/** The interface of a namespace's default route (lowest metric), if any. */
+export function defaultRouteDev(view: NetnsView): string | undefined {
+  const best = view.routes.filter((r) => r.dst === 'default' && r.dev && !r.type).sort((a, b) => (a.metric ?? 0) - (b.metric ?? 0))[0];
+  return best?.dev;
+}
+
 /** The interface of the host netns' default route (lowest metric), if any. */
 export async function detectUplink(hostNetns?: string): Promise<string | undefined> {
   checkHostNetns(hostNetns);
@@ -306,13 +312,15 @@ export async function detectUplink(hostNetns?: string): Promise<string | undefin
 
 const IFNAME_RE = /^[A-Za-z0-9_.@-]{1,15}$/;
 
+/** A configured uplink, checked. */
+export function checkedUplink(configured: string): string {
+  if (!IFNAME_RE.test(configured)) throw new Error(`invalid uplink interface name ${JSON.stringify(configured)}`);
+  return configured;
+}
+
 /** The configured uplink, else the default route's. */
 export async function resolveUplink(hostNetns?: string, configured?: string): Promise<string | undefined> {
-  if (configured) {
-    if (!IFNAME_RE.test(configured)) throw new Error(`invalid uplink interface name ${JSON.stringify(configured)}`);
-    return configured;
-  }
-  return detectUplink(hostNetns);
+  return configured ? checkedUplink(configured) : detectUplink(hostNetns);
 }
 
 // ---------------------------------------------------------------------------------------------- apply

@@ -154,13 +154,13 @@ export async function replaceNftTable(
 ): Promise<void> {
   checkTarget(hostNetns, name);
   const input = nftReplaceTransaction(family, name, content);
-  if (!opts.ipv4Forwarding) {
-    await run(['nft', '-j', '-f', '-'], { input, ...(hostNetns ? { netns: hostNetns } : {}) });
-  } else if (hostNetns) {
-    await run(['sh', '-c', 'echo 1 > /proc/sys/net/ipv4/ip_forward && exec nft -j -f -'], { input, netns: hostNetns });
-  } else {
+  // nft -j opens /dev/stdin by path, which fails on the socket Node gives as stdin: a pipe in between.
+  const load = 'cat | nft -j -f -';
+  if (opts.ipv4Forwarding && !hostNetns) {
     const path = '/proc/sys/net/ipv4/ip_forward';
     if ((await readFile(path, 'utf8')).trim() !== '1') await writeFile(path, '1\n');
-    await run(['nft', '-j', '-f', '-'], { input });
   }
+  // With a netns named, forwarding goes on in it, in the same process as the transaction.
+  const script = opts.ipv4Forwarding && hostNetns ? `echo 1 > /proc/sys/net/ipv4/ip_forward && ${load}` : load;
+  await run(['sh', '-c', script], { input, ...(hostNetns ? { netns: hostNetns } : {}) });
 }

@@ -1,7 +1,7 @@
 // Route observe: host facts only. One `ip` process for the host side and the Routes' VM netns, one
 // `nft` process for qwamos' table, and the uplink. Everything is found by its derived name; whose it is
 // (the mark each carries) is reported, not judged.
-import { derivedNames, observeNetworks, resolveUplink, type NetLayout, type NetnsView, type ObservedLink, type ObservedRoute } from '../../drivers/netns.ts';
+import { checkedUplink, defaultRouteDev, derivedNames, observeNetworks, type NetLayout, type NetnsView, type ObservedLink, type ObservedRoute } from '../../drivers/netns.ts';
 import { observeNftTable, type ObservedNftTable } from '../../drivers/nft.ts';
 import { isDnsLabel } from '../../names.ts';
 import { NAT_FAMILY, natTableName } from './nat.ts';
@@ -61,14 +61,15 @@ export interface RouteHost {
  */
 export async function observeRouteHost(layout: NetLayout, vms: readonly string[] | 'all', configuredUplink?: string): Promise<RouteHost> {
   const hostNetns = layout.hostNetns;
-  const [view, nft, uplink] = await Promise.all([
+  const [view, nft] = await Promise.all([
     observeNetworks({
       ...(hostNetns ? { hostNetns } : {}),
       ...(vms === 'all' ? { netnsStartingWith: `${layout.prefix}-` } : { netns: vms.map((vm) => derivedNames(layout.prefix, vm).netns) }),
     }),
     observeNftTable(hostNetns, NAT_FAMILY, natTableName(layout.prefix)),
-    resolveUplink(hostNetns, configuredUplink),
   ]);
+  // The host side's routes are read anyway: the default route's interface costs no extra process.
+  const uplink = configuredUplink ? checkedUplink(configuredUplink) : defaultRouteDev(view.host);
   const nat: ObservedNat = { forwarding: nft.ipv4Forwarding, ...(nft.table ? { table: nft.table } : {}) };
   return { nets: routeNets(layout.prefix, view.host, view.netns), nat, ...(uplink ? { uplink } : {}) };
 }
