@@ -333,7 +333,7 @@ describe('drift inside qwamos\' nft table and on the bridge (each test makes wha
   test('a changed uplink is drift: the masquerade moves to the new uplink', async () => {
     const file = await applied(sb, 'nat2', 'direct', '10.8.2.4/24');
     const up2 = `${sb.host.prefix}up2`;
-    const r = await tryIn(undefined, ['ip', '-n', sb.host.hostNs, '-batch', '-'], `link add ${up2} type dummy\nlink set ${up2} up\nroute replace default dev ${up2}\n`);
+    const r = await tryIn(undefined, ['ip', '-n', sb.host.hostNs, '-batch', '-'], `link add ${up2} type veth peer name ${sb.host.prefix}up3\nlink set ${sb.host.prefix}up3 up\nlink set ${up2} up\nroute replace default dev ${up2}\n`);
     assert.equal(r.exitCode, 0, r.stderr);
     await healed(sb, 'nat2', file, 'nat');
     const oifs = (await chains(sb)).rules.map((x) => x.rule!.expr[1]!.match!.right);
@@ -373,7 +373,7 @@ describe('garbage collection of lost Routes', () => {
     const found = await controller.observe([keep, lost]);
     await controller.apply([keep, lost].flatMap((r) => controller.plan(r, found.get(`Route/${r.metadata.name}`), both).actions), both);
     // A foreign netns with a look-alike name and bridge, no mark.
-    const r = await tryIn(undefined, ['sh', '-c', `ip netns add ${p}-foo && ip -n ${p}-foo link add ${p}b-foo type bridge && ip -n ${host.hostNs} link add ${p}h-foo type dummy`]);
+    const r = await tryIn(undefined, ['sh', '-c', `ip netns add ${p}-foo && ip -n ${p}-foo link add ${p}b-foo type bridge && ip -n ${host.hostNs} link add ${p}h-foo type bridge`]);
     assert.equal(r.exitCode, 0, r.stderr);
 
     assert.deepEqual(await controller.collectGarbage(both), [], 'nothing lost yet');
