@@ -381,7 +381,7 @@ describe('garbage collection of lost Routes', () => {
     assert.deepEqual(removed.map((l) => l.split(' ').slice(0, 3).join(' ')).sort(), [
       `deleted link ${p}h-lost`,
       `deleted netns ${p}-lost`,
-      'removed nft rule postrouting:',
+      'removed nft rule',
     ]);
     await until('lost host veth gone', async () => !(await ipJson<{ ifname: string }>(host.hostNs, ['link', 'show'])).some((l) => l.ifname === `${p}h-lost`));
     const netns = await listAllNetns();
