@@ -4,7 +4,7 @@
 //  2. a no-op resync of 200 Routes: processes spawned and time;
 //  3. drift heal latency (a netns deleted by hand -> recreated), median and p95, with the daemon's
 //     event sources (ip monitor, /run/netns) driving the engine.
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
@@ -80,7 +80,10 @@ export async function benchRoutes(): Promise<void> {
   try {
     // Baseline: the same host changes, hand-written.
     const script = handWrittenScript(host, names);
-    const baseline = await time(() => execa('bash', ['-e', '-c', script]));
+    // From a file: with the marks the script is longer than one argument may be.
+    const scriptFile = path.join(dir, 'baseline.sh');
+    await writeFile(scriptFile, script);
+    const baseline = await time(() => execa('bash', ['-e', scriptFile]));
     // The baseline must build exactly the controller's layout: its plan over the result is empty.
     const layout = { prefix: host.prefix, hostNetns: host.hostNs };
     const seen = (await observeRouteHost(layout, 'all')).nets;
