@@ -4,12 +4,13 @@
 //  2. a no-op resync of 200 Routes: processes spawned and time;
 //  3. drift heal latency (a netns deleted by hand -> recreated), median and p95, with the daemon's
 //     event sources (ip monitor, /run/netns) driving the engine.
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
 import { processesSpawned } from '../src/drivers/exec.ts';
-import { observeRouteNets, planRouteNet } from '../src/drivers/netns.ts';
+import { observeRouteHost } from '../src/controllers/route/observe.ts';
+import { planRouteNet, routeMark } from '../src/controllers/route/plan.ts';
 import { watchHostNetwork } from '../src/drivers/monitor.ts';
 import type { Engine } from '../src/engine/engine.ts';
 import { createEngine } from '../src/runtime.ts';
@@ -27,7 +28,7 @@ function handWrittenScript(host: TestHost, names: string[]): string {
   const lines = [`ip -batch - <<'EOF'`, ...names.map((n) => `netns add ${p}-${n}`), 'EOF', `ip -n ${host.hostNs} -batch - <<'EOF'`];
   names.forEach((n, i) => {
     const { ip, gw } = addr(i);
-    lines.push(`link add ${p}h-${n} type veth peer name ${p}v-${n} netns ${p}-${n}`, `addr add ${gw}/32 dev ${p}h-${n}`, `link set ${p}h-${n} up`, `route add ${ip}/32 dev ${p}h-${n}`);
+    lines.push(`link add ${p}h-${n} type veth peer name ${p}v-${n} netns ${p}-${n}`, `link set ${p}h-${n} alias ${routeMark(p, `Route/${n}`)}`, `addr add ${gw}/32 dev ${p}h-${n}`, `link set ${p}h-${n} up`, `route add ${ip}/32 dev ${p}h-${n}`);
   });
   lines.push('EOF');
   // The VM netns is the guest's cable: IPv6 off, a bridge, the veth's VM end as its port, no address.
@@ -39,6 +40,7 @@ function handWrittenScript(host: TestHost, names: string[]): string {
       'link set lo up',
       `link add ${p}b-${n} type bridge forward_delay 0`,
       `link set ${p}v-${n} master ${p}b-${n}`,
+      `link set ${p}b-${n} alias ${routeMark(p, `Route/${n}`)}`,
       `link set ${p}b-${n} up`,
       `link set ${p}v-${n} up`,
       'EOF',
@@ -78,12 +80,15 @@ export async function benchRoutes(): Promise<void> {
   try {
     // Baseline: the same host changes, hand-written.
     const script = handWrittenScript(host, names);
-    const baseline = await time(() => execa('bash', ['-e', '-c', script]));
+    // From a file: with the marks the script is longer than one argument may be.
+    const scriptFile = path.join(dir, 'baseline.sh');
+    await writeFile(scriptFile, script);
+    const baseline = await time(() => execa('bash', ['-e', scriptFile]));
     // The baseline must build exactly the controller's layout: its plan over the result is empty.
     const layout = { prefix: host.prefix, hostNetns: host.hostNs };
-    const seen = await observeRouteNets(layout);
+    const seen = (await observeRouteHost(layout, 'all')).nets;
     const left = names.flatMap((n, i) =>
-      planRouteNet(layout, { vm: n, mode: 'direct', address: `${addr(i).ip}/24`, gateway: addr(i).gw }, seen.get(n)).map((a) => a.describe),
+      planRouteNet(layout.prefix, `Route/${n}`, { vm: n, mode: 'direct', address: `${addr(i).ip}/24`, gateway: addr(i).gw }, seen.get(n)).map((a) => a.describe),
     );
     if (left.length) throw new Error(`the hand-written baseline differs from the Route layout: ${left.slice(0, 3).join('; ')}`);
     await removeRouteNetns(host);

@@ -2,7 +2,7 @@
 import type { Config } from '../config.ts';
 import type { AnyController } from '../engine/contract.ts';
 import { declarationController } from './declaration.ts';
-import { RouteController } from './route.ts';
+import { RouteController } from './route/index.ts';
 import { VmController } from './vm/index.ts';
 
 export function createControllers(config: Config): AnyController[] {

@@ -21,14 +21,9 @@ export interface RunResult {
 
 let spawned = 0;
 
-/** Processes started by this module since load (or since the last reset). */
+/** Processes started by this module since load (benches and tests count a step's cost by difference). */
 export function processesSpawned(): number {
   return spawned;
-}
-
-/** Reset the spawn counter (benches and tests). */
-export function resetProcessesSpawned(): void {
-  spawned = 0;
 }
 
 /** Raised when a command fails; `message` is one line, `stderr` and `exitCode` are kept for callers. */

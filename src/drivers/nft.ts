@@ -1,240 +1,166 @@
-// The nft driver for the `direct` mode: IPv4 forwarding on the host side and one masquerade rule per
-// direct Route, in a table qwamos owns (`table ip <prefix>_qwamos`, `qwamos` for the default prefix).
-// The table's content is replaced in ONE `nft -f -` transaction; no other table is ever touched.
+// The nft driver: reads one nft table as data (`nft -j list table`) and replaces one table's whole
+// content in ONE `nft -j -f -` transaction. Generic over the table: it knows chains, rules and other
+// table objects, nothing of Routes; the caller says what the table must hold. No other table is touched.
 import { readFile, writeFile } from 'node:fs/promises';
 import { CommandError, run, runResult } from './exec.ts';
-import type { NetLayout } from './netns.ts';
+import { NETNS_RE } from '../names.ts';
 
-export interface NatLayout extends NetLayout {
-  /** The interface direct traffic leaves by (env QWAMOS_UPLINK, or detectUplink()). */
-  uplink: string;
+export type NftFamily = 'ip' | 'ip6' | 'inet';
+
+/** A base or regular chain as nft's JSON prints it. */
+export interface NftChain {
+  name: string;
+  type?: string;
+  hook?: string;
+  prio?: number;
+  policy?: string;
 }
 
-export interface DirectAddress {
-  /** 'Route/<name>', written as the rule's comment. */
-  resource: string;
-  /** The VM's IPv4 address (no prefix length). */
-  ip: string;
-}
-
-export interface ObservedNatRule {
+/** A rule: its chain, its expression list exactly as nft's JSON prints it, and its comment. */
+export interface NftRule {
   chain: string;
-  handle: number;
-  ip?: string;
-  oifname?: string;
+  expr: unknown[];
   comment?: string;
-  /** The rule has exactly qwamos' masquerade shape. */
-  recognized: boolean;
+  /** Assigned by the kernel; ignored when writing. */
+  handle?: number;
 }
 
-export interface ObservedNat {
-  table: string;
-  tableExists: boolean;
-  /** Source addresses of recognized masquerade rules. */
-  masquerade: Set<string>;
-  rules: ObservedNatRule[];
-  /** Chains by name with their hook and policy. */
-  chains: Map<string, { type?: string; hook?: string; prio?: number; policy?: string }>;
-  /** net.ipv4.ip_forward in the host netns. */
-  forwarding: boolean;
+/** Anything in the table that is neither a chain nor a rule (a set, a map, a counter...). */
+export interface NftObject {
+  /** The JSON key: 'set', 'map', 'counter', 'flowtable', ... */
+  kind: string;
+  name: string;
 }
 
-const IFNAME_RE = /^[A-Za-z0-9_.@-]{1,15}$/;
-const IPV4_RE = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
-const COMMENT_RE = /^[A-Za-z0-9/._-]{1,128}$/;
-const PREFIX_RE = /^[a-z][a-z0-9]{1,3}$/;
-const NETNS_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
-
-/** The nft table qwamos owns under a prefix. */
-export function natTableName(prefix: string): string {
-  if (!PREFIX_RE.test(prefix)) throw new Error(`invalid qwamos prefix ${JSON.stringify(prefix)}`);
-  return prefix === 'qw' ? 'qwamos' : `${prefix}_qwamos`;
+export interface NftTableContent {
+  chains: NftChain[];
+  rules: NftRule[];
 }
 
-function checkHostNetns(hostNetns: string | undefined): void {
-  if (hostNetns !== undefined && !NETNS_RE.test(hostNetns)) throw new Error(`invalid host netns name ${JSON.stringify(hostNetns)}`);
+export interface ObservedNftTable extends NftTableContent {
+  family: NftFamily;
+  name: string;
+  others: NftObject[];
 }
 
-function checkUplink(uplink: string): void {
-  if (!IFNAME_RE.test(uplink)) throw new Error(`invalid uplink interface name ${JSON.stringify(uplink)}`);
+export interface NftObservation {
+  /** Undefined when the table does not exist. */
+  table?: ObservedNftTable;
+  /** net.ipv4.ip_forward is 1 in that netns. */
+  ipv4Forwarding: boolean;
 }
 
-function normalize(list: readonly DirectAddress[]): DirectAddress[] {
-  const byIp = new Map<string, DirectAddress>();
-  for (const d of list) {
-    if (!IPV4_RE.test(d.ip)) throw new Error(`${d.resource}: not an IPv4 address: ${JSON.stringify(d.ip)}`);
-    if (!COMMENT_RE.test(d.resource)) throw new Error(`invalid resource name for an nft comment: ${JSON.stringify(d.resource)}`);
-    const prev = byIp.get(d.ip);
-    if (prev && prev.resource !== d.resource) throw new Error(`${d.resource} and ${prev.resource} both use ${d.ip}`);
-    byIp.set(d.ip, d);
-  }
-  return [...byIp.values()].sort((a, b) => a.resource.localeCompare(b.resource) || a.ip.localeCompare(b.ip));
+const TABLE_RE = /^[A-Za-z][A-Za-z0-9_]{0,63}$/;
+
+function checkTarget(hostNetns: string | undefined, name: string): void {
+  if (hostNetns !== undefined && !NETNS_RE.test(hostNetns)) throw new Error(`invalid netns name ${JSON.stringify(hostNetns)}`);
+  if (!TABLE_RE.test(name)) throw new Error(`invalid nft table name ${JSON.stringify(name)}`);
 }
 
-/** Pure: the full text of the qwamos table. */
-export function renderNatTable(table: string, uplink: string, list: readonly DirectAddress[]): string {
-  checkUplink(uplink);
-  const rules = normalize(list).map((d) => `    ip saddr ${d.ip} oifname "${uplink}" masquerade comment "${d.resource}"`);
-  return [
-    `table ip ${table} {`,
-    `  chain postrouting {`,
-    `    type nat hook postrouting priority srcnat; policy accept;`,
-    ...rules,
-    `  }`,
-    `  chain forward {`,
-    `    type filter hook forward priority 0; policy accept;`,
-    `  }`,
-    `}`,
-  ].join('\n');
-}
-
-/** Pure: the one transaction syncNat runs (create-if-missing, delete, recreate; or just delete). */
-export function renderNatTransaction(table: string, uplink: string, list: readonly DirectAddress[]): string {
-  const head = `table ip ${table} {}\ndelete table ip ${table}\n`;
-  return list.length === 0 ? head : `${head}${renderNatTable(table, uplink, list)}\n`;
-}
-
-// ---------------------------------------------------------------------------------------------- observe
-
-// Reads ip_forward (a shell builtin, no extra process) and lists the table, in the host netns.
+// Reads ip_forward (a shell builtin, no extra process) and lists the table, in the chosen netns.
 const OBSERVE_SCRIPT = `
 read f </proc/sys/net/ipv4/ip_forward
 echo "@@forward $f"
-nft -j list table ip "$1"
+nft -j list table "$1" "$2"
 rc=$?
 echo
 echo "@@rc $rc"
 `;
 
-interface NftRuleJson {
-  chain?: string;
-  handle?: number;
-  comment?: string;
-  expr?: unknown[];
-}
-
-function parseRule(r: NftRuleJson): ObservedNatRule {
-  const rule: ObservedNatRule = { chain: r.chain ?? '', handle: r.handle ?? -1, recognized: false };
-  if (r.comment !== undefined) rule.comment = r.comment;
-  const expr = r.expr ?? [];
-  let masq = false;
-  let other = false;
-  for (const e of expr as Record<string, any>[]) {
-    const m = e.match;
-    if (m && m.op === '==' && m.left?.payload?.protocol === 'ip' && m.left.payload.field === 'saddr' && typeof m.right === 'string') rule.ip = m.right;
-    else if (m && m.op === '==' && m.left?.meta?.key === 'oifname' && typeof m.right === 'string') rule.oifname = m.right;
-    else if ('masquerade' in e && (e.masquerade === null || (typeof e.masquerade === 'object' && Object.keys(e.masquerade ?? {}).length === 0))) masq = true;
-    else other = true;
-  }
-  rule.recognized = rule.chain === 'postrouting' && masq && !other && expr.length === 3 && !!rule.ip && !!rule.oifname;
-  return rule;
-}
-
-/** One process: is the table there, which masquerade rules does it hold, is forwarding on. */
-export async function observeNat(layout: NetLayout & { uplink?: string }): Promise<ObservedNat> {
-  checkHostNetns(layout.hostNetns);
-  const table = natTableName(layout.prefix);
-  const r = await runResult(['sh', '-c', OBSERVE_SCRIPT, 'qwamos-nat', table], layout.hostNetns ? { netns: layout.hostNetns } : {});
-  const fwd = /^@@forward (\d+)/m.exec(r.stdout);
-  const rc = /^@@rc (\d+)/m.exec(r.stdout);
-  const where = layout.hostNetns ? ` in netns ${layout.hostNetns}` : '';
-  if (!fwd || !rc) {
-    const why = r.stderr.split('\n').find((l) => l.trim()) ?? `exit code ${r.exitCode}`;
-    throw new CommandError(`observe nft table ${table}${where}: ${why.trim()}`, ['nft', '-j', 'list', 'table', 'ip', table], r.exitCode, r.stderr, r.stdout);
-  }
-  const result: ObservedNat = { table, tableExists: false, masquerade: new Set(), rules: [], chains: new Map(), forwarding: fwd[1] === '1' };
-  if (rc[1] !== '0') {
-    if (/No such file or directory/.test(r.stderr)) return result;
-    const why = r.stderr.split('\n').find((l) => l.trim()) ?? `exit code ${rc[1]}`;
-    throw new CommandError(`nft -j list table ip ${table}${where}: ${why.trim()}`, ['nft', '-j', 'list', 'table', 'ip', table], Number(rc[1]), r.stderr, r.stdout);
-  }
-  const jsonLine = r.stdout.split('\n').find((l) => l.trimStart().startsWith('{'));
-  if (!jsonLine) throw new Error(`nft -j list table ip ${table}${where}: no JSON output`);
-  const doc = JSON.parse(jsonLine) as { nftables?: Record<string, any>[] };
+/** Pure: the parsed output of `nft -j list table`. */
+export function parseNftTable(family: NftFamily, name: string, json: string): ObservedNftTable {
+  const doc = JSON.parse(json) as { nftables?: Record<string, Record<string, unknown>>[] };
+  const table: ObservedNftTable = { family, name, chains: [], rules: [], others: [] };
   for (const item of doc.nftables ?? []) {
-    if (item.table) result.tableExists = true;
-    else if (item.chain) {
-      const c = item.chain;
-      result.chains.set(c.name, { type: c.type, hook: c.hook, prio: c.prio, policy: c.policy });
-    } else if (item.rule) {
-      const rule = parseRule(item.rule as NftRuleJson);
-      result.rules.push(rule);
-      if (rule.recognized && rule.ip) result.masquerade.add(rule.ip);
+    const [kind, body] = Object.entries(item)[0] ?? [];
+    if (!kind || !body || kind === 'metainfo' || kind === 'table') continue;
+    if (kind === 'chain') {
+      const c = body as Record<string, unknown>;
+      table.chains.push({
+        name: String(c.name),
+        ...(typeof c.type === 'string' ? { type: c.type } : {}),
+        ...(typeof c.hook === 'string' ? { hook: c.hook } : {}),
+        ...(typeof c.prio === 'number' ? { prio: c.prio } : {}),
+        ...(typeof c.policy === 'string' ? { policy: c.policy } : {}),
+      });
+    } else if (kind === 'rule') {
+      const r = body as Record<string, unknown>;
+      table.rules.push({
+        chain: String(r.chain),
+        expr: Array.isArray(r.expr) ? r.expr : [],
+        ...(typeof r.comment === 'string' ? { comment: r.comment } : {}),
+        ...(typeof r.handle === 'number' ? { handle: r.handle } : {}),
+      });
+    } else {
+      table.others.push({ kind, name: String((body as Record<string, unknown>).name ?? '') });
     }
   }
-  return result;
+  return table;
 }
 
-/**
- * Pure: does the observed table equal what syncNat would write (forwarding on, both chains, exactly one
- * masquerade rule per address via `uplink`, nothing else)? With an empty list: no table at all.
- */
-export function natInSync(observed: ObservedNat, uplink: string, list: readonly DirectAddress[]): boolean {
-  const want = normalize(list);
-  if (want.length === 0) return !observed.tableExists;
-  if (!observed.tableExists || !observed.forwarding) return false;
-  const post = observed.chains.get('postrouting');
-  const fwd = observed.chains.get('forward');
-  if (observed.chains.size !== 2 || !post || !fwd) return false;
-  if (post.type !== 'nat' || post.hook !== 'postrouting' || post.prio !== 100 || post.policy !== 'accept') return false;
-  if (fwd.type !== 'filter' || fwd.hook !== 'forward' || fwd.prio !== 0 || fwd.policy !== 'accept') return false;
-  if (observed.rules.length !== want.length) return false;
-  const have = new Map(observed.rules.map((r) => [r.ip ?? '', r]));
-  return want.every((d) => {
-    const r = have.get(d.ip);
-    return !!r && r.recognized && r.oifname === uplink && r.comment === d.resource;
-  });
-}
-
-// ------------------------------------------------------------------------------------------------- sync
-
-/**
- * Make the qwamos table hold exactly one masquerade rule per direct address, in one `nft -f -`
- * transaction, and turn IPv4 forwarding on in the host netns (in production: the machine's). An empty
- * list deletes the table; forwarding is then left as it is (other software may rely on it).
- */
-export async function syncNat(layout: NatLayout, list: readonly DirectAddress[]): Promise<void> {
-  checkHostNetns(layout.hostNetns);
-  checkUplink(layout.uplink);
-  const table = natTableName(layout.prefix);
-  const text = renderNatTransaction(table, layout.uplink, list);
-  if (list.length === 0) {
-    await run(['nft', '-f', '-'], { input: text, ...(layout.hostNetns ? { netns: layout.hostNetns } : {}) });
-    return;
+/** One process: the table's content (undefined when absent) and whether IPv4 forwarding is on. */
+export async function observeNftTable(hostNetns: string | undefined, family: NftFamily, name: string): Promise<NftObservation> {
+  checkTarget(hostNetns, name);
+  const argv = ['nft', '-j', 'list', 'table', family, name];
+  const r = await runResult(['sh', '-c', OBSERVE_SCRIPT, 'qwamos-nft', family, name], hostNetns ? { netns: hostNetns } : {});
+  const fwd = /^@@forward (\d+)/m.exec(r.stdout);
+  const rc = /^@@rc (\d+)/m.exec(r.stdout);
+  const where = hostNetns ? ` in netns ${hostNetns}` : '';
+  if (!fwd || !rc) {
+    const why = r.stderr.split('\n').find((l) => l.trim()) ?? `exit code ${r.exitCode}`;
+    throw new CommandError(`observe nft table ${family} ${name}${where}: ${why.trim()}`, argv, r.exitCode, r.stderr, r.stdout);
   }
-  if (layout.hostNetns) {
-    // One process: forwarding and the transaction, inside the host netns.
-    await run(['sh', '-c', 'echo 1 > /proc/sys/net/ipv4/ip_forward && exec nft -f -'], { input: text, netns: layout.hostNetns });
-  } else {
+  const ipv4Forwarding = fwd[1] === '1';
+  if (rc[1] !== '0') {
+    if (/No such file or directory/.test(r.stderr)) return { ipv4Forwarding };
+    const why = r.stderr.split('\n').find((l) => l.trim()) ?? `exit code ${rc[1]}`;
+    throw new CommandError(`${argv.join(' ')}${where}: ${why.trim()}`, argv, Number(rc[1]), r.stderr, r.stdout);
+  }
+  const jsonLine = r.stdout.split('\n').find((l) => l.trimStart().startsWith('{'));
+  if (!jsonLine) throw new CommandError(`${argv.join(' ')}${where}: no JSON output`, argv, 0, r.stderr, r.stdout);
+  return { table: parseNftTable(family, name, jsonLine), ipv4Forwarding };
+}
+
+/**
+ * Pure: the one transaction that makes the table hold exactly `content` (create-if-missing, delete,
+ * recreate), or that deletes it (content undefined; fine when it is absent), as nft JSON.
+ */
+export function nftReplaceTransaction(family: NftFamily, name: string, content: NftTableContent | undefined): string {
+  checkTarget(undefined, name);
+  const table = { family, name };
+  const cmds: Record<string, unknown>[] = [{ add: { table } }, { delete: { table } }];
+  if (content) {
+    cmds.push({ add: { table } });
+    for (const c of content.chains) cmds.push({ add: { chain: { family, table: name, ...c } } });
+    for (const r of content.rules) {
+      const { handle: _handle, ...rule } = r;
+      cmds.push({ add: { rule: { family, table: name, ...rule } } });
+    }
+  }
+  return JSON.stringify({ nftables: cmds });
+}
+
+/**
+ * Make the table hold exactly `content` in one `nft -j -f -` transaction (content undefined: delete
+ * it). With `ipv4Forwarding`, net.ipv4.ip_forward is turned on in the same netns first (one process
+ * with the transaction when a netns is named); it is never turned off (other software may rely on it).
+ */
+export async function replaceNftTable(
+  hostNetns: string | undefined,
+  family: NftFamily,
+  name: string,
+  content: NftTableContent | undefined,
+  opts: { ipv4Forwarding?: boolean } = {},
+): Promise<void> {
+  checkTarget(hostNetns, name);
+  const input = nftReplaceTransaction(family, name, content);
+  // nft -j opens /dev/stdin by path, which fails on the socket Node gives as stdin: a pipe in between.
+  const load = 'cat | nft -j -f -';
+  if (opts.ipv4Forwarding && !hostNetns) {
     const path = '/proc/sys/net/ipv4/ip_forward';
     if ((await readFile(path, 'utf8')).trim() !== '1') await writeFile(path, '1\n');
-    await run(['nft', '-f', '-'], { input: text });
   }
-}
-
-/** Observe, and sync only when the table differs. Returns whether it wrote anything. */
-export async function reconcileNat(layout: NatLayout, list: readonly DirectAddress[]): Promise<boolean> {
-  const observed = await observeNat(layout);
-  if (natInSync(observed, layout.uplink, list)) return false;
-  await syncNat(layout, list);
-  return true;
-}
-
-/** The interface of the host netns' default route (lowest metric), if any. */
-export async function detectUplink(hostNetns?: string): Promise<string | undefined> {
-  checkHostNetns(hostNetns);
-  const out = await run(['ip', '-j', ...(hostNetns ? ['-n', hostNetns] : []), 'route', 'show', 'default']);
-  if (!out.trim()) return undefined;
-  const routes = JSON.parse(out) as { dev?: string; metric?: number }[];
-  const best = routes.filter((r) => r.dev).sort((a, b) => (a.metric ?? 0) - (b.metric ?? 0))[0];
-  return best?.dev;
-}
-
-/** The configured uplink, else the default route's. */
-export async function resolveUplink(hostNetns?: string, configured?: string): Promise<string | undefined> {
-  if (configured) {
-    checkUplink(configured);
-    return configured;
-  }
-  return detectUplink(hostNetns);
+  // With a netns named, forwarding goes on in it, in the same process as the transaction.
+  const script = opts.ipv4Forwarding && hostNetns ? `echo 1 > /proc/sys/net/ipv4/ip_forward && ${load}` : load;
+  await run(['sh', '-c', script], { input, ...(hostNetns ? { netns: hostNetns } : {}) });
 }

@@ -1,54 +1,42 @@
-// The nft driver against the real `nft`, inside a host netns created by the test harness.
+// The nft driver against the real `nft`, inside a host netns created by the test harness: a table read
+// as data, and replaced whole in one transaction. Generic: the tables here are the tests' own.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { processesSpawned } from '../../src/drivers/exec.ts';
-import {
-  detectUplink,
-  natInSync,
-  natTableName,
-  observeNat,
-  reconcileNat,
-  renderNatTransaction,
-  syncNat,
-  type NatLayout,
-} from '../../src/drivers/nft.ts';
+import { detectUplink } from '../../src/drivers/netns.ts';
+import { nftReplaceTransaction, observeNftTable, replaceNftTable, type NftTableContent } from '../../src/drivers/nft.ts';
 import { createTestHost, tryIn, type TestHost } from '../helpers/hostns.ts';
 
+const masq = (ip: string, oif: string, comment: string) => ({
+  chain: 'post',
+  comment,
+  expr: [
+    { match: { op: '==', left: { payload: { protocol: 'ip', field: 'saddr' } }, right: ip } },
+    { match: { op: '==', left: { meta: { key: 'oifname' } }, right: oif } },
+    { masquerade: null },
+  ],
+});
+const content = (rules: ReturnType<typeof masq>[]): NftTableContent => ({
+  chains: [
+    { name: 'post', type: 'nat', hook: 'postrouting', prio: 100, policy: 'accept' },
+    { name: 'fw', type: 'filter', hook: 'forward', prio: 0, policy: 'accept' },
+  ],
+  rules,
+});
+
 describe('nft driver (pure)', () => {
-  test('table name from the prefix', () => {
-    assert.equal(natTableName('qw'), 'qwamos');
-    assert.equal(natTableName('t1ab'), 't1ab_qwamos');
-    assert.throws(() => natTableName('Q;'), /invalid/);
-  });
-
-  test('one transaction: create-if-missing, delete, full table', () => {
-    const text = renderNatTransaction('x_qwamos', 'eth0', [
-      { resource: 'Route/b', ip: '10.8.0.3' },
-      { resource: 'Route/a', ip: '10.8.0.2' },
-    ]);
-    const lines = text.split('\n');
-    assert.equal(lines[0], 'table ip x_qwamos {}');
-    assert.equal(lines[1], 'delete table ip x_qwamos');
-    assert.match(text, /type nat hook postrouting priority srcnat/);
-    assert.match(text, /chain forward \{\n\s+type filter hook forward priority 0; policy accept;/);
-    // Sorted by resource, so the text is deterministic.
-    assert.ok(text.indexOf('Route/a') < text.indexOf('Route/b'));
-    assert.match(text, /ip saddr 10\.8\.0\.2 oifname "eth0" masquerade comment "Route\/a"/);
-    assert.equal(renderNatTransaction('x_qwamos', 'eth0', []), 'table ip x_qwamos {}\ndelete table ip x_qwamos\n');
-  });
-
-  test('refuses what could break out of the nft syntax', () => {
-    assert.throws(() => renderNatTransaction('t', 'eth0"; flush ruleset', [{ resource: 'Route/a', ip: '10.8.0.2' }]), /uplink/);
-    assert.throws(() => renderNatTransaction('t', 'eth0', [{ resource: 'Route/a"', ip: '10.8.0.2' }]), /resource/);
-    assert.throws(() => renderNatTransaction('t', 'eth0', [{ resource: 'Route/a', ip: '10.8.0.2; drop' }]), /IPv4/);
-    assert.throws(() => renderNatTransaction('t', 'eth0', [{ resource: 'Route/a', ip: '10.8.0.2' }, { resource: 'Route/b', ip: '10.8.0.2' }]), /both use/);
+  test('one transaction: create-if-missing, delete, full content; or just delete', () => {
+    const t = JSON.parse(nftReplaceTransaction('ip', 'tq', content([masq('10.8.0.2', 'eth0', 'a')]))).nftables;
+    assert.deepEqual(t.slice(0, 3).map((c: object) => Object.keys(c)[0]), ['add', 'delete', 'add']);
+    assert.equal(t.length, 6);
+    assert.deepEqual(JSON.parse(nftReplaceTransaction('ip', 'tq', undefined)).nftables.length, 2);
+    assert.throws(() => nftReplaceTransaction('ip', 'bad name;', undefined), /invalid nft table name/);
   });
 });
 
 describe('nft driver on a test host', () => {
   let th: TestHost;
-  let layout: NatLayout;
-  let table: string;
+  const table = 'tq_qwamos';
   const foreign = `table ip keepme {
   chain input {
     type filter hook input priority 0; policy accept;
@@ -56,136 +44,79 @@ describe('nft driver on a test host', () => {
   }
 }
 `;
-  const list = async (t: string) => {
-    const r = await tryIn(th.hostNs, ['nft', '-j', 'list', 'table', 'ip', t]);
-    return { exitCode: r.exitCode, items: r.exitCode === 0 ? (JSON.parse(r.stdout).nftables as any[]) : [], stderr: r.stderr };
-  };
-  const rulesOf = (items: any[]) =>
-    items
-      .filter((x) => x.rule)
-      .map((x) => ({ chain: x.rule.chain, comment: x.rule.comment, ip: x.rule.expr[0]?.match?.right, oif: x.rule.expr[1]?.match?.right }));
   const ruleset = async () => (await tryIn(th.hostNs, ['nft', 'list', 'ruleset'])).stdout;
   const foreignText = async () => (await tryIn(th.hostNs, ['nft', 'list', 'table', 'ip', 'keepme'])).stdout;
 
   before(async () => {
     th = await createTestHost();
-    layout = { prefix: th.prefix, hostNetns: th.hostNs, uplink: th.uplink };
-    table = natTableName(th.prefix);
     const r = await tryIn(th.hostNs, ['nft', '-f', '-'], foreign);
     assert.equal(r.exitCode, 0, r.stderr);
   });
-  after(async () => {
-    await th?.cleanup();
-  });
+  after(async () => th?.cleanup());
 
   test('detectUplink finds the host netns default-route interface', async () => {
     assert.equal(await detectUplink(th.hostNs), th.uplink);
     assert.equal(await detectUplink(th.internetNs), undefined);
   });
 
-  test('absent table observes as absent', async () => {
-    const obs = await observeNat(layout);
-    assert.equal(obs.tableExists, false);
-    assert.equal(obs.masquerade.size, 0);
-    assert.equal(obs.forwarding, false, 'a fresh netns has forwarding off');
-    assert.ok(natInSync(obs, th.uplink, []));
-    assert.ok(!natInSync(obs, th.uplink, [{ resource: 'Route/a', ip: '10.8.0.2' }]));
+  test('an absent table observes as absent; forwarding read', async () => {
+    const obs = await observeNftTable(th.hostNs, 'ip', table);
+    assert.equal(obs.table, undefined);
+    assert.equal(obs.ipv4Forwarding, false, 'a fresh netns has forwarding off');
   });
 
-  test('syncNat creates the table in one process, forwarding on', async () => {
+  test('replace writes the content in one process, forwarding on; observe reads back the same data', async () => {
     const keep = await foreignText();
+    const want = content([masq('10.8.0.2', th.uplink, 'Route/a'), masq('10.8.1.2', th.uplink, 'Route/b')]);
     const before = processesSpawned();
-    await syncNat(layout, [
-      { resource: 'Route/a', ip: '10.8.0.2' },
-      { resource: 'Route/b', ip: '10.8.1.2' },
-    ]);
+    await replaceNftTable(th.hostNs, 'ip', table, want, { ipv4Forwarding: true });
     assert.equal(processesSpawned() - before, 1, 'one nft transaction (plus the sysctl) in one process');
-    const { exitCode, items } = await list(table);
-    assert.equal(exitCode, 0);
-    assert.equal(items[0].metainfo !== undefined, true);
-    const chains = items.filter((x) => x.chain).map((x) => x.chain);
-    assert.deepEqual(chains.map((c) => [c.name, c.type, c.hook, c.prio]).sort(), [
-      ['forward', 'filter', 'forward', 0],
-      ['postrouting', 'nat', 'postrouting', 100],
-    ]);
-    assert.deepEqual(rulesOf(items), [
-      { chain: 'postrouting', comment: 'Route/a', ip: '10.8.0.2', oif: th.uplink },
-      { chain: 'postrouting', comment: 'Route/b', ip: '10.8.1.2', oif: th.uplink },
-    ]);
-    assert.equal((await tryIn(th.hostNs, ['cat', '/proc/sys/net/ipv4/ip_forward'])).stdout.trim(), '1');
+    const obs = await observeNftTable(th.hostNs, 'ip', table);
+    assert.equal(obs.ipv4Forwarding, true);
+    assert.deepEqual(obs.table?.chains, want.chains);
+    assert.deepEqual(obs.table?.rules.map(({ handle: _h, ...r }) => r), want.rules, 'the rules as data, exactly as written');
+    assert.deepEqual(obs.table?.others, []);
     assert.equal(await foreignText(), keep, 'foreign table untouched');
-
-    const obs = await observeNat(layout);
-    assert.ok(obs.tableExists && obs.forwarding);
-    assert.deepEqual([...obs.masquerade].sort(), ['10.8.0.2', '10.8.1.2']);
-    assert.ok(natInSync(obs, th.uplink, [
-      { resource: 'Route/b', ip: '10.8.1.2' },
-      { resource: 'Route/a', ip: '10.8.0.2' },
-    ]));
-    assert.ok(!natInSync(obs, 'other0', [
-      { resource: 'Route/b', ip: '10.8.1.2' },
-      { resource: 'Route/a', ip: '10.8.0.2' },
-    ]), 'uplink matters');
+    // Replaced again with other content: nothing of the old stays, nothing doubles.
+    await replaceNftTable(th.hostNs, 'ip', table, content([masq('10.8.2.2', th.uplink, 'Route/c')]));
+    assert.deepEqual((await observeNftTable(th.hostNs, 'ip', table)).table?.rules.map((r) => r.comment), ['Route/c']);
   });
 
-  test('re-sync with a different list replaces the content', async () => {
-    const keep = await foreignText();
-    await syncNat(layout, [
-      { resource: 'Route/b', ip: '10.8.1.2' },
-      { resource: 'Route/c', ip: '10.8.2.2' },
-    ]);
-    const { items } = await list(table);
-    assert.deepEqual(rulesOf(items).map((r) => r.comment), ['Route/b', 'Route/c']);
-    assert.equal(items.filter((x) => x.chain).length, 2);
-    assert.equal(await foreignText(), keep);
-    // Same list again: same content, nothing duplicated.
-    await syncNat(layout, [
-      { resource: 'Route/c', ip: '10.8.2.2' },
-      { resource: 'Route/b', ip: '10.8.1.2' },
-    ]);
-    assert.deepEqual(rulesOf((await list(table)).items).map((r) => r.comment), ['Route/b', 'Route/c']);
-  });
-
-  test('a rule added by hand inside the qwamos table is drift, and is healed', async () => {
-    const want = [
-      { resource: 'Route/b', ip: '10.8.1.2' },
-      { resource: 'Route/c', ip: '10.8.2.2' },
-    ];
-    const r = await tryIn(th.hostNs, ['nft', 'add', 'rule', 'ip', table, 'forward', 'ip', 'saddr', '10.8.9.9', 'drop']);
-    assert.equal(r.exitCode, 0, r.stderr);
-    const obs = await observeNat(layout);
-    assert.equal(obs.rules.length, 3);
-    assert.ok(!natInSync(obs, th.uplink, want));
-    assert.equal(await reconcileNat(layout, want), true);
-    assert.ok(natInSync(await observeNat(layout), th.uplink, want));
-    assert.equal(await reconcileNat(layout, want), false, 'in sync: nothing written');
+  test('hand edits show in the data: chain policy, extra rule, foreign chain and set', async () => {
+    for (const cmd of [
+      `add chain ip ${table} fw { policy drop; }`,
+      `add rule ip ${table} post masquerade`,
+      `add chain ip ${table} sneaky`,
+      `add set ip ${table} allow { type ipv4_addr; }`,
+    ]) {
+      const r = await tryIn(th.hostNs, ['nft', cmd]);
+      assert.equal(r.exitCode, 0, r.stderr);
+    }
+    const t = (await observeNftTable(th.hostNs, 'ip', table)).table!;
+    assert.equal(t.chains.find((c) => c.name === 'fw')?.policy, 'drop');
+    assert.ok(t.chains.some((c) => c.name === 'sneaky' && c.hook === undefined));
+    assert.deepEqual(t.rules.map((r) => r.comment ?? '(none)'), ['Route/c', '(none)']);
+    assert.deepEqual(t.others, [{ kind: 'set', name: 'allow' }]);
   });
 
   test('a failing transaction changes nothing (atomic)', async () => {
     const beforeText = await ruleset();
-    // An uplink name nft accepts from us but the kernel rejects would be hard to build; instead break
-    // the transaction after the delete by feeding a broken table through the same path.
-    const r = await tryIn(th.hostNs, ['nft', '-f', '-'], `table ip ${table} {}\ndelete table ip ${table}\ntable ip ${table} { chain postrouting { type nat hook postrouting priority srcnat; nonsense } }\n`);
-    assert.notEqual(r.exitCode, 0);
+    const bad = { chains: [{ name: 'post', type: 'nat', hook: 'nonsense', prio: 100, policy: 'accept' }], rules: [] };
+    await assert.rejects(replaceNftTable(th.hostNs, 'ip', table, bad));
     assert.equal(await ruleset(), beforeText, 'the delete in the failed transaction did not happen');
   });
 
-  test('empty list deletes the table and only it', async () => {
+  test('no content deletes the table and only it; idempotent', async () => {
     const keep = await foreignText();
-    await syncNat(layout, []);
-    const { exitCode } = await list(table);
-    assert.notEqual(exitCode, 0, 'qwamos table gone');
+    await replaceNftTable(th.hostNs, 'ip', table, undefined);
+    assert.equal((await observeNftTable(th.hostNs, 'ip', table)).table, undefined);
     assert.equal(await foreignText(), keep, 'foreign table untouched');
-    assert.match(await ruleset(), /table ip keepme/);
-    // Idempotent.
-    await syncNat(layout, []);
-    const obs = await observeNat(layout);
-    assert.equal(obs.tableExists, false);
-    assert.equal(obs.forwarding, true, 'forwarding is left on');
+    await replaceNftTable(th.hostNs, 'ip', table, undefined);
+    assert.equal((await observeNftTable(th.hostNs, 'ip', table)).ipv4Forwarding, true, 'forwarding is left on');
   });
 
   test('errors are one line and name the command', async () => {
-    await assert.rejects(observeNat({ ...layout, hostNetns: `${th.prefix}_nope` }), (err: Error) => {
+    await assert.rejects(observeNftTable(`${th.prefix}_nope`, 'ip', table), (err: Error) => {
       assert.ok(!err.message.includes('\n'));
       assert.match(err.message, /nope/);
       return true;

@@ -3,7 +3,10 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { rm } from 'node:fs/promises';
-import { attachFakeGuest, ipJson, listAllNetns, tryIn } from '../helpers/hostns.ts';
+import { attachFakeGuest, createTestHost, ipJson, listAllNetns, tryIn, type TestHost } from '../helpers/hostns.ts';
+import { RouteController } from '../../src/controllers/route/index.ts';
+import { makeWorld } from '../../src/engine/contract.ts';
+import type { StoredResource } from '../../src/store/store.ts';
 import { Store } from '../../src/store/store.ts';
 import { createSandbox, route, until, type Sandbox } from './harness.ts';
 
@@ -276,5 +279,119 @@ describe('suspend and resume', () => {
     assert.match((await sb.qwamos(['get', 'route', 'sus'])).stdout, /Suspended/);
     assert.equal((await sb.qwamos(['resume', 'route/sus'])).exitCode, 0);
     assert.ok((await netnsOf(sb)).includes(ns), 'resumed: healed');
+  });
+});
+
+describe('drift inside qwamos\' nft table and on the bridge (each test makes what it needs)', () => {
+  let sb: Sandbox;
+  before(async () => (sb = await createSandbox()));
+  after(async () => sb?.cleanup());
+  const nftIn = (sb: Sandbox, cmd: string) => tryIn(sb.host.hostNs, ['nft', cmd]);
+  const table = (sb: Sandbox) => `${sb.host.prefix}_qwamos`;
+  async function applied(sb: Sandbox, name: string, mode: string, address: string): Promise<string> {
+    const file = await sb.manifest(`${name}.yaml`, route(name, mode, address));
+    const r = await sb.qwamos(['apply', '-f', file]);
+    assert.equal(r.exitCode, 0, r.stderr);
+    assert.equal((await sb.qwamos(['diff', '-f', file])).exitCode, 0, 'in sync after apply');
+    return file;
+  }
+  /** diff sees drift, reconcile heals it and records it (field `field`), diff is clean again. */
+  async function healed(sb: Sandbox, name: string, file: string, field: string): Promise<void> {
+    const d = await sb.qwamos(['diff', '-f', file]);
+    assert.equal(d.exitCode, 1, `drift seen: ${d.stdout}`);
+    const r = await sb.qwamos(['reconcile', `route/${name}`]);
+    assert.equal(r.exitCode, 0, r.stderr + r.stdout);
+    assert.equal((await sb.qwamos(['diff', '-f', file])).exitCode, 0, 'in sync after the heal');
+    const store = await Store.open(sb.stateDir);
+    const drift = await store.listDrift({ resource: `Route/${name}` });
+    assert.ok(drift.some((x) => x.field === field), `drift of ${field} recorded: ${JSON.stringify(drift)}`);
+  }
+  const chains = async (sb: Sandbox) => {
+    const r = await tryIn(sb.host.hostNs, ['nft', '-j', 'list', 'table', 'ip', table(sb)]);
+    const items = JSON.parse(r.stdout).nftables as { chain?: { name: string; policy?: string }; rule?: { expr: { match?: { right?: string } }[] } }[];
+    return { chains: items.filter((i) => i.chain).map((i) => `${i.chain!.name}:${i.chain!.policy}`).sort(), rules: items.filter((i) => i.rule) };
+  };
+
+  test('forward chain policy drop, an extra masquerade, a foreign set: drift, healed', async () => {
+    const file = await applied(sb, 'nat1', 'direct', '10.8.1.4/24');
+    const guest = await attachFakeGuest(sb.host.prefix, 'nat1', '10.8.1.4/24', '10.8.1.1');
+    assert.equal((await ping(guest, sb.host.internetAddr)).exitCode, 0);
+    assert.equal((await nftIn(sb, `add chain ip ${table(sb)} forward { policy drop; }`)).exitCode, 0);
+    assert.notEqual((await ping(guest, sb.host.internetAddr, 1)).exitCode, 0, 'the edit cut the VM off');
+    await healed(sb, 'nat1', file, 'nat');
+    assert.deepEqual((await chains(sb)).chains, ['forward:accept', 'postrouting:accept']);
+    assert.equal((await ping(guest, sb.host.internetAddr)).exitCode, 0, 'forwarding is back');
+
+    assert.equal((await nftIn(sb, `add rule ip ${table(sb)} postrouting ip saddr 10.8.1.99 masquerade`)).exitCode, 0);
+    await healed(sb, 'nat1', file, 'nat');
+    assert.deepEqual(await natRules(sb), ['Route/nat1']);
+
+    assert.equal((await nftIn(sb, `add set ip ${table(sb)} allow { type ipv4_addr; }`)).exitCode, 0);
+    await healed(sb, 'nat1', file, 'nat');
+  });
+
+  test('a changed uplink is drift: the masquerade moves to the new uplink', async () => {
+    const file = await applied(sb, 'nat2', 'direct', '10.8.2.4/24');
+    const up2 = `${sb.host.prefix}up2`;
+    const r = await tryIn(undefined, ['ip', '-n', sb.host.hostNs, '-batch', '-'], `link add ${up2} type veth peer name ${sb.host.prefix}up3\nlink set ${sb.host.prefix}up3 up\nlink set ${up2} up\nroute replace default dev ${up2}\n`);
+    assert.equal(r.exitCode, 0, r.stderr);
+    await healed(sb, 'nat2', file, 'nat');
+    const oifs = (await chains(sb)).rules.map((x) => x.rule!.expr[1]!.match!.right);
+    assert.ok(oifs.length > 0 && oifs.every((o) => o === up2), JSON.stringify(oifs));
+  });
+
+  test('a foreign port on an isolated Route\'s bridge is drift and is released; the tap is not', async () => {
+    const file = await applied(sb, 'iso', 'isolated', '10.8.3.4/24');
+    const p = sb.host.prefix;
+    const ns = `${p}-iso`;
+    await attachFakeGuest(p, 'iso', '10.8.3.4/24', '10.8.3.1'); // plays the tap: legitimate
+    assert.equal((await sb.qwamos(['diff', '-f', file])).exitCode, 0, 'the tap is not drift');
+    const r = await tryIn(undefined, ['ip', '-n', ns, '-batch', '-'], `link add ${p}x-iso type veth peer name ${p}y-iso\nlink set ${p}x-iso master ${p}b-iso up\n`);
+    assert.equal(r.exitCode, 0, r.stderr);
+    await healed(sb, 'iso', file, 'bridge.ports');
+    const links = await ipJson<IpLink>(ns, ['link', 'show']);
+    assert.equal(links.find((l) => l.ifname === `${p}x-iso`)?.master, undefined, 'released');
+    assert.equal(links.find((l) => l.ifname === `${p}t-iso`)?.master, `${p}b-iso`, 'the tap stays');
+  });
+});
+
+describe('garbage collection of lost Routes', () => {
+  let host: TestHost;
+  before(async () => (host = await createTestHost()));
+  after(async () => host?.cleanup());
+
+  test('removes exactly the marked objects of a Route the world lost; a look-alike netns is left alone', async () => {
+    const p = host.prefix;
+    const controller = new RouteController({ prefix: p, hostNetns: host.hostNs });
+    const res = (name: string, address: string): StoredResource<'Route'> => ({
+      apiVersion: 'qwamos.io/v1alpha1', kind: 'Route', metadata: { name }, spec: { vm: name, mode: 'direct', address, gateway: address.replace(/\.\d+\/\d+$/, '.1') },
+      source: { path: '/m', digest: 'd' }, generation: 1, appliedAt: '',
+    });
+    const keep = res('keep', '10.8.5.2/24');
+    const lost = res('lost', '10.8.6.2/24');
+    const both = makeWorld([keep, lost]);
+    const found = await controller.observe([keep, lost]);
+    await controller.apply([keep, lost].flatMap((r) => controller.plan(r, found.get(`Route/${r.metadata.name}`), both).actions), both);
+    // A foreign netns with a look-alike name and bridge, no mark.
+    const r = await tryIn(undefined, ['sh', '-c', `ip netns add ${p}-foo && ip -n ${p}-foo link add ${p}b-foo type bridge && ip -n ${host.hostNs} link add ${p}h-foo type bridge`]);
+    assert.equal(r.exitCode, 0, r.stderr);
+
+    assert.deepEqual(await controller.collectGarbage(both), [], 'nothing lost yet');
+    const removed = await controller.collectGarbage(makeWorld([keep]));
+    assert.deepEqual(removed.map((l) => l.split(' ').slice(0, 3).join(' ')).sort(), [
+      `deleted link ${p}h-lost`,
+      `deleted netns ${p}-lost`,
+      'removed nft rule',
+    ]);
+    await until('lost host veth gone', async () => !(await ipJson<{ ifname: string }>(host.hostNs, ['link', 'show'])).some((l) => l.ifname === `${p}h-lost`));
+    const netns = await listAllNetns();
+    assert.ok(netns.includes(`${p}-keep`) && netns.includes(`${p}-foo`) && !netns.includes(`${p}-lost`));
+    assert.ok((await ipJson<{ ifname: string }>(host.hostNs, ['link', 'show'])).some((l) => l.ifname === `${p}h-foo`), 'foreign host link stays');
+    const rules = JSON.parse((await tryIn(host.hostNs, ['nft', '-j', 'list', 'table', 'ip', `${p}_qwamos`])).stdout).nftables.filter((i: { rule?: unknown }) => i.rule);
+    assert.deepEqual(rules.map((i: { rule: { comment: string } }) => i.rule.comment), ['Route/keep']);
+    assert.deepEqual(await controller.collectGarbage(makeWorld([keep])), [], 'idempotent');
+    // The last direct Route lost: its table goes too.
+    const last = await controller.collectGarbage(makeWorld([]));
+    assert.ok(last.includes(`deleted nft table ${p}_qwamos`), JSON.stringify(last));
   });
 });

@@ -6,7 +6,7 @@
 //   host netns      <prefix>_host   <prefix>up 203.0.113.2/24, default via 203.0.113.1
 //        |  veths created by the code under test
 //   VM netns        <prefix>-<vm>   bridge <prefix>b-<vm>, no address (the Route's "cable")
-//        |  veth <prefix>g-<vm> (bridge port) <-> eth0, made by attachFakeGuest()
+//        |  veth <prefix>t-<vm> (bridge port, the VM's tap name) <-> eth0, made by attachFakeGuest()
 //   guest netns     <prefix>_g<vm>  eth0 = the VM's address, default via the gateway: plays the guest
 //
 // Every name starts with a prefix unique to the call ('t' + 3 base36 chars); cleanup() deletes every
@@ -171,7 +171,8 @@ export async function ipJson<T = any>(netns: string | undefined, args: string[])
 /**
  * Plays a VM's guest: netns `<prefix>_g<vm>` (removed by cleanup(); not `<prefix>-*`, so qwamos never
  * takes it for a VM netns) with `eth0` = `cidr`, default route via `gateway`, cabled by a veth to the
- * Route's bridge `<prefix>b-<vm>` in the VM netns (port `<prefix>g-<vm>`, a name the Route does not own).
+ * Route's bridge `<prefix>b-<vm>` in the VM netns. Its port there is named like the VM's tap
+ * (`<prefix>t-<vm>`): it plays QEMU's tap, the one port besides the Route's veth the Route accepts.
  * Replaces an earlier fake guest of the same VM (e.g. after the VM netns was recreated). Returns the
  * guest netns name.
  */
@@ -181,7 +182,7 @@ export async function attachFakeGuest(prefix: string, vm: string, cidr: string, 
   if (!/^[0-9.]+\/\d+$/.test(cidr) || !/^[0-9.]+$/.test(gateway)) throw new Error(`invalid guest address ${cidr} via ${gateway}`);
   const guestNs = `${prefix}_g${vm}`;
   const vmNs = `${prefix}-${vm}`;
-  const port = `${prefix}g-${vm}`;
+  const port = `${prefix}t-${vm}`;
   if (Buffer.byteLength(port) > 15) throw new Error(`fake guest port name ${port} is too long`);
   if ((await netnsNames()).includes(guestNs)) await sh(['ip', 'netns', 'del', guestNs]);
   await sh(['ip', 'netns', 'add', guestNs]);
