@@ -16,7 +16,14 @@ export async function main(argv: string[]): Promise<number> {
     .exitOverride()
     .configureOutput({ outputError: (text, write) => write(text) });
 
-  for (const command of commands) {
+  // Only the command being run is loaded and defined in full; the others are listed for --help.
+  const word = argv[0] === 'help' ? argv[1] : argv.find((a) => !a.startsWith('-'));
+  for (const entry of commands) {
+    if (entry.word !== word) {
+      program.command(entry.word).description(entry.summary);
+      continue;
+    }
+    const command = await entry.load();
     const sub = command.define(program.command(command.name));
     sub.exitOverride();
     sub.action(async (...args: unknown[]) => {
