@@ -80,7 +80,7 @@ table inet leak {
 // Every probe is bounded by `timeout`, and all run in parallel; failures are expected and ignored.
 const PROBES = `
 t=${LEAK_TARGETS.v4}; v6=${LEAK_TARGETS.v6}
-p() { timeout 3 "$@" >/dev/null 2>&1 & }
+p() { timeout 5 "$@" >/dev/null 2>&1 & }
 for port in 80 443 22 9040; do p bash -c "exec 3<>/dev/tcp/$t/$port"; done
 for r in ${LEAK_TARGETS.dns.join(' ')}; do
   p bash -c "printf 'dnsprobe' >/dev/udp/$r/53"
