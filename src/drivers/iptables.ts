@@ -1,0 +1,117 @@
+// The iptables firewall driver (hosts without nftables): applies src/firewall/iptables.ts' chains with
+// `ip6tables-restore --noflush` then `iptables-restore --noflush` (filter before nat), only the chains
+// that differ, then ensures the jumps from the built-in chains with -C before -I (never a duplicate).
+// Observed with iptables-save / ip6tables-save; only QWAMOS-* chains and the jumps to them are read.
+import { run } from './exec.ts';
+import { IP6T_JUMPS, IPT_JUMPS, renderRestoreBlock, type IptChain, type IptTables } from '../firewall/iptables.ts';
+
+export interface IptLayout {
+  hostNetns?: string;
+}
+
+type TableKey = 'v4filter' | 'v4nat' | 'v6filter';
+
+export interface ObservedIpt {
+  chains: Record<TableKey, Map<string, string[]>>;
+  /** Built-in chain jump lines to QWAMOS-* chains, per table (e.g. `-A FORWARD -j QWAMOS-FORWARD`). */
+  jumps: Record<TableKey, string[]>;
+}
+
+const OBSERVE = 'iptables-save -t filter; echo @@nat; iptables-save -t nat; echo @@v6; ip6tables-save -t filter';
+
+function opts(layout: IptLayout): { netns?: string } {
+  return layout.hostNetns ? { netns: layout.hostNetns } : {};
+}
+
+/** Pure: parse the three saves. */
+export function parseSaves(text: string): ObservedIpt {
+  const [f4 = '', n4 = '', f6 = ''] = text.split(/^@@(?:nat|v6)$/m);
+  const parse = (t: string) => {
+    const chains = new Map<string, string[]>();
+    const jumps: string[] = [];
+    for (const line of t.split('\n')) {
+      const decl = /^:(QWAMOS-\S+) /.exec(line);
+      if (decl) chains.set(decl[1]!, []);
+      const rule = /^-A (\S+) /.exec(line);
+      if (!rule) continue;
+      if (rule[1]!.startsWith('QWAMOS-')) chains.get(rule[1]!)?.push(line.trim());
+      else if (/ -j QWAMOS-/.test(line)) jumps.push(line.trim());
+    }
+    return { chains, jumps };
+  };
+  const a = parse(f4);
+  const b = parse(n4);
+  const c = parse(f6);
+  return { chains: { v4filter: a.chains, v4nat: b.chains, v6filter: c.chains }, jumps: { v4filter: a.jumps, v4nat: b.jumps, v6filter: c.jumps } };
+}
+
+export async function observeIpt(layout: IptLayout): Promise<ObservedIpt> {
+  return parseSaves(await run(['sh', '-c', OBSERVE], opts(layout)));
+}
+
+export interface IptPlan {
+  replace: Record<TableKey, IptChain[]>;
+  remove: Record<TableKey, string[]>;
+  missingJumps: string[];
+}
+
+const KEYS: TableKey[] = ['v6filter', 'v4filter', 'v4nat'];
+
+/** Pure: which chains differ, which are stale, which jumps are missing. */
+export function planIpt(desired: IptTables, observed: ObservedIpt): IptPlan {
+  const plan: IptPlan = { replace: { v4filter: [], v4nat: [], v6filter: [] }, remove: { v4filter: [], v4nat: [], v6filter: [] }, missingJumps: [] };
+  for (const k of KEYS) {
+    const want = new Set(desired[k].map((c) => c.name));
+    plan.remove[k] = [...observed.chains[k].keys()].filter((n) => !want.has(n));
+    plan.replace[k] = desired[k].filter((c) => {
+      const have = observed.chains[k].get(c.name);
+      return !have || have.length !== c.rules.length || have.some((l, i) => l !== c.rules[i]);
+    });
+    // Stale chains are referenced from the dispatch chains: refill those in the same commit.
+    if (plan.remove[k].length) for (const c of desired[k]) if (c.name.split('-').length === 2 && !plan.replace[k].includes(c)) plan.replace[k].push(c);
+  }
+  for (const [key, jumps] of [['v4filter', IPT_JUMPS.filter((j) => j[0] === 'filter')], ['v4nat', IPT_JUMPS.filter((j) => j[0] === 'nat')], ['v6filter', IP6T_JUMPS]] as const) {
+    for (const [, builtin, target] of jumps) if (!observed.jumps[key].includes(`-A ${builtin} -j ${target}`)) plan.missingJumps.push(`${key} ${builtin} ${target}`);
+  }
+  return plan;
+}
+
+export function planIsEmpty(p: IptPlan): boolean {
+  return KEYS.every((k) => p.replace[k].length === 0 && p.remove[k].length === 0) && p.missingJumps.length === 0;
+}
+
+function ensureJumpsScript(): string {
+  const lines: string[] = [];
+  for (const [table, builtin, target] of IP6T_JUMPS) lines.push(`ip6tables -t ${table} -C ${builtin} -j ${target} 2>/dev/null || ip6tables -t ${table} -I ${builtin} 1 -j ${target}`);
+  for (const [table, builtin, target] of IPT_JUMPS) lines.push(`iptables -t ${table} -C ${builtin} -j ${target} 2>/dev/null || iptables -t ${table} -I ${builtin} 1 -j ${target}`);
+  return lines.join(' && ');
+}
+
+/** Observe, restore only what differs (IPv6 first, IPv4 filter before nat), ensure the jumps. */
+export async function syncIpt(layout: IptLayout, desired: IptTables): Promise<IptPlan> {
+  const plan = planIpt(desired, await observeIpt(layout));
+  if (planIsEmpty(plan)) return plan;
+  if (plan.replace.v6filter.length || plan.remove.v6filter.length) {
+    await run(['ip6tables-restore', '--noflush'], { ...opts(layout), input: renderRestoreBlock('filter', plan.replace.v6filter, plan.remove.v6filter) });
+  }
+  let v4 = '';
+  if (plan.replace.v4filter.length || plan.remove.v4filter.length) v4 += renderRestoreBlock('filter', plan.replace.v4filter, plan.remove.v4filter);
+  if (plan.replace.v4nat.length || plan.remove.v4nat.length) v4 += renderRestoreBlock('nat', plan.replace.v4nat, plan.remove.v4nat);
+  if (v4) await run(['iptables-restore', '--noflush'], { ...opts(layout), input: v4 });
+  await run(['sh', '-c', ensureJumpsScript()], opts(layout));
+  return plan;
+}
+
+/** Remove the jumps and every QWAMOS-* chain (only those). */
+export async function removeIpt(layout: IptLayout): Promise<void> {
+  const o = await observeIpt(layout);
+  const script: string[] = [];
+  for (const [table, builtin, target] of IP6T_JUMPS) script.push(`while ip6tables -t ${table} -D ${builtin} -j ${target} 2>/dev/null; do :; done`);
+  for (const [table, builtin, target] of IPT_JUMPS) script.push(`while iptables -t ${table} -D ${builtin} -j ${target} 2>/dev/null; do :; done`);
+  for (const [key, tool, table] of [['v6filter', 'ip6tables', 'filter'], ['v4filter', 'iptables', 'filter'], ['v4nat', 'iptables', 'nat']] as const) {
+    const names = [...o.chains[key].keys()];
+    for (const n of names) script.push(`${tool} -t ${table} -F ${n}`);
+    for (const n of names) script.push(`${tool} -t ${table} -X ${n}`);
+  }
+  await run(['sh', '-c', script.join('\n')], opts(layout));
+}

@@ -1,0 +1,99 @@
+// The routing backstop for tor/i2p/isolated VMs: `ip rule iif HOSTIF lookup N` + `unreachable default`
+// in table N, for IPv4 and IPv6. It does not depend on any firewall: if qwamos' table is deleted or
+// flushed, forwarded traffic from the VM still finds no route. Traffic for the host's own addresses
+// (Tor's TransPort/DNSPort, the I2P proxies on the gateway) is routed by the `local` table, which is
+// looked up before any rule we add (priority 0), so the gateway stays reachable.
+import { run } from './exec.ts';
+
+export interface BackstopLayout {
+  hostNetns?: string;
+}
+
+export interface Backstop {
+  hostIf: string;
+  /** Routing table number, also used as the rule priority (keep it unique per VM). */
+  table: number;
+}
+
+export interface ObservedBackstop {
+  hostIf: string;
+  table: number;
+  v4Rule: boolean;
+  v6Rule: boolean;
+  v4Unreachable: boolean;
+  v6Unreachable: boolean;
+}
+
+const IFNAME_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$/;
+
+function check(b: Backstop): void {
+  if (!IFNAME_RE.test(b.hostIf)) throw new Error(`invalid interface ${JSON.stringify(b.hostIf)}`);
+  if (!Number.isInteger(b.table) || b.table < 1000 || b.table > 0x7fffffff || b.table === 32766 || b.table === 32767) {
+    throw new Error(`routing table ${b.table} for ${b.hostIf}: choose 1000..2^31-1 (not main/default)`);
+  }
+}
+
+function opts(layout: BackstopLayout): { netns?: string } {
+  return layout.hostNetns ? { netns: layout.hostNetns } : {};
+}
+
+interface RuleJson {
+  priority?: number;
+  iif?: string;
+  table?: string;
+}
+interface RouteJson {
+  dst?: string;
+  type?: string;
+}
+
+async function json<T>(layout: BackstopLayout, args: string[]): Promise<T[]> {
+  const out = await run(['ip', '-j', ...args], opts(layout));
+  return out.trim() ? (JSON.parse(out) as T[]) : [];
+}
+
+/** What exists of one VM's backstop (rules matched by iif, table and priority). */
+export async function observeBackstop(layout: BackstopLayout, b: Backstop): Promise<ObservedBackstop> {
+  check(b);
+  const [r4, r6, t4, t6] = await Promise.all([
+    json<RuleJson>(layout, ['-4', 'rule', 'show']),
+    json<RuleJson>(layout, ['-6', 'rule', 'show']),
+    json<RouteJson>(layout, ['-4', 'route', 'show', 'table', String(b.table)]).catch(() => []),
+    json<RouteJson>(layout, ['-6', 'route', 'show', 'table', String(b.table)]).catch(() => []),
+  ]);
+  const ours = (r: RuleJson) => r.iif === b.hostIf && r.priority === b.table && r.table === String(b.table);
+  const unreachable = (rs: RouteJson[]) => rs.some((r) => r.dst === 'default' && r.type === 'unreachable');
+  return { hostIf: b.hostIf, table: b.table, v4Rule: r4.some(ours), v6Rule: r6.some(ours), v4Unreachable: unreachable(t4), v6Unreachable: unreachable(t6) };
+}
+
+export function backstopComplete(o: ObservedBackstop): boolean {
+  return o.v4Rule && o.v6Rule && o.v4Unreachable && o.v6Unreachable;
+}
+
+/**
+ * Make the backstop exist (idempotent: routes are `replace`d, a rule is only added when missing).
+ * Works before the interface exists: the rule matches it by name once it appears.
+ */
+export async function ensureBackstop(layout: BackstopLayout, b: Backstop): Promise<void> {
+  const o = await observeBackstop(layout, b);
+  if (backstopComplete(o)) return;
+  const t = String(b.table);
+  const lines = [`-4 route replace unreachable default table ${t}`, `-6 route replace unreachable default table ${t}`];
+  // Routes first, then the rules that point at them: never a moment where the rule sends to an empty table.
+  if (!o.v4Rule) lines.push(`-4 rule add iif ${b.hostIf} lookup ${t} priority ${t}`);
+  if (!o.v6Rule) lines.push(`-6 rule add iif ${b.hostIf} lookup ${t} priority ${t}`);
+  // `ip -batch` does not take -4/-6 per line; run them as one shell process.
+  await run(['sh', '-c', lines.map((l) => `ip ${l}`).join(' && ')], opts(layout));
+}
+
+/** Remove the backstop (idempotent). */
+export async function removeBackstop(layout: BackstopLayout, b: Backstop): Promise<void> {
+  check(b);
+  const t = String(b.table);
+  const script = [
+    `while ip -4 rule del iif ${b.hostIf} lookup ${t} priority ${t} 2>/dev/null; do :; done`,
+    `while ip -6 rule del iif ${b.hostIf} lookup ${t} priority ${t} 2>/dev/null; do :; done`,
+    `ip -4 route flush table ${t} 2>/dev/null; ip -6 route flush table ${t} 2>/dev/null; true`,
+  ].join('\n');
+  await run(['sh', '-c', script], opts(layout));
+}
