@@ -17,17 +17,6 @@ export function isKind(value: unknown): value is Kind {
   return typeof value === 'string' && Object.hasOwn(KIND_SCHEMA_FILES, value);
 }
 
-/** Reconcile stages: networks and policies before the workloads that use them. */
-export const KIND_STAGE: Record<Kind, number> = {
-  ClusterNode: 0,
-  GpuTrustLevel: 0,
-  Route: 1,
-  FirewallPolicy: 1,
-  VirtualMachine: 2,
-  // Sources are read before anything they may declare.
-  GitSource: 0,
-};
-
 /** Short names `get` accepts, as kubectl does. */
 export const KIND_ALIASES: Record<string, Kind> = {
   virtualmachine: 'VirtualMachine', virtualmachines: 'VirtualMachine', vm: 'VirtualMachine', vms: 'VirtualMachine',

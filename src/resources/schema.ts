@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js';
 import addFormatsModule from 'ajv-formats';
 import { KIND_SCHEMA_FILES, type Kind } from './kinds.ts';
+import type { AnyResource } from './types.ts';
 import { pointerEscape } from './yaml.ts';
 
 export interface SchemaIssue {
@@ -19,25 +20,26 @@ const schemasDir = fileURLToPath(new URL('../../schemas/', import.meta.url));
 // ajv-formats is CommonJS; under NodeNext its function sits on `default`.
 const addFormats = addFormatsModule.default;
 
-let validators: Map<Kind, ValidateFunction> | undefined;
+// ajv's check is the proof that a document has its kind's type: each validator is a type guard.
+let validators: Map<Kind, ValidateFunction<AnyResource>> | undefined;
 
-function compileAll(): Map<Kind, ValidateFunction> {
+function compileAll(): Map<Kind, ValidateFunction<AnyResource>> {
   const ajv = new Ajv2020({ allErrors: true, strict: true, useDefaults: true, verbose: true });
   addFormats(ajv, ['date-time']);
   ajv.addSchema(JSON.parse(readFileSync(schemasDir + 'common.json', 'utf8')));
-  const map = new Map<Kind, ValidateFunction>();
+  const map = new Map<Kind, ValidateFunction<AnyResource>>();
   for (const [kind, file] of Object.entries(KIND_SCHEMA_FILES) as [Kind, string][]) {
-    map.set(kind, ajv.compile(JSON.parse(readFileSync(schemasDir + file, 'utf8'))));
+    map.set(kind, ajv.compile<AnyResource>(JSON.parse(readFileSync(schemasDir + file, 'utf8'))));
   }
   return map;
 }
 
 /** Validates (and fills in defaults of) one document of a known kind. */
-export function checkSchema(kind: Kind, doc: unknown): SchemaIssue[] {
+export function checkSchema(kind: Kind, doc: unknown): { resource: AnyResource; issues: [] } | { resource?: undefined; issues: SchemaIssue[] } {
   validators ??= compileAll();
   const validate = validators.get(kind)!;
-  if (validate(doc)) return [];
-  return translate(validate.errors ?? []);
+  if (validate(doc)) return { resource: doc, issues: [] };
+  return { issues: translate(validate.errors ?? []) };
 }
 
 /** '/spec/disks/0/name' -> 'spec.disks[0].name' */

@@ -8,7 +8,7 @@ import type { Diagnostic } from './diagnostics.ts';
 import { API_VERSION, KINDS, KIND_ALIASES, isKind } from './kinds.ts';
 import { checkSchema, closest, show } from './schema.ts';
 import { keyOf } from './keys.ts';
-import type { AnyResource, LoadedResource } from './types.ts';
+import type { LoadedResource } from './types.ts';
 import { parseYaml, type YamlDocument } from './yaml.ts';
 
 export interface SourceFile {
@@ -167,11 +167,10 @@ function validateDocument(
   if (!isKind(obj.kind)) {
     return { diagnostics: [problem('/kind', kindMessage(obj.kind), true)] };
   }
-  const issues = checkSchema(obj.kind, obj);
-  if (issues.length > 0) {
+  const { resource, issues } = checkSchema(obj.kind, obj);
+  if (!resource) {
     return { diagnostics: issues.map((i) => problem(i.pointer, i.message, i.atValue)) };
   }
-  const resource = obj as unknown as AnyResource;
   const semantic = checkResource(resource, ctx);
   const diagnostics = semantic.map((i) => ({ ...problem(i.pointer, i.message), ...(i.severity ? { severity: i.severity } : {}) }));
   if (semantic.some((i) => i.severity !== 'warning')) return { diagnostics };
