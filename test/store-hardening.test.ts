@@ -221,3 +221,44 @@ describe('commit', () => {
     }
   });
 });
+
+describe('leases and zombies', () => {
+  test('a killed holder that its parent has not reaped (a zombie) holds no lease', async () => {
+    const { store } = await openStore();
+    const root = path.dirname(path.dirname(new URL(import.meta.url).pathname));
+    const fixture = path.join(root, 'test', 'fixtures', 'store-lock-holder.ts');
+    // sh starts the holder in the background, then becomes `sleep`, which never waits for its children:
+    // once killed, the holder stays a zombie for as long as the sleep runs.
+    const { spawn } = await import('node:child_process');
+    const wrapper = spawn('sh', ['-c', `"${process.execPath}" --import tsx "${fixture}" "${store.dir}" lease 0 controller & exec sleep 600`], {
+      cwd: root,
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    try {
+      let out = '';
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`holder did not start: ${out}`)), 20_000);
+        wrapper.stdout!.on('data', (c) => {
+          out += String(c);
+          if (out.includes('ready')) {
+            clearTimeout(timer);
+            resolve();
+          }
+        });
+      });
+      const holder = await store.leaseHolder('controller');
+      assert.ok(holder && holder.pid !== wrapper.pid);
+      assert.equal(await store.acquireLease('controller'), null, 'a live holder keeps its lease');
+      process.kill(holder.pid, 'SIGKILL');
+      const state = async () => (await fs.readFile(`/proc/${holder.pid}/stat`, 'utf8')).replace(/^.*\) /s, '')[0];
+      for (let i = 0; i < 200 && (await state()) !== 'Z'; i++) await new Promise((r) => setTimeout(r, 10));
+      assert.equal(await state(), 'Z', 'the killed holder is a zombie, not reaped');
+      assert.equal(await store.leaseHolder('controller'), null);
+      const lease = await store.acquireLease('controller');
+      assert.ok(lease, 'a new holder gets the lease of the zombie');
+      await lease.release();
+    } finally {
+      if (wrapper.pid) process.kill(wrapper.pid, 'SIGKILL');
+    }
+  });
+});
