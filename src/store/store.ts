@@ -292,7 +292,16 @@ export class Store {
     const root = path.resolve(dir);
     await ensureDir(root);
     const st = await fs.stat(root);
-    if ((st.mode & 0o777) !== DIR_MODE && st.uid === process.getuid?.()) await fs.chmod(root, DIR_MODE);
+    const me = process.getuid?.();
+    if ((st.mode & 0o777) !== DIR_MODE && st.uid === me) await fs.chmod(root, DIR_MODE);
+    // Like sshd's StrictModes: whoever else could write the state dir could plant manifests, status or a
+    // trust store in it.
+    else if (me !== undefined && st.uid !== 0 && st.uid !== me) {
+      throw new UserError(`refusing state directory ${printable(root)}: owned by uid ${st.uid}, not by root or the running user (uid ${me})`);
+    } else if (me !== undefined && st.uid !== me && (st.mode & 0o022) !== 0) {
+      const mode = (st.mode & 0o777).toString(8).padStart(4, '0');
+      throw new UserError(`refusing state directory ${printable(root)}: writable by group or others (mode ${mode}); fix with chmod 700 ${printable(root)}`);
+    }
     const store = new Store(root, opts);
     for (const sub of ['resources', 'status', 'drift', 'leases']) await ensureDir(path.join(root, sub));
     await store.cleanTemps();
