@@ -26,8 +26,8 @@ describe('controller daemon', () => {
     assert.equal(daemon.exitCode, null, 'the daemon is still running');
     assert.equal(daemon.signalCode, null);
     daemon.kill('SIGTERM');
-    const [code] = await once(daemon, 'exit');
-    assert.equal(code, 0);
+    const [code, signal] = await once(daemon, 'exit');
+    assert.deepEqual({ code, signal }, { code: 0, signal: null }, (daemon as unknown as { output: () => string }).output());
   });
 
   test('a truncated resource file and a garbage request do not stop a (re)started daemon', async () => {
