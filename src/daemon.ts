@@ -3,7 +3,7 @@
 // cleanly on SIGTERM without touching what runs on the host.
 import path from 'node:path';
 import { watch as watchFiles } from 'chokidar';
-import { UserError } from './errors.ts';
+import { UserError, oneLine } from './errors.ts';
 import type { PassResult } from './engine/engine.ts';
 import { DAEMON_LEASE, RECONCILER_LEASE, createEngine, openStore, waitForLease } from './runtime.ts';
 
@@ -57,7 +57,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<void> {
       engine.enqueue(changed);
       for (const keys of await store.takeRequests()) engine.enqueue(keys.length ? keys : engine.resources().map((r) => `${r.kind}/${r.metadata.name}`));
       if (all) engine.enqueueAll();
-    }).catch((err) => opts.log(`error reading the store: ${(err as Error).message}`));
+    }).catch((err) => opts.log(`error reading the store: ${oneLine(err)}`));
     return syncing;
   };
   let storeTimer: NodeJS.Timeout | undefined;
@@ -69,7 +69,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<void> {
     clearTimeout(storeTimer);
     storeTimer = setTimeout(() => void resync(false), 30);
   });
-  watcher.on('error', (err) => opts.log(`store watch error: ${(err as Error).message}`));
+  watcher.on('error', (err) => opts.log(`store watch error: ${oneLine(err)}`));
 
   // Host events (ip monitor, QMP sockets closing, ...): what they name is re-checked at once.
   const watches = engine.watch();

@@ -61,7 +61,7 @@ async function populated(): Promise<{ state: string; store: Store }> {
   const store = await Store.open(state);
   await store.putResource(
     { apiVersion: API, kind: 'Route', metadata: { name: 'dev', labels: { tier: 'net' } }, spec: { vm: 'dev', mode: 'tor', address: '10.8.0.2/24' } },
-    src('dev', '0123456789abcdef0123456789abcdef01234567'),
+    { ...src('dev', '0123456789abcdef0123456789abcdef01234567'), signer: { keyId: 'fedcba9876543210fedcba9876543210', alg: 'ml-dsa-65', name: 'alice' } },
   );
   await store.putResource(
     { apiVersion: API, kind: 'VirtualMachine', metadata: { name: 'dev' }, spec: { runStrategy: 'Running', cpus: 2, memory: '1Gi', network: { route: 'dev' } } },
@@ -181,18 +181,18 @@ describe('qwamos get', () => {
     assert.deepEqual(withoutAge(qwamos(state, 'get', 'all').stdout), withoutAge(r.stdout));
   });
 
-  test('-o wide adds GEN, OBSERVED, DETAIL, SOURCE (with the commit) and MESSAGE (the Stalled one when stalled), escaped', async () => {
+  test('-o wide adds GEN, OBSERVED, DETAIL, SOURCE (with the commit), SIGNER and MESSAGE (the Stalled one when stalled), escaped', async () => {
     const { state } = await populated();
     const r = qwamos(state, 'get', '-o', 'wide');
     assert.equal(r.code, 0, r.stderr);
     const table = rows(r.stdout);
-    assert.deepEqual(table[0], ['KIND', 'NAME', 'READY', 'STATUS', 'AGE', 'GEN', 'OBSERVED', 'DETAIL', 'SOURCE', 'MESSAGE']);
+    assert.deepEqual(table[0], ['KIND', 'NAME', 'READY', 'STATUS', 'AGE', 'GEN', 'OBSERVED', 'DETAIL', 'SOURCE', 'SIGNER', 'MESSAGE']);
     const route = table.find((row) => row[0] === 'Route')!;
-    assert.deepEqual(route.slice(5), ['1', '1', 'netns qw-dev', '/manifests/dev.yaml@0123456', 'netns qw-dev is up']);
+    assert.deepEqual(route.slice(5), ['1', '1', 'netns qw-dev', '/manifests/dev.yaml@0123456', 'alice:fedcba987654', 'netns qw-dev is up']);
     const vm = table.find((row) => row[0] === 'VirtualMachine' && row[1] === 'dev')!;
-    assert.equal(vm[9], 'no accelerator \\u001b[31m\\u202e available');
+    assert.equal(vm[10], 'no accelerator \\u001b[31m\\u202e available');
     const gpu = table.find((row) => row[0] === 'GpuTrustLevel')!;
-    assert.deepEqual(gpu.slice(5), ['1', '-', '-', '/manifests/gpu.yaml']);
+    assert.deepEqual(gpu.slice(5), ['1', '-', '-', '/manifests/gpu.yaml', '<unsigned>']);
   });
 
   test('-o json prints an array of {apiVersion, kind, metadata, spec, status}; one NAME prints one object', async () => {
@@ -305,6 +305,8 @@ describe('qwamos describe', () => {
     assert.match(out, /^ {2}Path: +\/manifests\/dev\.yaml$/m);
     assert.match(out, /^ {2}Digest: +sha256:ab12ab12ab12$/m);
     assert.match(out, /^ {2}Commit: +0123456789ab$/m);
+    assert.match(out, /^ {2}Signed By: +alice fedcba9876543210fedcba9876543210 \(ml-dsa-65\)$/m);
+    assert.match(qwamos(state, 'describe', 'vm/old').stdout, /^ {2}Signed By: +<unsigned>$/m);
     assert.match(out, /^Generation: +1$/m);
     assert.match(out, /^Observed Generation: +1$/m);
     assert.match(out, /^Phase: +Ready$/m);
@@ -452,5 +454,45 @@ describe('qwamos drift', () => {
       ['Route/dev', 'address', 'open'],
     ]);
     assert.equal(lines[1].policy, 'warn');
+  });
+});
+
+describe('a store with broken records', () => {
+  test('get, describe and drift keep working; each broken file is named once; delete clears a record that cannot be parsed', async () => {
+    const { state } = await populated();
+    await fs.mkdir(path.join(state, 'resources', 'Route'), { recursive: true });
+    const badResource = path.join(state, 'resources', 'Route', 'r5.json');
+    await fs.writeFile(badResource, '');
+    const badStatus = path.join(state, 'status', 'Route', 'dev.json');
+    await fs.writeFile(badStatus, '{"kind":"Route"}');
+    const badDrift = path.join(state, 'drift', 'Route', 'dev.json');
+    await fs.writeFile(badDrift, '{"not":"an array"}');
+
+    const get = qwamos(state, 'get');
+    assert.equal(get.code, 0, get.stderr);
+    assert.match(get.stdout, /^Route +dev /m);
+    assert.doesNotMatch(get.stdout, /r5/);
+    for (const f of [badResource, badStatus]) assert.equal(get.stderr.split(f).length - 1, 1, `${f} named once in:\n${get.stderr}`);
+    assert.match(get.stderr, /qwamos delete Route\/r5/);
+
+    const one = qwamos(state, 'get', 'Route/r5');
+    assert.equal(one.code, 1);
+    assert.equal(one.stderr.trim().split('\n').length, 1, one.stderr);
+    assert.match(one.stderr, /r5\.json is unusable/);
+
+    const desc = qwamos(state, 'describe', 'Route/dev');
+    assert.equal(desc.code, 0, desc.stderr);
+    assert.match(desc.stdout, /^Phase: +Pending$/m, 'an unusable status counts as absent');
+    assert.match(desc.stderr, /drift\/Route\/dev\.json/);
+
+    const drift = qwamos(state, 'drift', '--all');
+    assert.equal(drift.code, 0, drift.stderr);
+    assert.match(drift.stderr, /drift\/Route\/dev\.json/);
+
+    const del = qwamos(state, 'delete', 'Route/r5');
+    assert.equal(del.code, 0, del.stderr);
+    assert.match(del.stdout, /Route\/r5 deleted/);
+    await assert.rejects(fs.stat(badResource), { code: 'ENOENT' });
+    assert.doesNotMatch(qwamos(state, 'get').stderr, /r5/);
   });
 });

@@ -24,8 +24,3 @@ export function applyResultOf(stored: StoredResource | undefined, next: AnyResou
     isDeepStrictEqual(stored.metadata.annotations ?? {}, next.metadata.annotations ?? {});
   return same ? 'unchanged' : 'configured';
 }
-
-/** True when a stored resource came from one of the given files or directories. */
-export function cameFrom(stored: StoredResource, paths: string[]): boolean {
-  return paths.some((p) => stored.source.path === p || stored.source.path.startsWith(p.endsWith('/') ? p : `${p}/`));
-}

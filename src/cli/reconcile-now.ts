@@ -25,10 +25,27 @@ export interface ReconcileReport {
 
 const outcome = (key: string, phase: Phase, message: string): Outcome => ({ key, phase, state: legacyState(phase), message });
 
+/** What a command wrote to a resource: a status older than this is not about that write. */
+export interface WrittenAt {
+  /** The generation it stored. */
+  generation: number;
+  /**
+   * For a resource it created: when. A status written before (left from the resource's previous life)
+   * may carry the same generation.
+   */
+  createdAt?: string;
+}
+
 export async function reconcileNow(
   store: Store,
   keys: string[],
-  opts: { wait: boolean; timeoutMs: number; onSettled?: (r: PassResult) => void },
+  opts: {
+    wait: boolean;
+    timeoutMs: number;
+    onSettled?: (r: PassResult) => void;
+    /** Per key, what this command wrote: a status counts only if it is for that generation or later and written after it. */
+    since?: Map<string, WrittenAt>;
+  },
 ): Promise<ReconcileReport> {
   const daemon = await store.leaseHolder(DAEMON_LEASE);
   if (daemon) return waitForDaemon(store, keys, daemon.pid, opts);
@@ -72,7 +89,7 @@ async function waitForDaemon(
   store: Store,
   keys: string[],
   daemonPid: number,
-  opts: { wait: boolean; timeoutMs: number },
+  opts: { wait: boolean; timeoutMs: number; since?: Map<string, WrittenAt> },
 ): Promise<ReconcileReport> {
   const deadline = Date.now() + opts.timeoutMs;
   const outcomes = new Map<string, Outcome>();
@@ -86,7 +103,14 @@ async function waitForDaemon(
         continue;
       }
       const machine = st?.fields.machine as Partial<MachineStatus> | undefined;
-      const current = st && !r.deletionRequestedAt && st.observedGeneration === r.generation && machine?.appliedAt === r.appliedAt;
+      // A status from before our write (the resource's previous life, before a delete) says nothing about it.
+      const written = opts.since?.get(key);
+      const fresh =
+        !written ||
+        (st !== undefined &&
+          st.observedGeneration >= written.generation &&
+          (written.createdAt === undefined || Date.parse(st.updatedAt) >= Date.parse(written.createdAt)));
+      const current = st && !r.deletionRequestedAt && st.observedGeneration === r.generation && machine?.appliedAt === r.appliedAt && fresh;
       const ready = st?.conditions.find((c) => c.type === 'Ready');
       const stalled = st?.conditions.find((c) => c.type === 'Stalled' && c.status === 'True');
       const phase: Phase = current && isPhase(st.phase) ? st.phase : 'Pending';

@@ -1,5 +1,6 @@
 // Reading manifests from -f paths: find the files, read them within limits, verify their signatures,
 // validate them. What every command that reads manifests (validate, apply, diff, delete) starts with.
+import type { Stats } from 'node:fs';
 import { open, readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { MAX_MANIFEST_BYTES } from '../config.ts';
@@ -13,35 +14,108 @@ import { validateSources, type SourceFile, type ValidateContext } from './valida
 
 const MANIFEST_EXTENSIONS = new Set(['.yaml', '.yml', '.json']);
 
-/** Expands files and directories (their manifest files, sorted; subdirectories only when recursive). */
-export async function collectFiles(paths: string[], recursive = false): Promise<string[]> {
+/** A -f path as given: a file, or a directory whose manifest files were read. */
+export interface ManifestRoot {
+  path: string;
+  isDirectory: boolean;
+}
+
+/** A directory entry that looked like a manifest but was not read, and why. */
+export interface SkippedEntry {
+  path: string;
+  reason: string;
+}
+
+export interface CollectedFiles {
+  files: string[];
+  roots: ManifestRoot[];
+  /** Entries not read; pruning must not run while there are any (it would delete what they declare). */
+  skipped: SkippedEntry[];
+}
+
+/**
+ * Expands files and directories (their manifest files, sorted; subdirectories only when recursive).
+ * Symbolic links are followed to regular files (read and verified like any other); a link to a
+ * directory, a dangling link or a link loop is reported in `skipped`, never silently left out.
+ */
+export async function collectFiles(paths: string[], recursive = false): Promise<CollectedFiles> {
   if (paths.length === 0) throw new UsageError('no manifests given: use -f FILE|DIR');
   const files: string[] = [];
+  const roots: ManifestRoot[] = [];
+  const skipped: SkippedEntry[] = [];
   for (const p of paths) {
     let info;
     try {
       info = await stat(p);
-    } catch {
-      throw new UsageError(`${p}: no such file or directory`);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      throw new UsageError(`${p}: ${code === 'ELOOP' ? 'symbolic link loop' : 'no such file or directory'}`);
     }
-    if (info.isDirectory()) files.push(...(await listDirectory(p, recursive)));
-    else if (info.isFile()) files.push(p);
-    else throw new UsageError(`${p}: not a regular file or directory`);
+    if (info.isDirectory()) {
+      roots.push({ path: p, isDirectory: true });
+      files.push(...(await listDirectory(p, recursive, skipped)));
+    } else if (info.isFile()) {
+      roots.push({ path: p, isDirectory: false });
+      files.push(p);
+    } else throw new UsageError(`${p}: not a regular file or directory`);
   }
-  return [...new Set(files)];
+  return { files: [...new Set(files)], roots, skipped };
 }
 
-async function listDirectory(dir: string, recursive: boolean): Promise<string[]> {
+const isManifestName = (name: string) => !name.startsWith('.') && MANIFEST_EXTENSIONS.has(path.extname(name));
+
+async function listDirectory(dir: string, recursive: boolean, skipped: SkippedEntry[]): Promise<string[]> {
   const entries = await readdir(dir, { withFileTypes: true });
   entries.sort((a, b) => a.name.localeCompare(b.name));
   const files: string[] = [];
   for (const e of entries) {
     if (e.name.startsWith('.')) continue;
     const full = path.join(dir, e.name);
-    if (e.isDirectory() && recursive) files.push(...(await listDirectory(full, true)));
-    else if (e.isFile() && MANIFEST_EXTENSIONS.has(path.extname(e.name))) files.push(full);
+    if (e.isSymbolicLink()) {
+      let target: Stats;
+      try {
+        target = await stat(full);
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (recursive || isManifestName(e.name)) {
+          skipped.push({ path: full, reason: code === 'ELOOP' ? 'symbolic link loop' : code === 'ENOENT' ? 'dangling symbolic link' : `unreadable symbolic link (${code ?? err})` });
+        }
+        continue;
+      }
+      if (target.isFile()) {
+        if (isManifestName(e.name)) files.push(full);
+      } else if (target.isDirectory()) {
+        // Not followed: a link can lead out of the tree or round in a loop.
+        if (recursive) skipped.push({ path: full, reason: 'symbolic link to a directory (not followed; give it with -f)' });
+      } else if (isManifestName(e.name)) {
+        skipped.push({ path: full, reason: 'symbolic link to something that is not a regular file' });
+      }
+    } else if (e.isDirectory()) {
+      if (recursive) files.push(...(await listDirectory(full, true, skipped)));
+    } else if (e.isFile()) {
+      if (isManifestName(e.name)) files.push(full);
+    } else if (isManifestName(e.name)) {
+      skipped.push({ path: full, reason: 'not a regular file' });
+    }
   }
   return files;
+}
+
+/**
+ * Whether a manifest file at `file` is one this invocation (-f roots, -R or not) reads: the basis for
+ * pruning, which may only delete what the same command would have applied had the file still existed.
+ * Paths are compared as given (resolved, symbolic links not resolved), as they are stored.
+ */
+export function withinReach(file: string, roots: ManifestRoot[], recursive: boolean): boolean {
+  return roots.some((root) => {
+    const base = path.resolve(root.path);
+    if (!root.isDirectory) return file === base;
+    const rel = path.relative(base, file);
+    if (!rel || rel.startsWith('..') || path.isAbsolute(rel)) return false;
+    const parts = rel.split(path.sep);
+    if (parts.length > 1 && !recursive) return false;
+    return parts.every((part) => !part.startsWith('.')) && isManifestName(parts[parts.length - 1]!);
+  });
 }
 
 /** Reads at most the limit plus one byte, so an oversized file is detected without reading it all. */
@@ -69,8 +143,19 @@ export interface ReadOptions extends ValidateContext {
   recursive?: boolean;
 }
 
+/** Who signed a file (the trusted key that verified it). */
+export interface Signer {
+  keyId: string;
+  alg: string;
+  name: string;
+}
+
 export interface ManifestSet {
   files: string[];
+  roots: ManifestRoot[];
+  skipped: SkippedEntry[];
+  /** Signer of each verified file; files accepted unsigned (--allow-unsigned) have none. */
+  signers: Map<string, Signer>;
   resources: LoadedResource[];
   /** Errors and warnings, in file order. Any error means nothing of the set may be applied. */
   diagnostics: Diagnostic[];
@@ -86,21 +171,23 @@ export function hasErrors(diagnostics: Diagnostic[]): boolean {
  * malformed signature is still refused, since it means someone changed a signed file.
  */
 export async function readManifests(paths: string[], opts: ReadOptions): Promise<ManifestSet> {
-  const files = await collectFiles(paths, opts.recursive);
+  const { files, roots, skipped } = await collectFiles(paths, opts.recursive);
   const store = await loadTrustStore(opts.trustDir);
   // Files are read and verified a few at a time so disk waits overlap with signature checks.
   const checked = await mapLimit(files, 16, (file) => readAndVerify(file, store, opts.allowUnsigned));
-  const diagnostics = checked.flatMap((c) => c.diagnostics);
+  const diagnostics: Diagnostic[] = skipped.map((s) => ({ file: s.path, line: 1, col: 1, resource: 'file', message: `skipped: ${s.reason}`, severity: 'warning' }));
+  diagnostics.push(...checked.flatMap((c) => c.diagnostics));
   const sources = checked.flatMap((c) => (c.source ? [c.source] : []));
+  const signers = new Map(checked.flatMap((c) => (c.source && c.signer ? [[c.source.file, c.signer] as const] : [])));
   const result = validateSources(sources, opts);
-  return { files, resources: result.resources, diagnostics: [...diagnostics, ...result.diagnostics] };
+  return { files, roots, skipped, signers, resources: result.resources, diagnostics: [...diagnostics, ...result.diagnostics] };
 }
 
 async function readAndVerify(
   file: string,
   store: TrustStore,
   allowUnsigned: boolean,
-): Promise<{ source?: SourceFile; diagnostics: Diagnostic[] }> {
+): Promise<{ source?: SourceFile; signer?: Signer; diagnostics: Diagnostic[] }> {
   let bytes: Uint8Array;
   try {
     bytes = await readLimited(file);
@@ -108,7 +195,9 @@ async function readAndVerify(
     return { diagnostics: [{ file, line: 1, col: 1, resource: 'file', message: `cannot read: ${(err as NodeJS.ErrnoException).code ?? err}` }] };
   }
   const outcome = await verifyFile(file, store, bytes);
-  if (outcome.status === 'verified') return { source: { file, bytes }, diagnostics: [] };
+  if (outcome.status === 'verified') {
+    return { source: { file, bytes }, signer: { keyId: outcome.keyId, alg: outcome.alg, name: outcome.keyName }, diagnostics: [] };
+  }
   const forgivable = outcome.status === 'unsigned' || outcome.status === 'untrusted';
   if (allowUnsigned && forgivable) {
     const warning: Diagnostic = { file, line: 1, col: 1, resource: 'signature', message: `${outcome.message} (accepted: --allow-unsigned)`, severity: 'warning' };

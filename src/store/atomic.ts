@@ -5,6 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { CorruptStateError } from './shapes.ts';
 
 export const DIR_MODE = 0o700;
 export const FILE_MODE = 0o600;
@@ -57,8 +58,11 @@ export async function ensureDir(dir: string): Promise<void> {
   await fsyncDir(parent);
 }
 
-/** Atomically replaces file with data (mode 0600). Resolves only once the new content is durable. */
-export async function writeFileAtomic(file: string, data: string): Promise<void> {
+/**
+ * Atomically replaces file with data (mode 0600). Resolves only once the new content is durable; with
+ * syncDir false the caller fsyncs the directory itself (once for many files written there).
+ */
+export async function writeFileAtomic(file: string, data: string, opts: { syncDir?: boolean } = {}): Promise<void> {
   const tmp = tempPath(file);
   const fh = await fs.open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, FILE_MODE);
   try {
@@ -74,22 +78,26 @@ export async function writeFileAtomic(file: string, data: string): Promise<void>
     await fs.unlink(tmp).catch(() => {});
     throw err;
   }
-  await fsyncDir(path.dirname(file));
+  if (opts.syncDir !== false) await fsyncDir(path.dirname(file));
 }
 
-/** Parsed JSON content of file, or undefined if it does not exist. */
+/**
+ * Parsed JSON content of file, or undefined if it does not exist. Anything else that goes wrong is a
+ * CorruptStateError naming the file (never the raw bytes: JSON.parse quotes them in its message).
+ */
 export async function readJsonFile<T>(file: string): Promise<T | undefined> {
   let text: string;
   try {
     text = await fs.readFile(file, 'utf8');
   } catch (err) {
     if (isErrno(err, 'ENOENT')) return undefined;
-    throw err;
+    throw new CorruptStateError(file, `cannot read it (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
   }
+  if (text.trim() === '') throw new CorruptStateError(file, 'empty (truncated)');
   try {
     return JSON.parse(text) as T;
-  } catch (err) {
-    throw new Error(`state file ${file} is not valid JSON: ${(err as Error).message}`);
+  } catch {
+    throw new CorruptStateError(file, 'not valid JSON');
   }
 }
 

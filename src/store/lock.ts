@@ -37,16 +37,25 @@ export class LockTimeoutError extends UserError {
 
 /** Start time of pid from /proc/PID/stat (field 22), or undefined where /proc is unavailable. */
 export function processStartTime(pid: number): string | undefined {
+  return procStat(pid)?.[19];
+}
+
+/** Fields 3.. of /proc/PID/stat (state first), or undefined where /proc is unavailable. */
+function procStat(pid: number): string[] | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // Fields after the command name (which may contain spaces and parens) start with field 3.
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+    // The command name (field 2) may contain spaces and parens: fields after it start after the last ')'.
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   } catch {
     return undefined;
   }
 }
 
-/** Whether pid is running and (if start is given and knowable) is still the same process. */
+/**
+ * Whether pid is running and (if start is given and knowable) is still the same process. A zombie (state
+ * Z, or X while being reaped) has exited: it holds no lock, though kill(pid, 0) still finds it until its
+ * parent reaps it, which may take long (PID 1 here does not reap promptly).
+ */
 export function processAlive(pid: number, start?: string): boolean {
   if (!Number.isInteger(pid) || pid <= 0) return false;
   try {
@@ -54,8 +63,10 @@ export function processAlive(pid: number, start?: string): boolean {
   } catch (err) {
     if (!isErrno(err, 'EPERM')) return false; // ESRCH: no such process
   }
+  const fields = procStat(pid);
+  if (fields && (fields[0] === 'Z' || fields[0] === 'X')) return false;
   if (start === undefined) return true;
-  const now = processStartTime(pid);
+  const now = fields?.[19];
   return now === undefined || now === start;
 }
 
@@ -74,7 +85,14 @@ async function readLock(file: string): Promise<Seen | undefined> {
     let holder: LockHolder | undefined;
     try {
       const parsed = JSON.parse(raw) as LockHolder;
-      if (Number.isInteger(parsed?.pid)) holder = parsed;
+      // Only a well-formed holder counts; anything else is judged by the file's age, like a torn one.
+      if (
+        Number.isInteger(parsed?.pid) &&
+        parsed.pid > 0 &&
+        typeof parsed.acquiredAt === 'string' &&
+        typeof parsed.token === 'string' &&
+        (parsed.processStart === undefined || typeof parsed.processStart === 'string')
+      ) holder = parsed;
     } catch {
       // empty or torn: judged by age in isStale
     }

@@ -6,16 +6,33 @@
 //   DIR/events.log (+ events.log.1)    JSON lines, rotated when over maxEvents lines
 //   DIR/lock, DIR/leases/<name>.lock   the write lock and long-held leases (see lock.ts)
 //
+//   DIR/requests/<ms>-<hex>.json        reconcile requests from the CLI to the daemon
+//
 // The inventory (what was applied, from where, for pruning) is the resources folder itself: each file
-// carries its source, so it can never disagree with the manifests after a crash.
-// Every mutation takes the write lock itself (re-entrant), so two processes never interleave; callers
-// group several mutations into one critical section with withLock.
+// carries its source (file, digest, signer), so it can never disagree with the manifests after a crash.
+//
+// Writing: every mutation takes the write lock itself (re-entrant), so two processes never interleave;
+// callers group several mutations into one critical section with withLock.
+//   - applyResources(items, {check}) stores a whole set of manifests in one locked section, running the
+//     caller's cross-resource check against the store as it is under the lock (concurrent applies cannot
+//     both pass a check that only one of them may pass); nothing of the set is stored if it fails.
+//   - commit(batch) writes a pass's status patches, drift records, healed drift and events in ONE locked
+//     section: each file written once (one fsync per file, one per directory) and one events.log append.
+//     The engine should use it instead of one updateStatus/recordDrifts/appendEvent call per item: at
+//     1,000 resources one lock round per item starves everyone else of the lock.
+//
+// Reading never takes the write lock: every file is replaced atomically (rename), so a reader sees the
+// old or the new content and needs no lock. Every file read is shape-checked; a file that cannot be used
+// (truncated, not JSON, wrong shape) is named in a CorruptStateError. Listings skip such a file with a
+// warning (once per file and process) and keep serving the rest; status and drift are derived data, so an
+// unusable one counts as absent and the next write replaces it. `markForDeletion` removes an unusable
+// resource record outright (nothing could reconcile it), so `qwamos delete KIND/NAME` can clear it.
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { isDeepStrictEqual } from 'node:util';
-import { UserError } from '../errors.ts';
+import { UserError, oneLine, printable } from '../errors.ts';
 import type { Kind } from '../resources/kinds.ts';
 import type { SpecByKind } from '../resources/types.ts';
 import {
@@ -32,6 +49,9 @@ import {
 } from './atomic.ts';
 import { mapLimit } from '../concurrency.ts';
 import { FileLock, liveHolder, processAlive, release, tryAcquire } from './lock.ts';
+import { CorruptStateError, driftProblem, eventProblem, requestProblem, resourceProblem, statusProblem } from './shapes.ts';
+
+export { CorruptStateError } from './shapes.ts';
 
 export interface ResourceMetadata {
   name: string;
@@ -46,6 +66,8 @@ export interface ResourceSource {
   digest: string;
   /** Git commit the manifest came from, when applied from git. */
   commit?: string;
+  /** The trusted key whose signature was verified; absent when applied unsigned (--allow-unsigned). */
+  signer?: { keyId: string; alg: string; name?: string };
 }
 
 export interface Manifest {
@@ -162,6 +184,41 @@ export interface StoreOptions {
   maxEvents?: number;
   /** Default wait for the write lock. */
   lockTimeoutMs?: number;
+  /** Where warnings about unusable state files go (default: stderr as `warning: ...`). Each is given once. */
+  warn?: (message: string) => void;
+}
+
+/** One apply of many manifests (see applyResources). */
+export interface ApplyItem {
+  manifest: Manifest;
+  source: ResourceSource;
+}
+
+export interface AppliedItem {
+  kind: string;
+  name: string;
+  result: ApplyResult;
+  generation: number;
+  /** appliedAt of the stored record: a status written for this apply is updated at or after it. */
+  appliedAt: string;
+}
+
+/** Everything one engine pass (or many) writes, stored by commit() in one locked section. */
+export interface StoreBatch {
+  statuses?: { kind: string; name: string; patch: StatusPatch }[];
+  /** Healed first: a pass that heals old drift and finds new drift records both, in that order. */
+  resolveDrift?: { resource: string; field?: string }[];
+  drifts?: { resource: string; diffs: { field: string; desired: string; actual: string }[]; policy: DriftPolicy }[];
+  events?: { resource: string; type: EventType; reason: string; message: string }[];
+}
+
+export interface CommitResult {
+  /** New status by 'Kind/name'. */
+  statuses: Map<string, ResourceStatus>;
+  /** The records written for each batch.drifts entry, by 'Kind/name'. */
+  drifts: Map<string, DriftRecord[]>;
+  /** How many open records were marked healed. */
+  resolved: number;
 }
 
 const NAME_RE = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
@@ -216,6 +273,9 @@ export class Store {
   private readonly queues = new Map<string, Promise<unknown>>();
   /** Size and line count of events.log as last seen, to avoid recounting on every append. */
   private eventsSeen?: { size: number; lines: number };
+  private readonly warnSink: (message: string) => void;
+  /** Warnings already given, so a broken file is reported once, not on every listing. */
+  private readonly warned = new Set<string>();
 
   private constructor(
     readonly dir: string,
@@ -224,6 +284,18 @@ export class Store {
     this.lock = FileLock.for(path.join(dir, 'lock'));
     this.maxEvents = opts.maxEvents ?? 5000;
     this.lockTimeoutMs = opts.lockTimeoutMs ?? 30_000;
+    this.warnSink = opts.warn ?? ((m) => void process.stderr.write(`warning: ${m}\n`));
+  }
+
+  /** Reports a problem with the state once per process and file (the sink gets one escaped line). */
+  private warn(message: string, file: string = message): void {
+    if (this.warned.has(file)) return;
+    this.warned.add(file);
+    try {
+      this.warnSink(printable(message));
+    } catch {
+      // a closed stderr must not turn a warning into a failure
+    }
   }
 
   /** Opens (creating if needed) the state directory and removes temp files abandoned by dead writers. */
@@ -231,7 +303,16 @@ export class Store {
     const root = path.resolve(dir);
     await ensureDir(root);
     const st = await fs.stat(root);
-    if ((st.mode & 0o777) !== DIR_MODE && st.uid === process.getuid?.()) await fs.chmod(root, DIR_MODE);
+    const me = process.getuid?.();
+    if ((st.mode & 0o777) !== DIR_MODE && st.uid === me) await fs.chmod(root, DIR_MODE);
+    // Like sshd's StrictModes: whoever else could write the state dir could plant manifests, status or a
+    // trust store in it.
+    else if (me !== undefined && st.uid !== 0 && st.uid !== me) {
+      throw new UserError(`refusing state directory ${printable(root)}: owned by uid ${st.uid}, not by root or the running user (uid ${me})`);
+    } else if (me !== undefined && st.uid !== me && (st.mode & 0o022) !== 0) {
+      const mode = (st.mode & 0o777).toString(8).padStart(4, '0');
+      throw new UserError(`refusing state directory ${printable(root)}: writable by group or others (mode ${mode}); fix with chmod 700 ${printable(root)}`);
+    }
     const store = new Store(root, opts);
     for (const sub of ['resources', 'status', 'drift', 'leases']) await ensureDir(path.join(root, sub));
     await store.cleanTemps();
@@ -282,6 +363,12 @@ export class Store {
    * A new source for an unchanged manifest is still recorded, as pruning goes by source.
    */
   async putResource(r: Manifest, source: ResourceSource): Promise<{ result: ApplyResult; generation: number }> {
+    const { result, generation } = await this.putOne(r, source);
+    return { result, generation };
+  }
+
+  /** putResource, also telling the appliedAt of the stored record. */
+  private async putOne(r: Manifest, source: ResourceSource): Promise<{ result: ApplyResult; generation: number; appliedAt: string }> {
     assertKind(r.kind);
     assertName(r.metadata?.name);
     if (typeof r.spec !== 'object' || r.spec === null || Array.isArray(r.spec)) {
@@ -289,7 +376,12 @@ export class Store {
     }
     const file = this.resourceFile(r.kind, r.metadata.name);
     return this.mutate(file, async () => {
-      const old = await readJsonFile<StoredResource>(file);
+      // An unusable record is replaced by the manifest applied now.
+      const old = await this.readResource(r.kind, r.metadata.name).catch((err) => {
+        if (!(err instanceof CorruptStateError)) throw err;
+        this.warn(`${err.message}; replaced by the manifest applied now`, `${err.file} (replaced)`);
+        return undefined;
+      });
       const metadata: ResourceMetadata = clean({
         name: r.metadata.name,
         labels: r.metadata.labels,
@@ -303,11 +395,13 @@ export class Store {
         specOrLabelsChanged ||
         old.apiVersion !== r.apiVersion ||
         !isDeepStrictEqual(old.metadata.annotations ?? {}, metadata.annotations ?? {});
-      // Applying a resource that is being deleted takes it back.
       if (old && !changed && !old.deletionRequestedAt) {
         if (!isDeepStrictEqual(old.source, src)) await writeFileAtomic(file, toJson({ ...old, source: src }));
-        return { result: 'unchanged', generation: old.generation };
+        return { result: 'unchanged', generation: old.generation, appliedAt: old.appliedAt };
       }
+      // Applying a resource that is being deleted takes the deletion back. The generation moves too, so
+      // the engine sees a new spec and starts a fresh pass (its deletion pass may be half done).
+      const bump = specOrLabelsChanged || Boolean(old?.deletionRequestedAt);
       // The caller validated the manifest against its kind's schema (store files are shape-checked on read).
       const next = {
         apiVersion: r.apiVersion,
@@ -315,23 +409,57 @@ export class Store {
         metadata,
         spec,
         source: src,
-        generation: !old ? 1 : specOrLabelsChanged ? old.generation + 1 : old.generation,
+        generation: !old ? 1 : bump ? old.generation + 1 : old.generation,
         appliedAt: now(),
         ...(old?.suspended ? { suspended: true } : {}), // suspension is a user action, not part of the manifest
       };
       await ensureDir(path.dirname(file));
       await writeFileAtomic(file, toJson(next));
-      return { result: old && !old.deletionRequestedAt ? 'configured' : 'created', generation: next.generation };
+      return { result: old && !old.deletionRequestedAt ? 'configured' : 'created', generation: next.generation, appliedAt: next.appliedAt };
     });
   }
 
-  async getResource(kind: string, name: string): Promise<StoredResource | undefined> {
-    return readJsonFile<StoredResource>(this.resourceFile(kind, name));
+  /**
+   * Stores a set of manifests as one apply, in one locked section. `check` runs first, under the lock,
+   * with the resources stored at that moment; if it throws, nothing of the set is stored and the error
+   * is passed on. `prune` (also under the lock) picks stored resources to mark for deletion.
+   */
+  async applyResources(
+    items: ApplyItem[],
+    opts: {
+      check?: (stored: StoredResource[]) => void | Promise<void>;
+      prune?: (stored: StoredResource[]) => { kind: string; name: string }[];
+    } = {},
+  ): Promise<{ applied: AppliedItem[]; pruned: { kind: string; name: string }[] }> {
+    return this.withLock(async () => {
+      const stored = opts.check || opts.prune ? await this.listResources() : [];
+      await opts.check?.(stored);
+      const applied: AppliedItem[] = [];
+      for (const { manifest, source } of items) {
+        const res = await this.putOne(manifest, source);
+        applied.push({ kind: manifest.kind, name: manifest.metadata.name, ...res });
+      }
+      const pruned: { kind: string; name: string }[] = [];
+      for (const p of opts.prune?.(stored) ?? []) {
+        if (await this.markForDeletion(p.kind, p.name)) pruned.push(p);
+      }
+      return { applied, pruned };
+    });
   }
 
-  /** All stored resources (of one kind if given), sorted by kind then name. */
+  /** A stored resource, or undefined; throws a CorruptStateError naming the file if it cannot be used. */
+  async getResource(kind: string, name: string): Promise<StoredResource | undefined> {
+    return this.readResource(kind, name);
+  }
+
+  private async readResource(kind: string, name: string): Promise<StoredResource | undefined> {
+    const file = this.resourceFile(kind, name);
+    return checked(file, await readJsonFile<unknown>(file), (v) => resourceProblem(v, kind, name)) as StoredResource | undefined;
+  }
+
+  /** All stored resources (of one kind if given), sorted by kind then name; unusable files are skipped with a warning. */
   async listResources(kind?: string): Promise<StoredResource[]> {
-    return this.readAll<StoredResource>('resources', kind);
+    return this.readAll('resources', kind, (v, k, n) => resourceProblem(v, k, n)) as Promise<StoredResource[]>;
   }
 
   /** What has been applied and from where: the basis for pruning. */
@@ -346,14 +474,15 @@ export class Store {
 
   /**
    * Removes a resource with its status and drift records; false if it was not stored. With
-   * ifDeletionRequestedAt, only while the record still carries that tombstone (not applied again since).
+   * ifDeletionRequestedAt (the tombstone a deletion pass acted on), only if the record still carries
+   * exactly that tombstone: a resource applied again meanwhile is kept (and false returned).
    */
   async deleteResource(kind: string, name: string, opts: { ifDeletionRequestedAt?: string } = {}): Promise<boolean> {
     const file = this.resourceFile(kind, name);
     return this.mutate(file, async () => {
       if (opts.ifDeletionRequestedAt !== undefined) {
-        const r = await readJsonFile<StoredResource>(file);
-        if (r?.deletionRequestedAt !== opts.ifDeletionRequestedAt) return false;
+        const current = await this.readResource(kind, name).catch(() => undefined);
+        if (current?.deletionRequestedAt !== opts.ifDeletionRequestedAt) return false;
       }
       // Status and drift first: a crash in between leaves the resource (the delete was not acknowledged),
       // never status without a resource.
@@ -366,7 +495,7 @@ export class Store {
   async setSuspended(kind: string, name: string, suspended: boolean): Promise<void> {
     const file = this.resourceFile(kind, name);
     await this.mutate(file, async () => {
-      const r = await readJsonFile<StoredResource>(file);
+      const r = await this.readResource(kind, name);
       if (!r) throw new UserError(`${kind}/${name} not found`);
       if ((r.suspended ?? false) === suspended) return;
       const { suspended: _, ...rest } = r;
@@ -374,14 +503,27 @@ export class Store {
     });
   }
 
-  /** Marks a resource for deletion (a tombstone the engine acts on); false when it does not exist. */
-  async markForDeletion(kind: string, name: string): Promise<boolean> {
+  /**
+   * Marks a resource for deletion (a tombstone the engine acts on): 'marked', or false when it does not
+   * exist. A record that cannot be read is removed at once with its status and drift ('removed'): no
+   * controller can act on it, and otherwise nothing could ever clear it.
+   */
+  async markForDeletion(kind: string, name: string): Promise<'marked' | 'removed' | false> {
     const file = this.resourceFile(kind, name);
     return this.mutate(file, async () => {
-      const r = await readJsonFile<StoredResource>(file);
+      let r: StoredResource | undefined;
+      try {
+        r = await this.readResource(kind, name);
+      } catch (err) {
+        if (!(err instanceof CorruptStateError)) throw err;
+        await removeFile(this.statusFile(kind, name));
+        await removeFile(this.driftFile(kind, name));
+        await removeFile(file);
+        return 'removed';
+      }
       if (!r) return false;
       if (!r.deletionRequestedAt) await writeFileAtomic(file, toJson({ ...r, deletionRequestedAt: now() }));
-      return true;
+      return 'marked';
     });
   }
 
@@ -395,29 +537,48 @@ export class Store {
     await writeFileAtomic(file, toJson({ keys }));
   }
 
-  /** Takes (reads and removes) pending reconcile requests; `[]` in the result means everything. */
+  /**
+   * Takes (reads and removes) pending reconcile requests; `[]` in the result means everything. A request
+   * that cannot be read is dropped with a warning: left in place it would block every later one.
+   */
   async takeRequests(): Promise<string[][]> {
     const dir = path.join(this.dir, 'requests');
     const names = (await listDir(dir)).filter((n) => n.endsWith('.json') && !n.startsWith('.'));
     const out: string[][] = [];
     for (const name of names.sort()) {
       const file = path.join(dir, name);
-      const req = await readJsonFile<{ keys?: unknown }>(file);
+      let req: { keys: string[] } | undefined;
+      try {
+        req = checked(file, await readJsonFile<unknown>(file), requestProblem) as { keys: string[] } | undefined;
+      } catch (err) {
+        this.warn(`${oneLine(err)}; dropped it`, file);
+      }
       await removeFile(file);
-      const keys = Array.isArray(req?.keys) ? req.keys.filter((k): k is string => typeof k === 'string' && k.length < 200) : [];
-      out.push(keys);
+      if (req) out.push(req.keys);
     }
     return out;
   }
 
   // ---- status -----------------------------------------------------------------------------------
 
+  /** A resource's status; an unusable status file counts as absent (it is derived data, rebuilt by the next pass). */
   async getStatus(kind: string, name: string): Promise<ResourceStatus | undefined> {
-    return readJsonFile<ResourceStatus>(this.statusFile(kind, name));
+    return this.readStatus(kind, name);
+  }
+
+  private async readStatus(kind: string, name: string): Promise<ResourceStatus | undefined> {
+    const file = this.statusFile(kind, name);
+    try {
+      return checked(file, await readJsonFile<unknown>(file), (v) => statusProblem(v, kind, name)) as ResourceStatus | undefined;
+    } catch (err) {
+      if (!(err instanceof CorruptStateError)) throw err;
+      this.warn(`${err.message}; treated as absent (the next status write replaces it)`, err.file);
+      return undefined;
+    }
   }
 
   async listStatuses(kind?: string): Promise<ResourceStatus[]> {
-    return this.readAll<ResourceStatus>('status', kind);
+    return this.readAll('status', kind, (v, k, n) => statusProblem(v, k, n)) as Promise<ResourceStatus[]>;
   }
 
   /**
@@ -425,37 +586,15 @@ export class Store {
    * change keeps its lastTransitionTime. Nothing is written when nothing changed.
    */
   async updateStatus(kind: string, name: string, patch: StatusPatch): Promise<ResourceStatus> {
+    assertKind(kind);
+    assertName(name);
     const file = this.statusFile(kind, name);
     return this.mutate(file, async () => {
-      const old = await readJsonFile<ResourceStatus>(file);
-      const t = now();
-      const conditions = [...(old?.conditions ?? [])];
-      for (const c of patch.conditions ?? []) {
-        const i = conditions.findIndex((x) => x.type === c.type);
-        const prev = conditions[i];
-        const lastTransitionTime =
-          prev && prev.status === c.status ? prev.lastTransitionTime : (c.lastTransitionTime ?? t);
-        const merged: Condition = { type: c.type, status: c.status, reason: c.reason, message: c.message, lastTransitionTime };
-        if (i >= 0) conditions[i] = merged;
-        else conditions.push(merged);
-      }
-      const fields = { ...(old?.fields ?? {}) };
-      for (const [k, v] of Object.entries(patch.fields ?? {})) {
-        if (v === undefined || v === null) delete fields[k];
-        else fields[k] = v;
-      }
-      const next: ResourceStatus = clean({
-        kind,
-        name,
-        observedGeneration: patch.observedGeneration ?? old?.observedGeneration ?? 0,
-        phase: patch.phase ?? old?.phase ?? 'Pending',
-        conditions,
-        fields,
-        updatedAt: t,
-      });
-      if (old && isDeepStrictEqual({ ...old, updatedAt: t }, next)) return old;
+      const old = await this.readStatus(kind, name);
+      const next = mergeStatus(old, kind, name, patch, now());
+      if (!next) return old!;
       await ensureDir(path.dirname(file));
-      await writeFileAtomic(file, toJson(next));
+      await this.writeStateFile(file, toJson(next));
       return next;
     });
   }
@@ -470,34 +609,48 @@ export class Store {
 
   /** Appends one event durably; rotates the log to events.log.1 once it exceeds maxEvents lines. */
   async appendEvent(e: { resource: string; type: EventType; reason: string; message: string }): Promise<void> {
+    await this.appendEvents([e]);
+  }
+
+  /** Appends events with one write and one datasync (see appendEvent). */
+  private async appendEvents(list: { resource: string; type: EventType; reason: string; message: string }[]): Promise<void> {
+    await this.withLock(() => this.writeEvents(list));
+  }
+
+  /** appendEvents for a caller that holds the write lock. */
+  private async writeEvents(list: { resource: string; type: EventType; reason: string; message: string }[]): Promise<void> {
+    if (list.length === 0) return;
     const file = path.join(this.dir, 'events.log');
-    const event: StoreEvent = {
-      time: now(),
+    const t = now();
+    const events: StoreEvent[] = list.map((e) => ({
+      time: t,
       resource: String(e.resource),
       type: e.type,
       reason: String(e.reason),
       message: String(e.message).slice(0, MAX_MESSAGE),
-    };
-    await this.mutate(file, async () => {
+    }));
+    await this.queued(file, async () => {
       const fh = await fs.open(file, constants.O_RDWR | constants.O_CREAT | constants.O_APPEND, FILE_MODE);
       let size: number;
       try {
         const before = await fh.stat();
         // A torn last line (power loss mid-append) would swallow this event; start on a fresh line.
-        let line = JSON.stringify(event) + '\n';
+        let text = events.map((e) => JSON.stringify(e) + '\n').join('');
         if (before.size > 0) {
           const last = Buffer.alloc(1);
           await fh.read(last, 0, 1, before.size - 1);
-          if (last[0] !== 0x0a) line = '\n' + line;
+          if (last[0] !== 0x0a) text = '\n' + text;
         }
-        await fh.write(line);
+        await fh.write(text);
         await fh.datasync();
         if (before.size === 0) await fsyncDir(this.dir); // the file may be new: make its name durable too
-        size = before.size + Buffer.byteLength(line);
+        size = before.size + Buffer.byteLength(text);
         const seen = this.eventsSeen;
         // Someone else (another process) appended since we last counted: count again.
         this.eventsSeen =
-          seen && seen.size === before.size ? { size, lines: seen.lines + 1 } : { size, lines: await countLines(file) };
+          seen && seen.size === before.size ? { size, lines: seen.lines + events.length } : { size, lines: await countLines(file) };
+      } catch (err) {
+        throw new UserError(`cannot append to ${printable(file)}: ${oneLine(err)}`);
       } finally {
         await fh.close();
       }
@@ -523,12 +676,14 @@ export class Store {
       }
       for (const line of text.split('\n')) {
         if (!line) continue;
+        let ev: unknown;
         try {
-          const ev = JSON.parse(line) as StoreEvent;
-          if (filter.resource === undefined || ev.resource === filter.resource) events.push(ev);
+          ev = JSON.parse(line);
         } catch {
-          // a torn line from a crash: skip it
+          continue; // a torn line from a crash
         }
+        if (eventProblem(ev)) continue; // not written by us: nothing a reader could show
+        if (filter.resource === undefined || (ev as StoreEvent).resource === filter.resource) events.push(ev as StoreEvent);
       }
     }
     return filter.limit !== undefined ? events.slice(Math.max(0, events.length - filter.limit)) : events;
@@ -551,30 +706,8 @@ export class Store {
     const { kind, name } = parseRef(resource);
     const file = this.driftFile(kind, name);
     return this.mutate(file, async () => {
-      const records = (await readJsonFile<DriftRecord[]>(file)) ?? [];
-      const t = now();
-      const out: DriftRecord[] = [];
-      for (const d of diffs) {
-        let rec = records.find((r) => r.state === 'open' && r.field === d.field);
-        if (rec) {
-          Object.assign(rec, { desired: d.desired, actual: d.actual, policy, lastSeenAt: t, count: rec.count + 1 });
-        } else {
-          rec = {
-            id: randomBytes(6).toString('hex'),
-            resource: `${kind}/${name}`,
-            field: d.field,
-            desired: d.desired,
-            actual: d.actual,
-            detectedAt: t,
-            lastSeenAt: t,
-            count: 1,
-            policy,
-            state: 'open',
-          };
-          records.push(rec);
-        }
-        out.push(rec);
-      }
+      const records = await this.readDrift(kind, name);
+      const out = mergeDrifts(records, `${kind}/${name}`, diffs, policy, now());
       await this.writeDrift(file, records);
       return out;
     });
@@ -585,16 +718,8 @@ export class Store {
     const { kind, name } = parseRef(resource);
     const file = this.driftFile(kind, name);
     return this.mutate(file, async () => {
-      const records = (await readJsonFile<DriftRecord[]>(file)) ?? [];
-      const t = now();
-      let count = 0;
-      for (const r of records) {
-        if (r.state === 'open' && (field === undefined || r.field === field)) {
-          r.state = 'healed';
-          r.healedAt = t;
-          count++;
-        }
-      }
+      const records = await this.readDrift(kind, name);
+      const count = healDrifts(records, field, now());
       if (count) await this.writeDrift(file, records);
       return count;
     });
@@ -605,21 +730,99 @@ export class Store {
     let records: DriftRecord[];
     if (filter.resource !== undefined) {
       const { kind, name } = parseRef(filter.resource);
-      records = (await readJsonFile<DriftRecord[]>(this.driftFile(kind, name))) ?? [];
+      records = await this.readDrift(kind, name);
     } else {
-      records = (await this.readAll<DriftRecord[]>('drift')).flat();
+      const lists = (await this.readAll('drift', undefined, (v, k, n) => driftProblem(v, `${k}/${n}`))) as DriftRecord[][];
+      records = lists.flat();
     }
     return records
       .filter((r) => filter.state === undefined || r.state === filter.state)
       .sort((a, b) => a.detectedAt.localeCompare(b.detectedAt));
   }
 
-  private async writeDrift(file: string, records: DriftRecord[]): Promise<void> {
+  /** A resource's drift history; one that cannot be read counts as empty (reported once) and is rewritten by the next record. */
+  private async readDrift(kind: string, name: string): Promise<DriftRecord[]> {
+    const file = this.driftFile(kind, name);
+    try {
+      return (checked(file, await readJsonFile<unknown>(file), (v) => driftProblem(v, `${kind}/${name}`)) as DriftRecord[] | undefined) ?? [];
+    } catch (err) {
+      if (!(err instanceof CorruptStateError)) throw err;
+      this.warn(`${err.message}; drift history treated as empty`, err.file);
+      return [];
+    }
+  }
+
+  private async writeDrift(file: string, records: DriftRecord[], opts: { syncDir?: boolean } = {}): Promise<void> {
     // Keep every open record and only the most recent healed ones.
     const healed = records.filter((r) => r.state === 'healed');
     const drop = new Set(healed.slice(0, Math.max(0, healed.length - HEALED_KEPT)));
     await ensureDir(path.dirname(file));
-    await writeFileAtomic(file, toJson(records.filter((r) => !drop.has(r))));
+    await this.writeStateFile(file, toJson(records.filter((r) => !drop.has(r))), opts);
+  }
+
+  // ---- batches ----------------------------------------------------------------------------------
+
+  /**
+   * Writes status patches, healed drift, new drift records and events in ONE locked section: each status
+   * and drift file is read and written once (patches for the same file are merged in order), each
+   * directory fsynced once, and all events appended with one write. See the header comment.
+   * A failed write rejects naming the file; files written before it stay written (each is atomic).
+   */
+  async commit(batch: StoreBatch): Promise<CommitResult> {
+    const result: CommitResult = { statuses: new Map(), drifts: new Map(), resolved: 0 };
+    const statusRefs = (batch.statuses ?? []).map((s) => ({ ...s, ref: `${s.kind}/${s.name}`, file: this.statusFile(s.kind, s.name) }));
+    const driftRefs = [...(batch.resolveDrift ?? []), ...(batch.drifts ?? [])].map((d) => ({ ...parseRef(d.resource), d }));
+    const t = now();
+    await this.withLock(async () => {
+      const dirs = new Set<string>();
+      // Status: merge every patch of one resource, then write the file once.
+      const statusByRef = new Map<string, { kind: string; name: string; file: string; old?: ResourceStatus; next?: ResourceStatus }>();
+      for (const s of statusRefs) {
+        let entry = statusByRef.get(s.ref);
+        if (!entry) {
+          const old = await this.readStatus(s.kind, s.name);
+          entry = { kind: s.kind, name: s.name, file: s.file, ...(old ? { old } : {}) };
+          statusByRef.set(s.ref, entry);
+        }
+        const base = entry.next ?? entry.old;
+        const next = mergeStatus(base, s.kind, s.name, s.patch, t);
+        if (next) entry.next = next;
+        result.statuses.set(s.ref, next ?? base!);
+      }
+      for (const e of statusByRef.values()) {
+        if (!e.next) continue;
+        await ensureDir(path.dirname(e.file));
+        await this.writeStateFile(e.file, toJson(e.next), { syncDir: false });
+        dirs.add(path.dirname(e.file));
+      }
+      // Drift: heal first, then record, one read and one write per resource.
+      const driftByRef = new Map<string, { file: string; records: DriftRecord[]; changed: boolean }>();
+      for (const { kind, name, d } of driftRefs) {
+        const ref = `${kind}/${name}`;
+        let entry = driftByRef.get(ref);
+        if (!entry) {
+          entry = { file: this.driftFile(kind, name), records: await this.readDrift(kind, name), changed: false };
+          driftByRef.set(ref, entry);
+        }
+        if ('diffs' in d) {
+          const written = mergeDrifts(entry.records, ref, d.diffs, d.policy, t);
+          result.drifts.set(ref, [...(result.drifts.get(ref) ?? []), ...written]);
+          entry.changed ||= written.length > 0;
+        } else {
+          const healed = healDrifts(entry.records, d.field, t);
+          result.resolved += healed;
+          entry.changed ||= healed > 0;
+        }
+      }
+      for (const e of driftByRef.values()) {
+        if (!e.changed) continue;
+        await this.writeDrift(e.file, e.records, { syncDir: false });
+        dirs.add(path.dirname(e.file));
+      }
+      for (const dir of dirs) await fsyncDir(dir);
+      await this.writeEvents(batch.events ?? []);
+    });
+    return result;
   }
 
   // ---- internals --------------------------------------------------------------------------------
@@ -645,32 +848,55 @@ export class Store {
 
   /** Runs a read-modify-write of one file under the write lock and this process's per-file queue. */
   private mutate<T>(key: string, fn: () => Promise<T>): Promise<T> {
-    return this.withLock(() => {
-      const prev = this.queues.get(key) ?? Promise.resolve();
-      const run = prev.then(fn, fn);
-      const tail = run.catch(() => {});
-      this.queues.set(key, tail);
-      void tail.then(() => {
-        if (this.queues.get(key) === tail) this.queues.delete(key);
-      });
-      return run;
-    });
+    return this.withLock(() => this.queued(key, fn));
   }
 
-  /** Reads every <Kind>/<name>.json under an area (only one kind's if given), sorted by kind then name. */
-  private async readAll<T>(area: string, kind?: string): Promise<T[]> {
+  /** Runs fn after every earlier queued call for key in this process (the caller holds the write lock). */
+  private queued<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.queues.get(key) ?? Promise.resolve();
+    const run = prev.then(fn, fn);
+    const tail = run.catch(() => {});
+    this.queues.set(key, tail);
+    void tail.then(() => {
+      if (this.queues.get(key) === tail) this.queues.delete(key);
+    });
+    return run;
+  }
+
+  /** Writes a state file atomically; a failure rejects with a one-line error naming the file. */
+  private async writeStateFile(file: string, data: string, opts: { syncDir?: boolean } = {}): Promise<void> {
+    try {
+      await writeFileAtomic(file, data, opts);
+    } catch (err) {
+      throw new UserError(`cannot write ${printable(file)}: ${oneLine(err)}`);
+    }
+  }
+
+  /**
+   * Reads every <Kind>/<name>.json under an area (only one kind's if given), sorted by kind then name.
+   * A file that cannot be used is skipped with a warning naming it: one bad file must not hide the rest.
+   */
+  private async readAll(area: string, kind: string | undefined, problem: (v: unknown, kind: string, name: string) => string | undefined): Promise<unknown[]> {
     if (kind !== undefined) assertKind(kind);
     const kinds = kind !== undefined ? [kind] : (await listDir(path.join(this.dir, area))).filter((k) => KIND_RE.test(k)).sort();
-    const files: string[] = [];
+    const files: { file: string; kind: string; name: string }[] = [];
     for (const k of kinds) {
       const names = await listDir(path.join(this.dir, area, k));
       for (const n of names.sort()) {
         // Only real entries: temp files are dot-files and never match.
-        if (n.endsWith('.json') && NAME_RE.test(n.slice(0, -5))) files.push(path.join(this.dir, area, k, n));
+        if (n.endsWith('.json') && NAME_RE.test(n.slice(0, -5))) files.push({ file: path.join(this.dir, area, k, n), kind: k, name: n.slice(0, -5) });
       }
     }
-    const items = await mapLimit(files, READ_CONCURRENCY, (f) => readJsonFile<T>(f));
-    return items.filter((x): x is T => x !== undefined);
+    const items = await mapLimit(files, READ_CONCURRENCY, async (f) => {
+      try {
+        return checked(f.file, await readJsonFile<unknown>(f.file), (v) => problem(v, f.kind, f.name));
+      } catch (err) {
+        if (!(err instanceof CorruptStateError)) throw err;
+        this.warn(`${err.message}; skipped (${area === 'resources' ? `remove it with: qwamos delete ${f.kind}/${f.name}` : 'rebuilt by the next write'})`, err.file);
+        return undefined;
+      }
+    });
+    return items.filter((x) => x !== undefined);
   }
 
   /** Deletes temp files whose writer is dead (a live writer's rename must not find its temp file gone). */
@@ -687,6 +913,86 @@ export class Store {
       }
     });
   }
+}
+
+/** The value, unless problem() finds it of the wrong shape: then a CorruptStateError naming the file. */
+function checked(file: string, value: unknown, problem: (v: unknown) => string | undefined): unknown {
+  if (value === undefined) return undefined;
+  const why = problem(value);
+  if (why) throw new CorruptStateError(file, why);
+  return value;
+}
+
+/**
+ * A status with the patch merged in, or undefined when nothing changes. Conditions merge by type; a
+ * condition whose status did not change keeps its lastTransitionTime.
+ */
+function mergeStatus(old: ResourceStatus | undefined, kind: string, name: string, patch: StatusPatch, t: string): ResourceStatus | undefined {
+  const conditions = [...(old?.conditions ?? [])];
+  for (const c of patch.conditions ?? []) {
+    const i = conditions.findIndex((x) => x.type === c.type);
+    const prev = conditions[i];
+    const lastTransitionTime = prev && prev.status === c.status ? prev.lastTransitionTime : (c.lastTransitionTime ?? t);
+    const merged: Condition = { type: c.type, status: c.status, reason: c.reason, message: c.message, lastTransitionTime };
+    if (i >= 0) conditions[i] = merged;
+    else conditions.push(merged);
+  }
+  const fields = { ...(old?.fields ?? {}) };
+  for (const [k, v] of Object.entries(patch.fields ?? {})) {
+    if (v === undefined || v === null) delete fields[k];
+    else fields[k] = v;
+  }
+  const next: ResourceStatus = clean({
+    kind,
+    name,
+    observedGeneration: patch.observedGeneration ?? old?.observedGeneration ?? 0,
+    phase: patch.phase ?? old?.phase ?? 'Pending',
+    conditions,
+    fields,
+    updatedAt: t,
+  });
+  if (old && isDeepStrictEqual({ ...old, updatedAt: t }, next)) return undefined;
+  return next;
+}
+
+/** Adds or updates (one open record per field) records in place; returns the records touched. */
+function mergeDrifts(records: DriftRecord[], resource: string, diffs: { field: string; desired: string; actual: string }[], policy: DriftPolicy, t: string): DriftRecord[] {
+  const out: DriftRecord[] = [];
+  for (const d of diffs) {
+    let rec = records.find((r) => r.state === 'open' && r.field === d.field);
+    if (rec) {
+      Object.assign(rec, { desired: d.desired, actual: d.actual, policy, lastSeenAt: t, count: rec.count + 1 });
+    } else {
+      rec = {
+        id: randomBytes(6).toString('hex'),
+        resource,
+        field: d.field,
+        desired: d.desired,
+        actual: d.actual,
+        detectedAt: t,
+        lastSeenAt: t,
+        count: 1,
+        policy,
+        state: 'open',
+      };
+      records.push(rec);
+    }
+    out.push(rec);
+  }
+  return out;
+}
+
+/** Marks open records (of one field, if given) healed in place; returns how many. */
+function healDrifts(records: DriftRecord[], field: string | undefined, t: string): number {
+  let count = 0;
+  for (const r of records) {
+    if (r.state === 'open' && (field === undefined || r.field === field)) {
+      r.state = 'healed';
+      r.healedAt = t;
+      count++;
+    }
+  }
+  return count;
 }
 
 async function countLines(file: string): Promise<number> {

@@ -3,9 +3,12 @@
 import path from 'node:path';
 import type { Command } from 'commander';
 import { UsageError, printable } from '../../errors.ts';
-import { hasErrors } from '../../resources/manifests.ts';
+import { crossCheck } from '../../resources/crossref.ts';
+import type { Diagnostic } from '../../resources/diagnostics.ts';
+import { hasErrors, withinReach, type ManifestSet } from '../../resources/manifests.ts';
 import { openStore } from '../../runtime.ts';
-import { applyResultOf, cameFrom, storedAsLoaded } from '../applied.ts';
+import type { StoredResource } from '../../store/store.ts';
+import { applyResultOf, storedAsLoaded } from '../applied.ts';
 import { jsonOutputOption, type CliCommand } from '../command.ts';
 import { parseDuration } from '../duration.ts';
 import { EXIT } from '../exit.ts';
@@ -41,11 +44,18 @@ export const applyCommand: CliCommand = {
       return EXIT.failed;
     }
 
-    const roots = (flags.filename ?? []).map((p) => path.resolve(p));
     const applying = new Set(set.resources.map((r) => r.key));
-    const prune = flags.prune ? stored.filter((r) => !r.deletionRequestedAt && cameFrom(r, roots) && !applying.has(`${r.kind}/${r.metadata.name}`)) : [];
+    // Only what this invocation could have read (-R or not, dot-files, extensions) may be pruned.
+    const prunable = (list: StoredResource[]) =>
+      list.filter((r) => !r.deletionRequestedAt && withinReach(r.source.path, set.roots, Boolean(flags.recursive)) && !applying.has(`${r.kind}/${r.metadata.name}`));
+    const prune = flags.prune ? prunable(stored) : [];
     if (flags.prune && set.resources.length === 0) {
       throw new UsageError('refusing to prune: the given paths hold no resources (that would delete everything applied from them)');
+    }
+    if (flags.prune && set.skipped.length > 0) {
+      // What a skipped entry declares would look deleted and be pruned.
+      process.stderr.write(`error: refusing to prune: ${set.skipped.length} entr${set.skipped.length === 1 ? 'y was' : 'ies were'} skipped (${printable(set.skipped[0]!.path)}: ${set.skipped[0]!.reason}); nothing was applied\n`);
+      return EXIT.failed;
     }
 
     const lines: { key: string; result: string }[] = [];
@@ -57,16 +67,32 @@ export const applyCommand: CliCommand = {
       return EXIT.ok;
     }
 
-    await store.withLock(async () => {
-      for (const r of set.resources) {
-        const { result } = await store.putResource(r.resource as never, { path: path.resolve(r.file), digest: r.digest });
-        lines.push({ key: r.key, result });
-      }
-      for (const r of prune) {
-        await store.markForDeletion(r.kind, r.metadata.name);
-        lines.push({ key: `${r.kind}/${r.metadata.name}`, result: 'deleted' });
-      }
-    });
+    // The cross-resource checks run again under the store's write lock, against the store as it is then:
+    // another apply may have stored a rival (a second Route for the same VM) since we read it.
+    let conflicts: Diagnostic[] = [];
+    const { applied, pruned } = await store.applyResources(
+      set.resources.map((r) => ({
+        manifest: r.resource as never,
+        source: { path: path.resolve(r.file), digest: r.digest, ...signerOf(set, r.file) },
+      })),
+      {
+        check: (current) => {
+          conflicts = crossConflicts(set, current);
+          if (conflicts.length) throw new ApplyConflict();
+        },
+        ...(flags.prune ? { prune: (current: StoredResource[]) => prunable(current).map((r) => ({ kind: r.kind, name: r.metadata.name })) } : {}),
+      },
+    ).catch((err) => {
+      if (!(err instanceof ApplyConflict)) throw err;
+      return undefined;
+    }) ?? { applied: undefined, pruned: [] };
+    if (!applied) {
+      printDiagnostics(conflicts);
+      process.stderr.write('error: nothing was applied (the store changed while applying; see above)\n');
+      return EXIT.failed;
+    }
+    for (const a of applied) lines.push({ key: `${a.kind}/${a.name}`, result: a.result });
+    for (const p of pruned) lines.push({ key: `${p.kind}/${p.name}`, result: 'deleted' });
     print(lines, flags.output, '');
 
     const progress = process.stderr.isTTY
@@ -75,7 +101,13 @@ export const applyCommand: CliCommand = {
     const report = await reconcileNow(
       store,
       lines.map((l) => l.key),
-      { wait: Boolean(flags.wait), timeoutMs, ...(progress ? { onSettled: progress } : {}) },
+      {
+        wait: Boolean(flags.wait),
+        timeoutMs,
+        // --wait must see a status written for this apply, not one left from before it.
+        since: new Map(applied.map((a) => [`${a.kind}/${a.name}`, { generation: a.generation, ...(a.result === 'created' ? { createdAt: a.appliedAt } : {}) }])),
+        ...(progress ? { onSettled: progress } : {}),
+      },
     );
     if (report.daemonPid && !flags.wait) {
       process.stderr.write(`handed to the qwamos controller (pid ${report.daemonPid}); follow with: qwamos get\n`);
@@ -97,6 +129,22 @@ export const applyCommand: CliCommand = {
     return failed ? EXIT.failed : EXIT.ok;
   },
 };
+
+/** Thrown inside the store's lock to abandon an apply that would conflict with what is stored now. */
+class ApplyConflict extends Error {}
+
+/** Errors of the cross-resource checks of the set against what the store holds now. */
+function crossConflicts(set: ManifestSet, current: StoredResource[]): Diagnostic[] {
+  return crossCheck(set.resources, storedAsLoaded(current))
+    .filter((issue) => issue.severity !== 'warning')
+    .map((issue) => ({ file: issue.at.file, ...(issue.at.positions?.locate(issue.pointer) ?? { line: 1, col: 1 }), resource: issue.at.key, message: issue.message }));
+}
+
+/** The signer of a file as stored in a resource's source. */
+function signerOf(set: ManifestSet, file: string): { signer?: { keyId: string; alg: string; name: string } } {
+  const signer = set.signers.get(file);
+  return signer ? { signer: { keyId: signer.keyId, alg: signer.alg, name: signer.name } } : {};
+}
 
 function print(lines: { key: string; result: string }[], output: string | undefined, suffix: string): void {
   if (output === 'json') {

@@ -1,9 +1,25 @@
 // qwamos controller: the daemon. Runs until SIGTERM or SIGINT.
 import type { Command } from 'commander';
 import { runDaemon } from '../../daemon.ts';
+import { printable } from '../../errors.ts';
 import type { CliCommand } from '../command.ts';
 import { parseDuration } from '../duration.ts';
 import { EXIT } from '../exit.ts';
+
+/**
+ * Whoever read the daemon's output may go away (`qwamos controller | head -1`, a closed terminal). A write
+ * to the closed pipe then fails with EPIPE, which Node raises as an 'error' event that would kill the
+ * daemon: the host would no longer be reconciled because nobody reads a log. Such a stream is dropped
+ * instead; returns whether the stream can still be written.
+ */
+export function survivePipeClose(stream: NodeJS.WriteStream): () => boolean {
+  let open = true;
+  // EPIPE, or any other write error (EIO on a hung-up terminal): no reason to stop reconciling.
+  stream.on('error', () => {
+    open = false;
+  });
+  return () => open && !stream.destroyed && stream.writable;
+}
 
 export const controllerCommand: CliCommand = {
   name: 'controller',
@@ -14,6 +30,8 @@ export const controllerCommand: CliCommand = {
 
   async run(flags: { resync: string }) {
     const resyncMs = parseDuration(flags.resync);
+    const stdoutOpen = survivePipeClose(process.stdout);
+    survivePipeClose(process.stderr);
     const stopSignal = new Promise<void>((resolve) => {
       process.once('SIGTERM', () => resolve());
       process.once('SIGINT', () => resolve());
@@ -21,7 +39,10 @@ export const controllerCommand: CliCommand = {
     await runDaemon({
       resyncMs,
       stopSignal,
-      log: (line) => process.stdout.write(`${new Date().toISOString()} ${line}\n`),
+      // Log lines can quote state files and host output: escape them.
+      log: (line) => {
+        if (stdoutOpen()) process.stdout.write(`${new Date().toISOString()} ${printable(line)}\n`);
+      },
     });
     return EXIT.ok;
   },

@@ -39,15 +39,21 @@ export const deleteCommand: CliCommand = {
     const store = await openStore();
     const found: string[] = [];
     let missing = false;
+    let removed = 0;
     for (const key of keys) {
       const [kind, name] = key.split('/') as [string, string];
-      if (await store.markForDeletion(kind, name)) found.push(key);
-      else {
+      const marked = await store.markForDeletion(kind, name);
+      if (marked === 'marked') found.push(key);
+      else if (marked === 'removed') {
+        // Its record could not be read, so no controller ever acted on it: nothing to reconcile.
+        removed++;
+        process.stdout.write(`${printable(key)} deleted (its record could not be read; removed from the store)\n`);
+      } else {
         missing = true;
         process.stderr.write(`error: ${printable(key)} not found\n`);
       }
     }
-    if (found.length === 0) return EXIT.failed;
+    if (found.length === 0) return removed > 0 && !missing ? EXIT.ok : EXIT.failed;
 
     const report = await reconcileNow(store, found, { wait: Boolean(flags.wait), timeoutMs });
     let failed = missing || report.timedOut;

@@ -76,6 +76,8 @@ export async function describeResource(store: Store, r: StoredResource, status: 
   out += field('Path', r.source.path, '  ');
   out += field('Digest', r.source.digest ? `sha256:${r.source.digest.slice(0, 12)}` : '<none>', '  ');
   if (r.source.commit) out += field('Commit', r.source.commit.slice(0, 12), '  ');
+  const signer = r.source.signer;
+  out += field('Signed By', signer ? `${signer.name ? `${signer.name} ` : ''}${signer.keyId} (${signer.alg})` : '<unsigned>', '  ');
   out += field('Created', `${isoSeconds(createdAt(r))} (${formatAge(createdAt(r), now)} ago)`);
   if (r.appliedAt !== createdAt(r)) out += field('Applied', `${isoSeconds(r.appliedAt)} (${formatAge(r.appliedAt, now)} ago)`);
   out += field('Generation', String(r.generation));

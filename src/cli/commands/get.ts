@@ -93,12 +93,13 @@ function detailOf(s: Entry['status']): string {
 function table(entries: Entry[], wide: boolean): string {
   const now = Date.now();
   const header = ['KIND', 'NAME', 'READY', 'STATUS', 'AGE'];
-  if (wide) header.push('GEN', 'OBSERVED', 'DETAIL', 'SOURCE', 'MESSAGE');
+  if (wide) header.push('GEN', 'OBSERVED', 'DETAIL', 'SOURCE', 'SIGNER', 'MESSAGE');
   const rows = entries.map(({ resource: r, status: s }) => {
     const row = [r.kind, r.metadata.name, readyOf(s), statusOf(r, s), formatAge(createdAt(r), now)];
     if (wide) {
       const commit = r.source.commit ? `@${r.source.commit.slice(0, 7)}` : '';
-      row.push(String(r.generation), s ? String(s.observedGeneration) : '-', detailOf(s), `${r.source.path}${commit}`, messageOf(s));
+      const signer = r.source.signer ? `${r.source.signer.name ?? ''}${r.source.signer.name ? ':' : ''}${r.source.signer.keyId.slice(0, 12)}` : '<unsigned>';
+      row.push(String(r.generation), s ? String(s.observedGeneration) : '-', detailOf(s), `${r.source.path}${commit}`, signer, messageOf(s));
     }
     return row;
   });

@@ -1,8 +1,9 @@
 // qwamos keygen NAME: make an ML-DSA key pair for signing manifests.
+import { realpath } from 'node:fs/promises';
 import path from 'node:path';
 import { Option } from 'commander';
 import { stateDir, trustDir } from '../../config.ts';
-import { printable } from '../../errors.ts';
+import { UsageError, printable } from '../../errors.ts';
 import { ALGS, DEFAULT_ALG, generateKey, type Alg } from '../../trust/keys.ts';
 import type { CliCommand } from '../command.ts';
 
@@ -17,6 +18,10 @@ export const keygenCommand: CliCommand = {
 
   async run(name: string, opts: { alg: Alg; out?: string; force?: boolean }) {
     const outDir = path.resolve(opts.out ?? path.join(stateDir(), 'keys'));
+    // The trust store holds public keys only: a secret key there is readable by whatever reads trust.
+    if ((await realOrResolved(outDir)) === (await realOrResolved(trustDir()))) {
+      throw new UsageError(`refusing to write a secret key into the trust store ${printable(trustDir())}: use another --out and copy only ${name}.pub there`);
+    }
     const { keyId, secretPath, publicPath } = await generateKey(name, opts.alg, outDir, { force: opts.force });
     // Paths and id only: the secret itself never goes to the terminal.
     process.stdout.write(
@@ -28,3 +33,8 @@ export const keygenCommand: CliCommand = {
     return 0;
   },
 };
+
+/** The real path of a directory, or the resolved path while it does not exist. */
+async function realOrResolved(dir: string): Promise<string> {
+  return realpath(dir).catch(() => path.resolve(dir));
+}
