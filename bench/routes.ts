@@ -67,7 +67,7 @@ async function removeRouteNetns(host: TestHost): Promise<void> {
 async function allReady(engine: Engine, keys: string[]): Promise<void> {
   const ok = await engine.settle(keys, { untilConverged: true, timeoutMs: 300_000, since: 0 });
   if (!ok) throw new Error('routes did not converge');
-  const bad = keys.filter((k) => engine.last.get(k)?.state !== 'ready');
+  const bad = keys.filter((k) => engine.last.get(k)?.phase !== 'Ready');
   if (bad.length) throw new Error(`not ready: ${bad.slice(0, 3).join(', ')}: ${engine.last.get(bad[0]!)?.message}`);
 }
 

@@ -54,7 +54,7 @@ export async function benchVms(): Promise<void> {
     await engine.sync();
     engine.enqueue(keys);
     if (!(await engine.settle(keys, { untilConverged: true, timeoutMs: 120_000, since }))) throw new Error('did not converge');
-    const bad = keys.filter((k) => !['ready', 'deleted'].includes(engine.last.get(k)?.state ?? ''));
+    const bad = keys.filter((k) => !['Ready', 'Deleted'].includes(engine.last.get(k)?.phase ?? ''));
     if (bad.length) throw new Error(`${bad[0]}: ${engine.last.get(bad[0]!)?.message}`);
   };
   engine.start();

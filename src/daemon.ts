@@ -38,12 +38,12 @@ export async function runDaemon(opts: DaemonOptions): Promise<void> {
   const lastState = new Map<string, string>();
   const onSettled = (r: PassResult) => {
     // Log what changed, not every quiet resync.
-    if (r.applied.length === 0 && lastState.get(r.key) === r.state) return;
-    lastState.set(r.key, r.state);
+    if (r.applied.length === 0 && lastState.get(r.key) === r.phase) return;
+    lastState.set(r.key, r.phase);
     const what = r.applied.length ? `${r.drifted ? 'healed drift' : 'applied'}: ${r.applied.map((a) => a.describe).join('; ')}` : r.message;
-    opts.log(`${r.key} ${r.state}${what ? `: ${what}` : ''}`);
+    opts.log(`${r.key} ${r.phase}${what ? `: ${what}` : ''}`);
   };
-  const engine = createEngine(store, { onSettled });
+  const engine = createEngine(store, { onSettled, onWarning: opts.log });
   await engine.sync();
   engine.enqueueAll();
   engine.start();
@@ -56,7 +56,11 @@ export async function runDaemon(opts: DaemonOptions): Promise<void> {
       const changed = await engine.sync();
       engine.enqueue(changed);
       for (const keys of await store.takeRequests()) engine.enqueue(keys.length ? keys : engine.resources().map((r) => `${r.kind}/${r.metadata.name}`));
-      if (all) engine.enqueueAll();
+      if (all) {
+        engine.enqueueAll();
+        // What qwamos created and nothing declares any more (a record lost by hand or by a crash).
+        await engine.collectGarbage();
+      }
     }).catch((err) => opts.log(`error reading the store: ${oneLine(err)}`));
     return syncing;
   };

@@ -16,7 +16,7 @@ export async function openStore(env: NodeJS.ProcessEnv = process.env): Promise<S
 
 export function createEngine(
   store: Store,
-  opts: { onSettled?: (r: PassResult) => void; concurrency?: number; queue?: QueueOptions; env?: NodeJS.ProcessEnv } = {},
+  opts: { onSettled?: (r: PassResult) => void; onWarning?: (line: string) => void; concurrency?: number; queue?: QueueOptions; env?: NodeJS.ProcessEnv } = {},
 ): Engine {
   const config = loadConfig(opts.env ?? process.env);
   return new Engine({
@@ -26,6 +26,7 @@ export function createEngine(
     concurrency: opts.concurrency ?? config.concurrency,
     ...(opts.queue ? { queue: opts.queue } : {}),
     ...(opts.onSettled ? { onSettled: opts.onSettled } : {}),
+    ...(opts.onWarning ? { onWarning: opts.onWarning } : {}),
   });
 }
 

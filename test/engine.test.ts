@@ -215,7 +215,7 @@ test('first pass creates and reports Ready; a second pass is a no-op; a spec cha
     assert.equal(condition(st, 'Stalled').status, 'False');
     const events = await store.listEvents({ resource: 'Fake/a' });
     assert.deepEqual(events.map((e) => [e.type, e.reason, e.message]), [['Normal', 'Applied', 'create Fake/a = one']]);
-    assert.equal(engine.last.get('Fake/a')?.state, 'ready');
+    assert.equal(engine.last.get('Fake/a')?.phase, 'Ready');
 
     // Second pass: the host already matches; apply is not called and nothing new is logged.
     const observesBefore = fake.observeCalls;
@@ -329,7 +329,7 @@ test('driftPolicy warn records and reports drift without healing it', async (t) 
 
     assert.equal(fake.host.get('Fake/a'), 'tampered', 'warn must not heal');
     assert.equal(fake.applyCalls, appliesBefore, 'warn must not call apply');
-    assert.equal(engine.last.get('Fake/a')?.state, 'drifted');
+    assert.equal(engine.last.get('Fake/a')?.phase, 'Drifted');
     const st = await store.getStatus('Fake', 'a');
     assert.equal(st?.phase, 'Drifted');
     const ready = condition(st, 'Ready');
@@ -366,7 +366,7 @@ test('a transient failure backs off, is retried by the queue, and recovers on it
   const engine = newEngine();
   try {
     await startAndSettle(engine, ['Fake/a'], false);
-    assert.equal(engine.last.get('Fake/a')?.state, 'backoff');
+    assert.equal(engine.last.get('Fake/a')?.phase, 'Failed');
     const st = await store.getStatus('Fake', 'a');
     assert.equal(st?.phase, 'Failed');
     const reconciling = condition(st, 'Reconciling');
@@ -404,7 +404,7 @@ test('a terminal error or a terminal blocked action stalls without retries until
   try {
     await startAndSettle(engine, ['Fake/a', 'Fake/b']);
     for (const [name, msg] of [['a', /image is corrupt/], ['b', /mode tor is not supported/]] as const) {
-      assert.equal(engine.last.get(`Fake/${name}`)?.state, 'stalled');
+      assert.equal(engine.last.get(`Fake/${name}`)?.phase, 'Stalled');
       const st = await store.getStatus('Fake', name);
       assert.equal(st?.phase, 'Stalled');
       const stalled = condition(st, 'Stalled');
@@ -494,7 +494,7 @@ test('a suspended resource is not reconciled; resuming heals it', async (t) => {
     fake.host.set('Fake/a', 'tampered');
     const [observes, applies] = [fake.observeCalls, fake.applyCalls];
     await pass(engine, ['Fake/a']); // e.g. a periodic resync
-    assert.equal(engine.last.get('Fake/a')?.state, 'suspended');
+    assert.equal(engine.last.get('Fake/a')?.phase, 'Suspended');
     assert.equal(fake.host.get('Fake/a'), 'tampered', 'a suspended resource is not healed');
     assert.equal(fake.observeCalls, observes);
     assert.equal(fake.applyCalls, applies);
@@ -533,12 +533,12 @@ test('a suspend that arrives in the middle of a pass still takes effect', async 
     engine.enqueue(changed); // runs again once the current pass is done
     fake.gate = undefined;
     release();
-    await until('suspended', () => engine.last.get('Fake/a')?.state === 'suspended' && (engine.last.get('Fake/a') as { at: number } | undefined)!.at >= since);
+    await until('suspended', () => engine.last.get('Fake/a')?.phase === 'Suspended' && (engine.last.get('Fake/a') as { at: number } | undefined)!.at >= since);
     assert.equal((await store.getStatus('Fake', 'a'))?.phase, 'Suspended');
 
     fake.host.set('Fake/a', 'tampered again');
     await pass(engine, ['Fake/a']);
-    assert.equal(engine.last.get('Fake/a')?.state, 'suspended');
+    assert.equal(engine.last.get('Fake/a')?.phase, 'Suspended');
     assert.equal(fake.host.get('Fake/a'), 'tampered again', 'suspended: not healed');
   } finally {
     release?.();
@@ -563,7 +563,7 @@ test('delete plans with deleting=true, cleans the host, removes the resource, de
     assert.ok(!fake.host.has('Fake/c'), 'the host is cleaned');
     assert.equal(await store.getResource('Fake', 'c'), undefined);
     assert.equal(await store.getStatus('Fake', 'c'), undefined);
-    assert.equal(engine.last.get('Fake/c')?.state, 'deleted');
+    assert.equal(engine.last.get('Fake/c')?.phase, 'Deleted');
     assert.ok(!engine.resources().some((r) => r.metadata.name === 'c'));
     const events = await store.listEvents({ resource: 'Fake/c' });
     assert.deepEqual(events.at(-1) && [events.at(-1)!.reason, events.at(-1)!.message], ['Deleted', 'remove Fake/c']);
@@ -637,7 +637,7 @@ test('a controller that throws never crashes the process: the pass ends in backo
   const engine = newEngine();
   try {
     await startAndSettle(engine, ['Fake/a'], false);
-    assert.equal(engine.last.get('Fake/a')?.state, 'backoff');
+    assert.equal(engine.last.get('Fake/a')?.phase, 'Failed');
     const st = await store.getStatus('Fake', 'a');
     assert.equal(condition(st, 'Reconciling').reason, 'ProgressingWithRetry');
     assert.match(condition(st, 'Ready').message, /fake observe failed/);

@@ -2,14 +2,21 @@
 import { isDeepStrictEqual } from 'node:util';
 import type { AnyResource, LoadedResource } from '../resources/types.ts';
 import type { StoredResource } from '../store/store.ts';
+import { keyOf } from '../resources/keys.ts';
+
+/** The manifest part of a stored resource. */
+export function toResource(r: StoredResource): AnyResource {
+  const { apiVersion, kind, metadata, spec } = r;
+  return { apiVersion, kind, metadata, spec } as AnyResource;
+}
 
 /** Stored resources as validation's `known` set, so references to already-applied resources resolve. */
 export function storedAsLoaded(stored: StoredResource[]): LoadedResource[] {
   return stored
     .filter((r) => !r.deletionRequestedAt)
     .map((r) => ({
-      resource: { apiVersion: r.apiVersion, kind: r.kind, metadata: r.metadata, spec: r.spec } as unknown as AnyResource,
-      key: `${r.kind}/${r.metadata.name}`,
+      resource: toResource(r),
+      key: keyOf(r),
       file: r.source.path,
       digest: r.source.digest,
     }));

@@ -2,6 +2,7 @@
 // Everything that reaches the terminal from stored data goes through printable() here or in the caller.
 import { SCALAR_STYLE, dump, visit } from 'js-yaml';
 import { UsageError, printable } from '../errors.ts';
+import { isPhase, type Phase } from '../engine/phase.ts';
 import { KINDS, KIND_ALIASES, type Kind } from '../resources/kinds.ts';
 import type { Condition, ResourceStatus, StoredResource } from '../store/store.ts';
 
@@ -119,10 +120,9 @@ export function readyOf(status: ResourceStatus | undefined): string {
 }
 
 /** STATUS column: Deleting, Suspended, else the phase (Pending before the controller wrote any status). */
-export function statusOf(r: StoredResource, status: ResourceStatus | undefined): string {
-  if (r.deletionRequestedAt) return 'Deleting';
-  if (r.suspended) return 'Suspended';
-  return status?.phase || 'Pending';
+export function statusOf(r: StoredResource, status: ResourceStatus | undefined): Phase {
+  const phase: Phase = r.deletionRequestedAt ? 'Deleting' : r.suspended ? 'Suspended' : isPhase(status?.phase) ? status.phase : 'Pending';
+  return phase;
 }
 
 /** The message worth showing: the Stalled one while stalled, else Ready's. */

@@ -1,7 +1,7 @@
 // Reconciling after a CLI change: hand the work to a running daemon, or do it in this process. The
 // two never reconcile the host at once: both take the reconciler lease.
 import type { PassResult } from '../engine/engine.ts';
-import { CONVERGED_PHASES, isPhase, legacyState, type Phase } from '../engine/phase.ts';
+import { CONVERGED_PHASES, isPhase, type Phase } from '../engine/phase.ts';
 import type { MachineStatus } from '../engine/resource-machine.ts';
 import { parseKey } from '../resources/keys.ts';
 import { DAEMON_LEASE, RECONCILER_LEASE, createEngine, waitForLease } from '../runtime.ts';
@@ -11,8 +11,6 @@ export interface Outcome {
   key: string;
   /** How the last pass ended; Pending when none (that saw the caller's write) ended before the timeout. */
   phase: Phase;
-  /** Deprecated: legacyState(phase), for commands still comparing the lowercase words. */
-  state: string;
   message: string;
 }
 
@@ -23,7 +21,7 @@ export interface ReconcileReport {
   timedOut: boolean;
 }
 
-const outcome = (key: string, phase: Phase, message: string): Outcome => ({ key, phase, state: legacyState(phase), message });
+const outcome = (key: string, phase: Phase, message: string): Outcome => ({ key, phase, message });
 
 /** What a command wrote to a resource: a status older than this is not about that write. */
 export interface WrittenAt {

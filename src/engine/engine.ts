@@ -8,7 +8,7 @@ import { OutcomeError, makeWorld, stalled, type Action, type AnyController, type
 import { keyOf, type ObjectKey } from '../resources/keys.ts';
 import type { ConditionPatch, ResourceStatus, StatusPatch, Store, StoredResource } from '../store/store.ts';
 import { Batcher, fulfilled } from './batcher.ts';
-import { CONVERGED_PHASES, isPhase, legacyState, type Phase } from './phase.ts';
+import { CONVERGED_PHASES, isPhase, type Phase } from './phase.ts';
 import { WorkQueue, type QueueOptions } from './queue.ts';
 import {
   resourceMachine,
@@ -24,8 +24,6 @@ import {
 export interface PassResult {
   key: ObjectKey;
   phase: Phase;
-  /** Deprecated: the lowercase word (ready, backoff, waiting, ...) for CLI code still comparing it. */
-  state: string;
   /** The machine's rest state after the pass. */
   machineState: string;
   /** The condition reason the pass ended with. */
@@ -335,7 +333,6 @@ export class Engine {
     const result: PassResult = {
       key: ctx.key,
       phase,
-      state: legacyState(phase),
       machineState: String(snap.value),
       reason: end.reason,
       generation: ctx.target.generation,

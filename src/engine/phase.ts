@@ -19,19 +19,3 @@ export const CONVERGED_PHASES: ReadonlySet<Phase> = new Set<Phase>(['Ready', 'Dr
 export function isPhase(value: unknown): value is Phase {
   return typeof value === 'string' && (PHASES as readonly string[]).includes(value);
 }
-
-/**
- * The lowercase word CLI commands printed before Phase existed (ready, backoff, ...). Deprecated: only
- * for the commands that still compare these words; new code compares phases.
- */
-export function legacyState(phase: Phase): string {
-  switch (phase) {
-    case 'Failed':
-      return 'backoff';
-    case 'Pending':
-    case 'Deleting':
-      return 'waiting';
-    default:
-      return phase.toLowerCase();
-  }
-}

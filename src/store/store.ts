@@ -33,7 +33,8 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { isDeepStrictEqual } from 'node:util';
 import { UserError, oneLine, printable } from '../errors.ts';
-import type { Kind } from '../resources/kinds.ts';
+import type { API_VERSION, Kind } from '../resources/kinds.ts';
+import type { Metadata } from '../resources/generated.ts';
 import type { SpecByKind } from '../resources/types.ts';
 import {
   DIR_MODE,
@@ -53,11 +54,8 @@ import { CorruptStateError, driftProblem, eventProblem, requestProblem, resource
 
 export { CorruptStateError } from './shapes.ts';
 
-export interface ResourceMetadata {
-  name: string;
-  labels?: Record<string, string>;
-  annotations?: Record<string, string>;
-}
+/** A manifest's metadata, as the schemas define it. */
+export type ResourceMetadata = Metadata;
 
 export interface ResourceSource {
   /** File the manifest was read from (or its path inside the git repository). */
@@ -81,6 +79,7 @@ export interface Manifest {
 export type StoredResource<K extends Kind = Kind> = K extends Kind ? StoredOf<K> : never;
 
 interface StoredOf<K extends Kind> extends StoredRecord {
+  apiVersion: typeof API_VERSION;
   kind: K;
   spec: SpecByKind[K];
 }

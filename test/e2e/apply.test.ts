@@ -146,19 +146,19 @@ describe('apply --wait with a running controller', () => {
       const since = new Map([['Route/w1', { generation: a.generation, createdAt: a.appliedAt }]]);
       const stale = await reconcileNow(store, ['Route/w1'], { wait: true, timeoutMs: 600, since });
       assert.equal(stale.timedOut, true, 'the status from before the apply is not taken for this apply');
-      assert.equal(stale.outcomes.get('Route/w1')?.state, 'pending');
+      assert.equal(stale.outcomes.get('Route/w1')?.phase, 'Pending');
       // The controller's status for this apply arrives.
       setTimeout(() => void store.updateStatus('Route', 'w1', { phase: 'Ready', observedGeneration: 1, fields: { n: 2 } }), 200);
       const fresh = await reconcileNow(store, ['Route/w1'], { wait: true, timeoutMs: 5000, since });
       assert.equal(fresh.timedOut, false);
-      assert.equal(fresh.outcomes.get('Route/w1')?.state, 'ready');
+      assert.equal(fresh.outcomes.get('Route/w1')?.phase, 'Ready');
 
       // Deleted, then re-applied while the deletion was pending: a new generation, so the old Ready is stale.
       await store.markForDeletion('Route', 'w1');
       const again = (await store.applyResources([{ manifest, source }])).applied[0]!;
       assert.equal(again.generation, 2);
       const waited = await reconcileNow(store, ['Route/w1'], { wait: true, timeoutMs: 600, since: new Map([['Route/w1', { generation: again.generation }]]) });
-      assert.equal(waited.outcomes.get('Route/w1')?.state, 'pending');
+      assert.equal(waited.outcomes.get('Route/w1')?.phase, 'Pending');
     } finally {
       await lease.release();
     }

@@ -72,7 +72,7 @@ export const applyCommand: CliCommand = {
     let conflicts: Diagnostic[] = [];
     const { applied, pruned } = await store.applyResources(
       set.resources.map((r) => ({
-        manifest: r.resource as never,
+        manifest: r.resource,
         source: { path: path.resolve(r.file), digest: r.digest, ...signerOf(set, r.file) },
       })),
       {
@@ -96,7 +96,7 @@ export const applyCommand: CliCommand = {
     print(lines, flags.output, '');
 
     const progress = process.stderr.isTTY
-      ? (r: { key: string; state: string }) => process.stderr.write(`  ${r.key}: ${r.state}\n`)
+      ? (r: { key: string; phase: string }) => process.stderr.write(`  ${r.key}: ${r.phase}\n`)
       : undefined;
     const report = await reconcileNow(
       store,
@@ -115,13 +115,13 @@ export const applyCommand: CliCommand = {
     }
     let failed = report.timedOut;
     for (const o of report.outcomes.values()) {
-      if (o.state === 'backoff' || o.state === 'stalled') {
+      if (o.phase === 'Failed' || o.phase === 'Stalled') {
         failed = true;
         process.stderr.write(`error: ${o.key}: ${printable(o.message)}\n`);
-      } else if (o.state === 'waiting' || o.state === 'pending') {
+      } else if (o.phase === 'Waiting' || o.phase === 'Pending' || o.phase === 'Deleting') {
         if (flags.wait) failed = true;
-        process.stderr.write(`${o.key}: ${o.state}: ${printable(o.message)}\n`);
-      } else if (o.state === 'drifted') {
+        process.stderr.write(`${o.key}: ${o.phase}: ${printable(o.message)}\n`);
+      } else if (o.phase === 'Drifted') {
         process.stderr.write(`warning: ${o.key}: ${printable(o.message)}\n`);
       }
     }

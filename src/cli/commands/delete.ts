@@ -58,11 +58,11 @@ export const deleteCommand: CliCommand = {
     const report = await reconcileNow(store, found, { wait: Boolean(flags.wait), timeoutMs });
     let failed = missing || report.timedOut;
     for (const o of report.outcomes.values()) {
-      if (o.state === 'deleted') process.stdout.write(`${o.key} deleted\n`);
+      if (o.phase === 'Deleted') process.stdout.write(`${o.key} deleted\n`);
       else if (report.daemonPid && !flags.wait) process.stdout.write(`${o.key} deleting (controller pid ${report.daemonPid})\n`);
       else {
         failed = true;
-        process.stderr.write(`error: ${o.key}: not deleted yet (${o.state}): ${printable(o.message)}\n`);
+        process.stderr.write(`error: ${o.key}: not deleted yet (${o.phase}): ${printable(o.message)}\n`);
       }
     }
     return failed ? EXIT.failed : EXIT.ok;

@@ -6,7 +6,7 @@ import { printable, UserError, oneLine } from '../../errors.ts';
 import type { DriftRecord, ResourceStatus, Store, StoredResource } from '../../store/store.ts';
 import type { CliCommand } from '../command.ts';
 import { EXIT } from '../exit.ts';
-import { createdAt, formatAge, indentYaml, isoSeconds, orNone, parseKind, parseKinds, renderTable, truncate } from '../format.ts';
+import { createdAt, formatAge, indentYaml, isoSeconds, orNone, parseKind, parseKinds, renderTable, statusOf, truncate } from '../format.ts';
 import { openStoreForRead } from '../state-read.ts';
 import { findResource, listEntries, splitRef } from './get.ts';
 
@@ -53,7 +53,7 @@ function field(label: string, value: string, indent = ''): string {
 }
 
 /** key=value lines for labels and annotations, aligned under the first. */
-function mapField(label: string, map: Record<string, string> | undefined): string {
+function mapField(label: string, map: Record<string, string | undefined> | undefined): string {
   const entries = Object.entries(map ?? {}).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
   if (entries.length === 0) return field(label, '<none>');
   return entries.map(([k, v], i) => (i === 0 ? field(label, `${k}=${v}`) : `${' '.repeat(LABEL_WIDTH)}${printable(`${k}=${v}`)}\n`)).join('');
@@ -82,7 +82,7 @@ export async function describeResource(store: Store, r: StoredResource, status: 
   if (r.appliedAt !== createdAt(r)) out += field('Applied', `${isoSeconds(r.appliedAt)} (${formatAge(r.appliedAt, now)} ago)`);
   out += field('Generation', String(r.generation));
   out += field('Observed Generation', status ? String(status.observedGeneration) : '<none>');
-  out += field('Phase', status?.phase || 'Pending');
+  out += field('Phase', statusOf(r, status));
   out += field('Suspended', r.suspended ? 'true' : 'false');
   if (r.deletionRequestedAt) out += field('Deletion Requested', `${isoSeconds(r.deletionRequestedAt)} (${formatAge(r.deletionRequestedAt, now)} ago)`);
 

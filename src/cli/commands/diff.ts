@@ -78,16 +78,12 @@ export const diffCommand: CliCommand = {
 };
 
 function asStored(r: LoadedResource, old: StoredResource | undefined): StoredResource {
-  const { apiVersion, kind, metadata, spec } = r.resource;
   return {
-    apiVersion,
-    kind,
-    metadata,
-    spec: spec as unknown as Record<string, unknown>,
+    ...r.resource,
     source: { path: r.file, digest: r.digest },
     generation: old?.generation ?? 0,
     appliedAt: old?.appliedAt ?? '',
-  } as StoredResource;
+  };
 }
 
 /** Leaf-level changes between two JSON values, as dotted paths. */

@@ -24,8 +24,8 @@ export const reconcileCommand: CliCommand = {
     const report = await reconcileNow(store, keys, { wait: Boolean(flags.wait), timeoutMs });
     let failed = report.timedOut;
     for (const o of report.outcomes.values()) {
-      if (o.state === 'backoff' || o.state === 'stalled') failed = true;
-      process.stdout.write(`${o.key} ${o.state}${o.state === 'ready' ? '' : `: ${printable(o.message)}`}\n`);
+      if (o.phase === 'Failed' || o.phase === 'Stalled') failed = true;
+      process.stdout.write(`${o.key} ${o.phase}${o.phase === 'Ready' ? '' : `: ${printable(o.message)}`}\n`);
     }
     return failed ? EXIT.failed : EXIT.ok;
   },
