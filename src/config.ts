@@ -49,10 +49,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     ...(hostNetns ? { hostNetns } : {}),
     ...(env.QWAMOS_UPLINK ? { uplink: env.QWAMOS_UPLINK } : {}),
     concurrency: env.QWAMOS_CONCURRENCY ? positiveInt('QWAMOS_CONCURRENCY', env.QWAMOS_CONCURRENCY) : 256,
-    resync: env.QWAMOS_RESYNC || '60s',
+    resync: resyncDefault(env),
     stopTimeoutMs: env.QWAMOS_STOP_TIMEOUT_MS ? positiveInt('QWAMOS_STOP_TIMEOUT_MS', env.QWAMOS_STOP_TIMEOUT_MS) : 10_000,
     ...(tscKhz ? { tscKhz } : {}),
-    debug: Boolean(env.QWAMOS_DEBUG),
+    debug: debugEnabled(env),
   };
 }
 
@@ -87,4 +87,14 @@ export function imageRoot(env: NodeJS.ProcessEnv = process.env): string {
 /** Prefix of every host object qwamos owns. */
 export function hostPrefix(env: NodeJS.ProcessEnv = process.env): string {
   return loadConfig(env).prefix;
+}
+
+/** Print stack traces of unexpected errors (readable before the rest of the configuration is checked). */
+export function debugEnabled(env: NodeJS.ProcessEnv = process.env): boolean {
+  return Boolean(env.QWAMOS_DEBUG);
+}
+
+/** The daemon's default resync interval (a CLI option default, read without checking the rest). */
+export function resyncDefault(env: NodeJS.ProcessEnv = process.env): string {
+  return env.QWAMOS_RESYNC || '60s';
 }

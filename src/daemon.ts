@@ -1,6 +1,7 @@
 // The controller daemon: holds the reconciler lease, reconciles every resource, follows the store
 // (changes from `qwamos apply`), the host's network events and a periodic resync with jitter. It stops
 // cleanly on SIGTERM without touching what runs on the host.
+import { keyOf } from './resources/keys.ts';
 import path from 'node:path';
 import { watch as watchFiles } from 'chokidar';
 import { UserError, oneLine } from './errors.ts';
@@ -55,7 +56,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<void> {
     syncing = syncing.then(async () => {
       const changed = await engine.sync();
       engine.enqueue(changed);
-      for (const keys of await store.takeRequests()) engine.enqueue(keys.length ? keys : engine.resources().map((r) => `${r.kind}/${r.metadata.name}`));
+      for (const keys of await store.takeRequests()) engine.enqueue(keys.length ? keys : engine.resources().map((r) => keyOf(r)));
       if (all) {
         engine.enqueueAll();
         // What qwamos created and nothing declares any more (a record lost by hand or by a crash).

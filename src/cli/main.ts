@@ -1,6 +1,7 @@
 // Entry point of the qwamos CLI: one command a file in ./commands, each registering itself here.
 import { Command, CommanderError } from 'commander';
 import { UsageError, oneLine } from '../errors.ts';
+import { debugEnabled } from '../config.ts';
 import { commands } from './commands/index.ts';
 
 export { EXIT } from './exit.ts';
@@ -46,7 +47,7 @@ export async function main(argv: string[]): Promise<number> {
       return EXIT.usage;
     }
     process.stderr.write(`error: ${oneLine(err)}\n`);
-    if (process.env.QWAMOS_DEBUG) process.stderr.write(`${(err as Error)?.stack ?? ''}\n`);
+    if (debugEnabled()) process.stderr.write(`${(err as Error)?.stack ?? ''}\n`);
     return EXIT.failed;
   }
 }

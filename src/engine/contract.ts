@@ -7,6 +7,7 @@
 //
 // `world` is a snapshot of the desired resources the engine hands in at the start of a pass, so plan
 // never reads live state. A resource being deleted carries `deletionRequestedAt`; its plan removes it.
+import { keyOf } from '../resources/keys.ts';
 import type { Kind } from '../resources/kinds.ts';
 import type { ObjectKey } from '../resources/keys.ts';
 import type { ConditionPatch, StoredResource } from '../store/store.ts';
@@ -106,7 +107,7 @@ export interface World {
 }
 
 export function makeWorld(resources: readonly StoredResource[], now = Date.now()): World {
-  const byKey = new Map<string, StoredResource>(resources.map((r) => [`${r.kind}/${r.metadata.name}`, r]));
+  const byKey = new Map<string, StoredResource>(resources.map((r) => [keyOf(r), r]));
   return {
     all: resources,
     now,

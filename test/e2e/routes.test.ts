@@ -36,6 +36,14 @@ async function natRules(sb: Sandbox): Promise<string[]> {
   return items.filter((i) => i.rule).map((i) => i.rule!.comment ?? '').sort();
 }
 
+/** Each test makes what it needs: Route dev (direct, 10.8.0.4) applied and converged; idempotent. */
+async function applyDev(sb: Sandbox): Promise<string> {
+  const dev = await sb.manifest('dev.yaml', route('dev', 'direct', '10.8.0.4/24'));
+  const r = await sb.qwamos(['apply', '-f', dev, '--wait', '--timeout', '60s']);
+  assert.equal(r.exitCode, 0, r.stderr);
+  return dev;
+}
+
 describe('apply, dry-run, diff and delete', () => {
   let sb: Sandbox;
   before(async () => (sb = await createSandbox()));
@@ -87,7 +95,7 @@ describe('apply, dry-run, diff and delete', () => {
   });
 
   test('diff exits 0 in sync, 1 with host drift or a changed manifest, 2 on invalid input', async () => {
-    const dev = `${sb.manifests}/dev.yaml`;
+    const dev = await applyDev(sb);
     assert.equal((await sb.qwamos(['diff', '-f', dev])).exitCode, 0);
     await tryIn(undefined, ['ip', 'netns', 'del', `${sb.host.prefix}-dev`]);
     const drift = await sb.qwamos(['diff', '-f', dev]);
@@ -120,7 +128,8 @@ describe('apply, dry-run, diff and delete', () => {
     const tampered = await sb.manifest('t.yaml', route('tamp', 'direct', '10.8.0.21/24'));
     const { appendFile } = await import('node:fs/promises');
     await appendFile(tampered, '  dns: host\n');
-    const r2 = await sb.qwamos(['apply', '-f', tampered, '-f', `${sb.manifests}/dev.yaml`]);
+    const dev = await sb.manifest('dev.yaml', route('dev', 'direct', '10.8.0.4/24'));
+    const r2 = await sb.qwamos(['apply', '-f', tampered, '-f', dev]);
     assert.equal(r2.exitCode, 1);
     assert.match(r2.stderr, /tampered/);
     assert.match(r2.stderr, /nothing was applied/);
@@ -131,12 +140,14 @@ describe('apply, dry-run, diff and delete', () => {
   });
 
   test('delete removes exactly what the route created', async () => {
+    await applyDev(sb);
+    const others = (await netnsOf(sb)).filter((n) => n !== `${sb.host.prefix}-dev`);
     const r = await sb.qwamos(['delete', 'route/dev']);
     assert.equal(r.exitCode, 0, r.stderr);
     assert.match(r.stdout, /^Route\/dev deleted$/m);
-    assert.deepEqual(await netnsOf(sb), [`${sb.host.prefix}-sandbox`]);
-    await until('host veth gone', async () => (await hostLinks(sb)).length === 0);
-    assert.deepEqual(await natRules(sb), []);
+    assert.deepEqual(await netnsOf(sb), others);
+    await until('host veth gone', async () => !(await hostLinks(sb)).includes(`${sb.host.prefix}h-dev`));
+    assert.ok(!(await natRules(sb)).includes('Route/dev'));
     assert.equal((await sb.qwamos(['delete', 'route/dev'])).exitCode, 1, 'deleting twice: not found');
     const store = await Store.open(sb.stateDir);
     assert.equal(await store.getResource('Route', 'dev'), undefined);

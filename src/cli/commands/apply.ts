@@ -1,5 +1,6 @@
 // qwamos apply -f FILE|DIR: verify, validate, store, then reconcile the host (in this process, or by
 // handing the work to a running controller). Prints one line per resource, kubectl-style.
+import { keyOf } from '../../resources/keys.ts';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { UsageError, printable } from '../../errors.ts';
@@ -47,7 +48,7 @@ export const applyCommand: CliCommand = {
     const applying = new Set(set.resources.map((r) => r.key));
     // Only what this invocation could have read (-R or not, dot-files, extensions) may be pruned.
     const prunable = (list: StoredResource[]) =>
-      list.filter((r) => !r.deletionRequestedAt && withinReach(r.source.path, set.roots, Boolean(flags.recursive)) && !applying.has(`${r.kind}/${r.metadata.name}`));
+      list.filter((r) => !r.deletionRequestedAt && withinReach(r.source.path, set.roots, Boolean(flags.recursive)) && !applying.has(keyOf(r)));
     const prune = flags.prune ? prunable(stored) : [];
     if (flags.prune && set.resources.length === 0) {
       throw new UsageError('refusing to prune: the given paths hold no resources (that would delete everything applied from them)');
@@ -60,9 +61,9 @@ export const applyCommand: CliCommand = {
 
     const lines: { key: string; result: string }[] = [];
     if (flags.dryRun) {
-      const byKey = new Map(stored.map((r) => [`${r.kind}/${r.metadata.name}`, r]));
+      const byKey = new Map(stored.map((r) => [keyOf(r), r]));
       for (const r of set.resources) lines.push({ key: r.key, result: applyResultOf(byKey.get(r.key), r.resource) });
-      for (const r of prune) lines.push({ key: `${r.kind}/${r.metadata.name}`, result: 'deleted' });
+      for (const r of prune) lines.push({ key: keyOf(r), result: 'deleted' });
       print(lines, flags.output, ' (dry run)');
       return EXIT.ok;
     }

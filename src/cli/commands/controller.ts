@@ -1,6 +1,7 @@
 // qwamos controller: the daemon. Runs until SIGTERM or SIGINT.
 import type { Command } from 'commander';
 import { runDaemon } from '../../daemon.ts';
+import { resyncDefault } from '../../config.ts';
 import { printable } from '../../errors.ts';
 import type { CliCommand } from '../command.ts';
 import { parseDuration } from '../duration.ts';
@@ -26,7 +27,7 @@ export const controllerCommand: CliCommand = {
   define: (cmd: Command) =>
     cmd
       .description('run the controller daemon: reconcile continuously, follow the store and the host, report drift')
-      .option('--resync <duration>', 'periodic full resync interval', process.env.QWAMOS_RESYNC || '60s'),
+      .option('--resync <duration>', 'periodic full resync interval', resyncDefault()),
 
   async run(flags: { resync: string }) {
     const resyncMs = parseDuration(flags.resync);

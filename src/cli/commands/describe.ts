@@ -1,6 +1,7 @@
 // qwamos describe KIND/NAME (or KIND NAME, or KIND for every resource of it): a human report of one
 // resource: metadata, source, generations, spec, conditions, drift and recent events.
 // Exit 0, 1 when the resource does not exist, 2 on usage errors.
+import { keyOf } from '../../resources/keys.ts';
 import { readFile } from 'node:fs/promises';
 import { printable, UserError, oneLine } from '../../errors.ts';
 import type { DriftRecord, ResourceStatus, Store, StoredResource } from '../../store/store.ts';
@@ -65,7 +66,7 @@ function section(title: string, body: string): string {
 
 export async function describeResource(store: Store, r: StoredResource, status: ResourceStatus | undefined): Promise<string> {
   const now = Date.now();
-  const ref = `${r.kind}/${r.metadata.name}`;
+  const ref = keyOf(r);
   let out = '';
   out += field('Name', r.metadata.name);
   out += field('Kind', r.kind);

@@ -38,10 +38,10 @@ export const diffCommand: CliCommand = {
     printDiagnostics(set.diagnostics);
     if (hasErrors(set.diagnostics)) return EXIT.usage;
 
-    const byKey = new Map(stored.map((r) => [`${r.kind}/${r.metadata.name}`, r]));
+    const byKey = new Map(stored.map((r) => [keyOf(r), r]));
     const desired = set.resources.map((r) => asStored(r, byKey.get(r.key)));
     const merged = new Map(byKey);
-    for (const r of desired) merged.set(`${r.kind}/${r.metadata.name}`, r);
+    for (const r of desired) merged.set(keyOf(r), r);
     const controllers = createControllers(loadConfig());
     const world = makeWorld([...merged.values()]);
 

@@ -1,5 +1,6 @@
 // qwamos get [KIND [NAME]] [-o wide|json|yaml|name]: list stored resources with their status, kubectl-style.
 // Exit 0 (also when there is nothing to list), 1 when a named resource does not exist, 2 on usage errors.
+import { keyOf } from '../../resources/keys.ts';
 import { Option } from 'commander';
 import { UsageError, UserError, printable } from '../../errors.ts';
 import { assertName, type ResourceStatus, type Store, type StoredResource } from '../../store/store.ts';
@@ -154,5 +155,5 @@ export const getCommand: CliCommand = {
 
 function renderNames(entries: Entry[]): string {
   // Names and kinds passed the store's checks, but the files may have been edited by hand.
-  return entries.map((e) => `${printable(`${e.resource.kind}/${e.resource.metadata.name}`)}\n`).join('');
+  return entries.map((e) => `${printable(keyOf(e.resource))}\n`).join('');
 }

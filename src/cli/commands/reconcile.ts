@@ -1,4 +1,5 @@
 // qwamos reconcile [KIND/NAME...]: observe the host now and heal what differs (all resources by default).
+import { keyOf } from '../../resources/keys.ts';
 import type { Command } from 'commander';
 import { printable } from '../../errors.ts';
 import { DAEMON_LEASE, openStore } from '../../runtime.ts';
@@ -19,7 +20,7 @@ export const reconcileCommand: CliCommand = {
   async run(refs: string[], flags: { wait?: boolean; timeout: string }) {
     const timeoutMs = parseDuration(flags.timeout);
     const store = await openStore();
-    const keys = refs.length ? parseRefs(refs) : (await store.listResources()).map((r) => `${r.kind}/${r.metadata.name}`);
+    const keys = refs.length ? parseRefs(refs) : (await store.listResources()).map((r) => keyOf(r));
     if ((await store.leaseHolder(DAEMON_LEASE)) !== null) await store.requestReconcile(refs.length ? keys : []);
     const report = await reconcileNow(store, keys, { wait: Boolean(flags.wait), timeoutMs });
     let failed = report.timedOut;
