@@ -147,8 +147,8 @@ describe('apply --wait with a running controller', () => {
       const stale = await reconcileNow(store, ['Route/w1'], { wait: true, timeoutMs: 600, since });
       assert.equal(stale.timedOut, true, 'the status from before the apply is not taken for this apply');
       assert.equal(stale.outcomes.get('Route/w1')?.phase, 'Pending');
-      // The controller's status for this apply arrives.
-      setTimeout(() => void store.updateStatus('Route', 'w1', { phase: 'Ready', observedGeneration: 1, fields: { n: 2 } }), 200);
+      // The controller's status for this apply arrives (the engine names the record version it acted on).
+      setTimeout(() => void store.updateStatus('Route', 'w1', { phase: 'Ready', observedGeneration: 1, fields: { machine: { appliedAt: a.appliedAt } } }), 200);
       const fresh = await reconcileNow(store, ['Route/w1'], { wait: true, timeoutMs: 5000, since });
       assert.equal(fresh.timedOut, false);
       assert.equal(fresh.outcomes.get('Route/w1')?.phase, 'Ready');

@@ -282,10 +282,10 @@ describe('suspend and resume', () => {
     const file = await sb.manifest('s.yaml', route('sus', 'isolated', '10.8.0.7/24'));
     assert.equal((await sb.qwamos(['apply', '-f', file])).exitCode, 0);
     const ns = `${sb.host.prefix}-sus`;
-    assert.match((await sb.qwamos(['suspend', 'rt/sus'])).stdout, /Route\/sus suspended/);
+    assert.match((await sb.qwamos(['suspend', 'rt/sus'])).stdout, /Route\/sus Suspended/);
     await tryIn(undefined, ['ip', 'netns', 'del', ns]);
     const r = await sb.qwamos(['reconcile', 'route/sus']);
-    assert.match(r.stdout, /Route\/sus suspended/);
+    assert.match(r.stdout, /Route\/sus Suspended/);
     assert.ok(!(await netnsOf(sb)).includes(ns), 'suspended: not healed');
     assert.match((await sb.qwamos(['get', 'route', 'sus'])).stdout, /Suspended/);
     assert.equal((await sb.qwamos(['resume', 'route/sus'])).exitCode, 0);
