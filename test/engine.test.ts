@@ -806,15 +806,16 @@ test('delete, then apply again before the deletion pass finishes: nothing is los
   }
 });
 
-test('a failing drift write (malformed drift file) is reported once, never crashes, and the pass still ends', async (t) => {
+test('a failing drift write is reported once, never crashes, and the pass still ends', async (t) => {
   const { dir, store, fake, newEngine } = await harness(t);
   await put(store, 'a', { value: 'one' });
   const warnings: string[] = [];
   const engine = newEngine({ onWarning: (line) => warnings.push(line) });
   try {
     await startAndSettle(engine, ['Fake/a']);
-    await fs.mkdir(path.join(dir, 'drift', 'Fake'), { recursive: true });
-    await fs.writeFile(path.join(dir, 'drift', 'Fake', 'a.json'), '{ not json');
+    // The kind's drift folder is a file: every drift write fails (as on a full or read-only disk).
+    await fs.rm(path.join(dir, 'drift', 'Fake'), { recursive: true, force: true });
+    await fs.writeFile(path.join(dir, 'drift', 'Fake'), 'not a folder');
     fake.host.set('Fake/a', 'tampered');
     await pass(engine, ['Fake/a']);
     assert.equal(fake.host.get('Fake/a'), 'one', 'healed all the same');
@@ -823,7 +824,7 @@ test('a failing drift write (malformed drift file) is reported once, never crash
     fake.host.set('Fake/a', 'tampered again');
     await pass(engine, ['Fake/a']);
     assert.equal(warnings.length, 1, `reported once: ${warnings.join(' | ')}`);
-    assert.match(warnings[0]!, /Fake\/a: could not write its drift records: .*not valid JSON/);
+    assert.match(warnings[0]!, /Fake\/a: could not write its drift records: /);
   } finally {
     await engine.stop();
   }
