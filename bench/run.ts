@@ -1,4 +1,5 @@
 // npm run bench [name...]: runs the benches, each printing a table and writing bench/results/NAME.json.
+import { benchGitSource } from './gitsource.ts';
 import { benchRoutes } from './routes.ts';
 import { benchValidate } from './validate.ts';
 import { benchVms } from './vms.ts';
@@ -7,6 +8,7 @@ const benches: Record<string, () => Promise<void>> = {
   validate: benchValidate,
   routes: benchRoutes,
   vms: benchVms,
+  gitsource: benchGitSource,
 };
 
 const wanted = process.argv.slice(2);

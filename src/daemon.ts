@@ -1,11 +1,15 @@
 // The controller daemon: holds the reconciler lease, reconciles every resource, follows the store
 // (changes from `qwamos apply`), the host's network events and a periodic resync with jitter. It stops
 // cleanly on SIGTERM without touching what runs on the host.
+import fs from 'node:fs/promises';
+import net from 'node:net';
 import { keyOf } from './resources/keys.ts';
 import path from 'node:path';
 import { watch as watchFiles } from 'chokidar';
 import { UserError, oneLine } from './errors.ts';
 import type { PassResult } from './engine/engine.ts';
+import { notifySocketPath } from './git/notify.ts';
+import { MAX_SOCKET_PATH } from './names.ts';
 import { DAEMON_LEASE, RECONCILER_LEASE, createEngine, openStore, waitForLease } from './runtime.ts';
 
 export interface DaemonOptions {
@@ -79,6 +83,16 @@ export async function runDaemon(opts: DaemonOptions): Promise<void> {
   // Host events (ip monitor, QMP sockets closing, ...): what they name is re-checked at once.
   const watches = engine.watch();
 
+  // Notifications (a post-receive hook, `qwamos notify`): they only ask for a git source pass.
+  const notifier = await startNotifySocket(store.dir, (name) => {
+    const sources = engine.resources('GitSource').map((r) => `GitSource/${r.metadata.name}`);
+    const named = name !== undefined ? sources.filter((k) => k === `GitSource/${name}`) : [];
+    engine.enqueue(named.length ? named : sources);
+  }, opts.log).catch((err: unknown) => {
+    opts.log(`notification socket disabled: ${oneLine(err)}`);
+    return undefined;
+  });
+
   // Periodic resync with ±10% jitter, so many hosts do not observe in lockstep.
   let resyncTimer: NodeJS.Timeout | undefined;
   const scheduleResync = () => {
@@ -94,10 +108,69 @@ export async function runDaemon(opts: DaemonOptions): Promise<void> {
   clearTimeout(resyncTimer);
   clearTimeout(storeTimer);
   watches.close();
+  await notifier?.close();
   await watcher.close();
   await syncing;
   await engine.stop();
   await reconcilerLease.release();
   await daemonLease.release();
   opts.log('controller stopped');
+}
+
+/** Longest notification read; anything past it is ignored. */
+const MAX_NOTIFICATION = 512;
+
+/**
+ * Serves STATE/notify.sock. A line `reconcile gitsource/NAME` asks for a pass of that source; anything
+ * else (any bytes, a forge's payload) asks for a pass of every source. The payload is never trusted
+ * beyond picking a name: a pass fetches and verifies the repository itself.
+ */
+async function startNotifySocket(
+  stateDir: string,
+  onNotify: (name: string | undefined) => void,
+  log: (line: string) => void,
+): Promise<{ close(): Promise<void> } | undefined> {
+  const file = notifySocketPath(stateDir);
+  if (Buffer.byteLength(file) > MAX_SOCKET_PATH) {
+    log(`notification socket disabled: ${file} is longer than ${MAX_SOCKET_PATH} bytes`);
+    return undefined;
+  }
+  // A socket left by a daemon killed with -9 (we hold the daemon lease: no other daemon serves it).
+  await fs.rm(file, { force: true });
+  const server = net.createServer((conn) => {
+    let data = '';
+    let answered = false;
+    const answer = () => {
+      if (answered) return;
+      answered = true;
+      const m = /^reconcile gitsource\/([a-z0-9]([-a-z0-9]*[a-z0-9])?)\s*$/.exec(data.split('\n')[0] ?? '');
+      onNotify(m?.[1]);
+      conn.end(`ok ${m ? `gitsource/${m[1]}` : 'all gitsources'}\n`);
+    };
+    conn.setEncoding('latin1');
+    conn.setTimeout(2000, () => conn.destroy());
+    conn.on('data', (chunk: string) => {
+      data = (data + chunk).slice(0, MAX_NOTIFICATION);
+      if (data.includes('\n') || data.length >= MAX_NOTIFICATION) answer();
+    });
+    conn.on('end', answer);
+    conn.on('error', () => undefined);
+  });
+  const oldMask = process.umask(0o177);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(file, () => resolve());
+    });
+  } finally {
+    process.umask(oldMask);
+  }
+  await fs.chmod(file, 0o600);
+  server.on('error', (err) => log(`notification socket: ${oneLine(err)}`));
+  return {
+    close: async () => {
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await fs.rm(file, { force: true });
+    },
+  };
 }

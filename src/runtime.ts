@@ -21,7 +21,7 @@ export function createEngine(
   const config = loadConfig(opts.env ?? process.env);
   return new Engine({
     store,
-    controllers: createControllers(config),
+    controllers: createControllers(config, store),
     // Host work is batched per kind, so a wide pass is cheap; controllers limit heavy work themselves.
     concurrency: opts.concurrency ?? config.concurrency,
     ...(opts.queue ? { queue: opts.queue } : {}),

@@ -60,7 +60,16 @@ export async function reconcileNow(
     // Level-triggered: one pass over everything, so dependencies are known and ordered.
     engine.enqueueAll();
     engine.start();
-    const settled = await engine.settle(keys, { untilConverged: opts.wait, timeoutMs: opts.timeoutMs, since });
+    let settled = await engine.settle(keys, { untilConverged: opts.wait, timeoutMs: opts.timeoutMs, since });
+    // A pass may have stored resources itself (a GitSource applying a revision): read the store again and
+    // reconcile what changed, a few rounds at most (a source's resources are stored in one round).
+    for (let round = 0; round < 3 && settled; round++) {
+      const changed = await engine.sync();
+      if (changed.length === 0) break;
+      engine.enqueue(changed);
+      const left = opts.timeoutMs - (Date.now() - since);
+      settled = left > 0 && (await engine.settle(changed, { untilConverged: opts.wait, timeoutMs: left, since: Date.now() - 1 }));
+    }
     // Let the passes already queued finish (a resource woken because its dependency just became ready),
     // so none is left marked as waiting; retries on a backoff timer are left for the next run.
     await Promise.race([engine.queue.whenIdle(), new Promise((r) => setTimeout(r, Math.max(5_000, opts.timeoutMs / 4)).unref())]);

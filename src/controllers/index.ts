@@ -1,11 +1,14 @@
 // The composition root: the controllers of this host, one per kind, built from the configuration.
 import type { Config } from '../config.ts';
 import type { AnyController } from '../engine/contract.ts';
+import type { Store } from '../store/store.ts';
 import { declarationController } from './declaration.ts';
+import { GitSourceController } from './gitsource/index.ts';
 import { RouteController } from './route/index.ts';
 import { VmController } from './vm/index.ts';
 
-export function createControllers(config: Config): AnyController[] {
+/** `store`: where a GitSource stores the resources of its revisions (without it, GitSource is a declaration: `diff`). */
+export function createControllers(config: Config, store?: Store): AnyController[] {
   const layout = { prefix: config.prefix, ...(config.hostNetns ? { hostNetns: config.hostNetns } : {}) };
   return [
     new RouteController(layout, config.uplink),
@@ -18,7 +21,8 @@ export function createControllers(config: Config): AnyController[] {
     }),
     declarationController('GpuTrustLevel'),
     declarationController('ClusterNode'),
-    // Until the GitSource controller lands (it needs the reshaped engine and store): stored, not followed.
-    declarationController('GitSource'),
+    store
+      ? new GitSourceController({ stateDir: config.stateDir, trustDir: config.trustDir, imageRoot: config.imageRoot, prefix: config.prefix, store })
+      : declarationController('GitSource'),
   ];
 }

@@ -73,6 +73,8 @@ export type RevisionResult =
       warnings: Diagnostic[];
       /** Signature checks this load actually ran (the rest came from the cache). */
       verified: number;
+      /** The verified signer of each applied file, by the file as shown (pathPrefix/relative). */
+      signers: Map<string, { keyId: string; alg: string; name: string }>;
     }
   | { ok: false; commit: string; condition: 'VerificationFailed' | 'EmptyRefused'; error: RevisionError; diagnostics: Diagnostic[] };
 
@@ -126,12 +128,19 @@ export function loadRevision(input: RevisionInput): RevisionResult {
   const verify = input.verify ?? verifyBytes;
   const storeDigest = trustStoreDigest(input.store);
   let verified = 0;
+  const signers = new Map<string, { keyId: string; alg: string; name: string }>();
+  const signerOf = (o: VerifyOutcome) => (o.status === 'verified' ? { keyId: o.keyId, alg: o.alg, name: o.keyName } : undefined);
   for (const rel of applied) {
     const bytes = manifests.get(rel)!;
     const sig = byPath.get(`${rel}.sig`);
     if (sig === undefined) return fail('VerificationFailed', rel, 'signature', `unsigned (no ${shown(rel)}.sig in the revision)`);
     const cacheKey = signatureCacheKey(bytes, sig, storeDigest);
-    if (input.signatureCache.has(cacheKey)) continue;
+    const cached = input.signatureCache.get(cacheKey);
+    if (cached) {
+      const signer = signerOf(cached);
+      if (signer) signers.set(shown(rel), signer);
+      continue;
+    }
     let sigText: string;
     try {
       sigText = utf8.decode(sig);
@@ -142,6 +151,8 @@ export function loadRevision(input: RevisionInput): RevisionResult {
     const outcome = verify(bytes, sigText, input.store);
     if (outcome.status !== 'verified') return fail('VerificationFailed', rel, 'signature', outcome.message);
     input.signatureCache.set(cacheKey, outcome);
+    const signer = signerOf(outcome);
+    if (signer) signers.set(shown(rel), signer);
   }
 
   const result = validateSources(applied.map((rel) => ({ file: shown(rel), bytes: manifests.get(rel)! })), input.validate);
@@ -162,5 +173,6 @@ export function loadRevision(input: RevisionInput): RevisionResult {
     ...(index.digest ? { indexDigest: index.digest } : {}),
     warnings: diagnostics,
     verified,
+    signers,
   };
 }

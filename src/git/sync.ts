@@ -56,16 +56,29 @@ function remoteRefOf(ref: FollowedRef): string {
   }
 }
 
-export async function syncSource(input: SyncInput): Promise<SyncResult> {
+/** The followed commit, fetched (remote) or resolved (local), ready to be loaded. */
+export interface Resolved {
+  gitdir: string;
+  commit: string;
+  revision: string;
+  /** isomorphic-git's object cache, shared by every read of one pass. */
+  cache: object;
+}
+
+type Failed = Extract<SyncResult, { status: 'failed' }>;
+
+function failedResult(spec: GitSourceSpec, condition: SyncCondition, message: string, commit?: string, error?: RevisionError): Failed {
+  const ref = followedRef(spec);
+  return { status: 'failed', condition, message, ...(commit ? { commit, revision: revisionString(ref, commit) } : {}), ...(error ? { error } : {}) };
+}
+
+/** Step 1 of a pass: fetch the followed ref (remote) or resolve it (local) to the commit to load. */
+export async function resolveSource(input: Pick<SyncInput, 'name' | 'spec' | 'stateDir'>): Promise<Resolved | Failed> {
   const { spec } = input;
   const ref = followedRef(spec);
   const remoteRef = remoteRefOf(ref);
   // One cache per pass: without it every object read re-reads the pack.
   const cache = {};
-  const failed = (condition: SyncCondition, message: string, commit?: string, error?: RevisionError): SyncResult => ({
-    status: 'failed', condition, message, ...(commit ? { commit, revision: revisionString(ref, commit) } : {}), ...(error ? { error } : {}),
-  });
-
   let gitdir: string;
   let tip: string | null;
   try {
@@ -79,19 +92,30 @@ export async function syncSource(input: SyncInput): Promise<SyncResult> {
       tip = await resolveCommit(gitdir, remoteRef, cache);
     }
   } catch (err) {
-    return failed('FetchFailed', err instanceof GitError ? err.message : `fetch from ${spec.url}: ${(err as Error).message}`);
+    return failedResult(spec, 'FetchFailed', err instanceof GitError ? err.message : `fetch from ${spec.url}: ${(err as Error).message}`);
   }
-  if (tip === null) return failed('EmptyRefused', `${spec.url} has no commits yet`);
+  if (tip === null) return failedResult(spec, 'EmptyRefused', `${spec.url} has no commits yet`);
 
   let commit = tip;
   if (ref.kind === 'commit') {
     if (!(await isDescendant(gitdir, tip, ref.commit, cache))) {
-      return failed('FetchFailed', `commit ${ref.commit} is not on ${remoteRef} of ${spec.url}`);
+      return failedResult(spec, 'FetchFailed', `commit ${ref.commit} is not on ${remoteRef} of ${spec.url}`);
     }
     commit = ref.commit;
   }
-  const revision = revisionString(ref, commit);
-  if (commit === input.applied.commit) return { status: 'unchanged', commit, revision };
+  return { gitdir, commit, revision: revisionString(ref, commit), cache };
+}
+
+/**
+ * Steps 3-6 of a pass: refuse a rollback, read the revision from the object store and load it whole.
+ * Loading the applied commit again (to re-apply what someone changed behind the source) passes the
+ * rollback check, as a commit descends from itself.
+ */
+export async function loadSource(input: SyncInput, resolved: Resolved): Promise<Extract<SyncResult, { status: 'ready' }> | Failed> {
+  const { spec } = input;
+  const { gitdir, commit, revision, cache } = resolved;
+  const ref = followedRef(spec);
+  const failed = (condition: SyncCondition, message: string, error?: RevisionError) => failedResult(spec, condition, message, commit, error);
 
   const applied = input.applied.commit;
   const acceptable = spec.acceptRevision === commit && input.applied.consumedAcceptRevision !== commit;
@@ -100,7 +124,7 @@ export async function syncSource(input: SyncInput): Promise<SyncResult> {
     if (!acceptable) {
       const base = await mergeBase(gitdir, commit, applied, cache);
       const baseText = base ? `merge base sha1:${base}` : 'no common history';
-      return failed('RollbackRefused', `revision ${revision} is not a descendant of the applied ${revisionString(ref, applied)} (${baseText}); to accept it once, set spec.acceptRevision: ${commit}`, commit);
+      return failed('RollbackRefused', `revision ${revision} is not a descendant of the applied ${revisionString(ref, applied)} (${baseText}); to accept it once, set spec.acceptRevision: ${commit}`);
     }
     acceptedRollback = true;
   }
@@ -112,9 +136,9 @@ export async function syncSource(input: SyncInput): Promise<SyncResult> {
   } catch (err) {
     if (err instanceof GitError) {
       const reason = err.path ? err.message.slice(err.path.length + 2) : err.message;
-      return failed('VerificationFailed', `${revision}: ${err.message}`, commit, { file: err.path ?? spec.path ?? '.', key: 'file', reason });
+      return failed('VerificationFailed', `${revision}: ${err.message}`, { file: err.path ?? spec.path ?? '.', key: 'file', reason });
     }
-    return failed('FetchFailed', `${revision}: cannot read the revision: ${(err as Error).message}`, commit);
+    return failed('FetchFailed', `${revision}: cannot read the revision: ${(err as Error).message}`);
   }
   const load = loadRevision({
     commit,
@@ -133,7 +157,15 @@ export async function syncSource(input: SyncInput): Promise<SyncResult> {
   });
   if (!load.ok) {
     const { file, key, reason } = load.error;
-    return failed(load.condition, `${revision}: ${file}: ${key}: ${reason}`, commit, load.error);
+    return failed(load.condition, `${revision}: ${file}: ${key}: ${reason}`, load.error);
   }
   return { status: 'ready', commit, revision, load, acceptedRollback };
+}
+
+/** One whole pass short of applying: resolve, then load unless the followed commit is the applied one. */
+export async function syncSource(input: SyncInput): Promise<SyncResult> {
+  const resolved = await resolveSource(input);
+  if ('status' in resolved) return resolved;
+  if (resolved.commit === input.applied.commit) return { status: 'unchanged', commit: resolved.commit, revision: resolved.revision };
+  return loadSource(input, resolved);
 }

@@ -99,7 +99,10 @@ export interface StoredRecord extends Manifest {
 export type ApplyResult = 'created' | 'configured' | 'unchanged';
 
 /** Ready, Reconciling and Stalled for every kind; the others are set by the controllers that need them. */
-export type ConditionType = 'Ready' | 'Reconciling' | 'Stalled' | 'RestartRequired' | 'GpuUnavailable' | 'Paused';
+export type ConditionType =
+  | 'Ready' | 'Reconciling' | 'Stalled' | 'RestartRequired' | 'GpuUnavailable' | 'Paused'
+  // A GitSource's (src/controllers/gitsource).
+  | 'FetchFailed' | 'VerificationFailed' | 'RollbackRefused' | 'EmptyRefused';
 export type ConditionStatus = 'True' | 'False' | 'Unknown';
 
 export interface Condition {

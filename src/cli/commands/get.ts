@@ -3,6 +3,7 @@
 import { keyOf } from '../../resources/keys.ts';
 import { Option } from 'commander';
 import { UsageError, UserError, printable } from '../../errors.ts';
+import { gitSourceOf } from '../../git/owner.ts';
 import { assertName, type ResourceStatus, type Store, type StoredResource } from '../../store/store.ts';
 import type { CliCommand } from '../command.ts';
 import { EXIT } from '../exit.ts';
@@ -91,16 +92,34 @@ function detailOf(s: Entry['status']): string {
   return parts.length ? parts.join(' ') : '-';
 }
 
+/** Where a resource came from: its file, or `gitsource/NAME@<short sha>` for one a git source applied. */
+function sourceOf(r: StoredResource): string {
+  const commit = r.source.commit ? `@${r.source.commit.slice(0, 7)}` : '';
+  const git = gitSourceOf(r.source.path);
+  return git ? `gitsource/${git}${commit}` : `${r.source.path}${commit}`;
+}
+
+/** A GitSource's applied revision, its sha shortened ('main@sha1:0123456789ab'). */
+function revisionOf(s: Entry['status']): string {
+  const rev = s?.fields.lastAppliedRevision;
+  return typeof rev === 'string' ? rev.replace(/(sha1:[0-9a-f]{12})[0-9a-f]+$/, '$1') : '-';
+}
+
 function table(entries: Entry[], wide: boolean): string {
   const now = Date.now();
+  // Only git sources listed: their applied revision and message, as `flux get sources git` shows them.
+  const sources = entries.every((e) => e.resource.kind === 'GitSource');
   const header = ['KIND', 'NAME', 'READY', 'STATUS', 'AGE'];
+  if (sources) header.push('REVISION');
+  if (sources && !wide) header.push('MESSAGE');
   if (wide) header.push('GEN', 'OBSERVED', 'DETAIL', 'SOURCE', 'SIGNER', 'MESSAGE');
   const rows = entries.map(({ resource: r, status: s }) => {
     const row = [r.kind, r.metadata.name, readyOf(s), statusOf(r, s), formatAge(createdAt(r), now)];
+    if (sources) row.push(revisionOf(s));
+    if (sources && !wide) row.push(messageOf(s));
     if (wide) {
-      const commit = r.source.commit ? `@${r.source.commit.slice(0, 7)}` : '';
       const signer = r.source.signer ? `${r.source.signer.name ?? ''}${r.source.signer.name ? ':' : ''}${r.source.signer.keyId.slice(0, 12)}` : '<unsigned>';
-      row.push(String(r.generation), s ? String(s.observedGeneration) : '-', detailOf(s), `${r.source.path}${commit}`, signer, messageOf(s));
+      row.push(String(r.generation), s ? String(s.observedGeneration) : '-', detailOf(s), sourceOf(r), signer, messageOf(s));
     }
     return row;
   });

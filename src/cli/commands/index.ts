@@ -18,6 +18,7 @@ export const commands: CommandEntry[] = [
   { word: 'describe', summary: "show one resource: spec, status, conditions, machine state, events, drift", load: async () => (await import('./describe.ts')).describeCommand },
   { word: 'drift', summary: 'list drift: where the host differed from the declared state', load: async () => (await import('./drift.ts')).driftCommand },
   { word: 'reconcile', summary: 'reconcile now: observe the host and heal what differs', load: async () => (await import('./reconcile.ts')).reconcileCommand },
+  { word: 'notify', summary: 'ask the running controller to fetch a git source now', load: async () => (await import('./notify.ts')).notifyCommand },
   { word: 'suspend', summary: 'stop reconciling resources; the host stays as it is', load: async () => (await import('./suspend.ts')).suspendCommand },
   { word: 'resume', summary: 'reconcile suspended resources again', load: async () => (await import('./suspend.ts')).resumeCommand },
   { word: 'validate', summary: 'check manifests: signatures, YAML, schema and cross-references', load: async () => (await import('./validate.ts')).validateCommand },
