@@ -13,7 +13,9 @@ daemon_pid=""
 cleanup() {
   [ -n "$daemon_pid" ] && kill -TERM "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
   # VMs the demo started and did not delete (on an error): end them by the PIDs in their pidfiles.
-  for f in "$work"/state/vms/*/qemu.pid; do [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null; done
+  if [ -f "$work/rundirs" ]; then
+    while read -r d; do [ -f "$d/qemu.pid" ] && kill -9 "$(cat "$d/qemu.pid")" 2>/dev/null; done < "$work/rundirs"
+  fi
   bash "$repo/scripts/sandbox-host.sh" destroy "$prefix"
   cd /
   rm -rf "$work"
@@ -23,6 +25,10 @@ export QWAMOS_STATE_DIR="$work/state"
 qwamos() { node "$repo/bin/qwamos.js" "$@"; }
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ qwamos %s\n' "$*"; qwamos "$@"; }
+# One status field of a VM (pid, runDir, serialLog, ...), read from `qwamos get vm NAME -o json`.
+vmfield() {
+  qwamos get vm "$1" -o json | node -e 'let s = ""; process.stdin.on("data", (d) => (s += d)).on("end", () => process.stdout.write(String(JSON.parse(s).status?.fields?.[process.argv[1]] ?? "")))' "$2"
+}
 
 step "1. A signing key (ML-DSA-65); the secret stays 0600 and is never printed"
 cd "$work"
@@ -73,9 +79,11 @@ run apply --wait -f manifests/cluster.yaml -f manifests/gpu-levels.yaml -f manif
 run get vm -o wide
 run get routes
 for vm in dev malware; do
-  for _ in $(seq 300); do grep -q QWAMOS-GUEST-READY "$QWAMOS_STATE_DIR/vms/$vm/serial.log" 2>/dev/null && break; sleep 0.1; done
+  vmfield "$vm" runDir >> "$work/rundirs"; echo >> "$work/rundirs"
+  serial=$(vmfield "$vm" serialLog)
+  for _ in $(seq 300); do grep -q QWAMOS-GUEST-READY "$serial" 2>/dev/null && break; sleep 0.1; done
 done
-echo "\$ qwamos describe vm/dev | tail -4    # the serial console is kept in the state directory"
+echo "\$ qwamos describe vm/dev | tail -4    # the serial console (QEMU runs unprivileged, its run dir under /run/qwamos)"
 node "$repo/bin/qwamos.js" describe vm/dev | grep -A3 'Serial console'
 echo "\$ ip netns exec ${prefix}_host busybox wget -qO- http://10.8.0.4/    # the gateway reaches the dev guest"
 ip netns exec "${prefix}_host" timeout 5 busybox wget -qO- http://10.8.0.4/ || true
@@ -87,11 +95,12 @@ step "7. The controller daemon heals drift: QEMU killed, a VM's namespace delete
 node "$repo/bin/qwamos.js" controller > controller.log 2>&1 &
 daemon_pid=$!
 for _ in $(seq 50); do grep -q 'controller started' controller.log 2>/dev/null && break; sleep 0.1; done
-pid=$(cat "$QWAMOS_STATE_DIR/vms/dev/qemu.pid")
+rundir=$(vmfield dev runDir)
+pid=$(cat "$rundir/qemu.pid")
 echo "\$ kill -9 $pid    # the dev VM's QEMU"
 kill -9 "$pid"
-for _ in $(seq 100); do new=$(cat "$QWAMOS_STATE_DIR/vms/dev/qemu.pid" 2>/dev/null || true); [ -n "$new" ] && [ "$new" != "$pid" ] && break; sleep 0.1; done
-echo "(dev runs again as pid $(cat "$QWAMOS_STATE_DIR/vms/dev/qemu.pid"))"
+for _ in $(seq 100); do new=$(cat "$rundir/qemu.pid" 2>/dev/null || true); [ -n "$new" ] && [ "$new" != "$pid" ] && break; sleep 0.1; done
+echo "(dev runs again as pid $(cat "$rundir/qemu.pid"))"
 echo "\$ ip netns del ${prefix}-malware"
 ip netns del "${prefix}-malware"
 sleep 2
