@@ -20,15 +20,24 @@ export interface PoolOptions {
   inProcessMax?: number;
   /** The worker script; verify-worker beside this module by default (tests point it at a failing one). */
   workerScript?: URL;
+  /** Told how the work was split: batches answered by workers, and batches verified here after a worker failed. */
+  onDone?: (split: { workerBatches: number; fallbackBatches: number }) => void;
 }
 
-/** The worker beside this module: .ts when running the sources through tsx, .js in the build (dist/). */
-function defaultWorker(): { script: URL; execArgv: string[] } {
-  const typescript = import.meta.url.endsWith('.ts');
-  const script = new URL(typescript ? './verify-worker.ts' : './verify-worker.js', import.meta.url);
-  // A worker does not inherit a loader registered through tsx's API (bin/qwamos.js), so it is named here,
-  // by absolute URL: a bare 'tsx' would resolve against the working directory.
-  return { script, execArgv: typescript ? ['--import', import.meta.resolve('tsx')] : [] };
+/** How to start a worker: a script, or (eval) code that loads one. */
+type WorkerStart = { script: URL; eval: false } | { script: string; eval: true };
+
+/**
+ * The worker beside this module: verify-worker.js in the build (dist/), verify-worker.ts when running the
+ * sources through tsx. A worker does not inherit tsx, and Node 20 loads a worker's entry before hooks
+ * given with --import take effect, so the .ts worker is started by a line that registers tsx first
+ * (tsx named by absolute URL: a bare 'tsx' would resolve against the working directory).
+ */
+function defaultWorker(): WorkerStart {
+  if (!import.meta.url.endsWith('.ts')) return { script: new URL('./verify-worker.js', import.meta.url), eval: false };
+  const tsx = JSON.stringify(import.meta.resolve('tsx/esm/api'));
+  const worker = JSON.stringify(new URL('./verify-worker.ts', import.meta.url).href);
+  return { script: `import(${tsx}).then(({ register }) => { register(); return import(${worker}); });`, eval: true };
 }
 
 /** verifyBytes for every job, in order, spread over worker threads when there are enough of them. */
@@ -46,14 +55,15 @@ export async function verifyInPool(jobs: VerifyJob[], store: TrustStore, opts: P
   const starts = queue.map((_, i) => i * batchSize);
   const outcomes = new Array<VerifyOutcome>(jobs.length);
   const lost: VerifyBatch[] = [];
+  let workerBatches = 0;
 
-  const { script, execArgv } = opts.workerScript ? { script: opts.workerScript, execArgv: [] } : defaultWorker();
+  const start: WorkerStart = opts.workerScript ? { script: opts.workerScript, eval: false } : defaultWorker();
   const wire = storeToWire(store);
   const runWorker = () =>
     new Promise<void>((resolve) => {
       let worker: Worker;
       try {
-        worker = new Worker(script, { workerData: { store: wire }, execArgv });
+        worker = new Worker(start.script, { eval: start.eval, workerData: { store: wire } });
       } catch {
         resolve();
         return;
@@ -81,6 +91,7 @@ export async function verifyInPool(jobs: VerifyJob[], store: TrustStore, opts: P
           return;
         }
         result.outcomes.forEach((o, i) => (outcomes[starts[current!.id]! + i] = o));
+        workerBatches++;
         current = undefined;
         sendNext();
       });
@@ -94,6 +105,7 @@ export async function verifyInPool(jobs: VerifyJob[], store: TrustStore, opts: P
   for (const batch of [...lost, ...queue]) {
     batch.jobs.forEach((job, i) => (outcomes[starts[batch.id]! + i] = verifyHere(job)));
   }
+  opts.onDone?.({ workerBatches, fallbackBatches: lost.length + queue.length });
   return outcomes;
 }
 
