@@ -9,7 +9,7 @@ import { UsageError } from '../errors.ts';
 import type { VerifyOutcome } from '../trust/signature.ts';
 import { loadTrustStore } from '../trust/truststore.ts';
 import { signatureCacheDir } from '../trust/verify-cache.ts';
-import { verifySignedFiles } from '../trust/verify-pool.ts';
+import { verifySignedFiles, type PoolOptions } from '../trust/verify-pool.ts';
 import type { Diagnostic } from './diagnostics.ts';
 import type { LoadedResource } from './types.ts';
 import { validateSources, type SourceFile, type ValidateContext } from './validate.ts';
@@ -145,6 +145,8 @@ export interface ReadOptions extends ValidateContext {
   recursive?: boolean;
   /** The verified-signature cache: a directory, or false for none. Default: cache/signatures in the state dir. */
   signatureCacheDir?: string | false;
+  /** How signatures are spread over worker threads (the bench runs it on one core to compare). */
+  verifyPool?: PoolOptions;
 }
 
 /** Who signed a file (the trusted key that verified it). */
@@ -180,7 +182,7 @@ export async function readManifests(paths: string[], opts: ReadOptions): Promise
   const read = await mapLimit(files, 16, (file) => readLimited(file).then((bytes) => ({ file, bytes }), (err: unknown) => ({ file, err })));
   const readable = read.flatMap((r) => ('bytes' in r ? [r] : []));
   const cacheDir = opts.signatureCacheDir ?? defaultSignatureCacheDir();
-  const { outcomes } = await verifySignedFiles(readable, store, cacheDir ? { cacheDir } : {});
+  const { outcomes } = await verifySignedFiles(readable, store, { ...(cacheDir ? { cacheDir } : {}), ...(opts.verifyPool ? { pool: opts.verifyPool } : {}) });
   const outcomeOf = new Map(readable.map((r, i) => [r.file, outcomes[i]!]));
   const checked = read.map((r) => ('bytes' in r ? judge(r.file, r.bytes, outcomeOf.get(r.file)!, opts.allowUnsigned) : unreadable(r.file, r.err)));
   const diagnostics: Diagnostic[] = skipped.map((s) => ({ file: s.path, line: 1, col: 1, resource: 'file', message: `skipped: ${s.reason}`, severity: 'warning' }));
