@@ -10,7 +10,11 @@ import { validateSources, type ValidateContext } from '../resources/validate.ts'
 import { INDEX_FILE, INDEX_SIG_FILE, checkIndex, isIndexedPath, sha256Hex } from '../trust/index-file.ts';
 import { verifyBytes, type VerifyOutcome } from '../trust/signature.ts';
 import type { TrustStore } from '../trust/truststore.ts';
+import { signatureCacheKey, trustStoreDigest } from '../trust/verify-cache.ts';
 import { ignoreMatcher } from './ignore.ts';
+
+// The cache key helpers live with the persistent signature cache; the GitSource controller imports this one from here.
+export { trustStoreDigest };
 
 /** Files a revision is read for: manifests, their signatures, the index and its signature. */
 export function isRevisionFile(relative: string): boolean {
@@ -77,21 +81,6 @@ export type RevisionResult =
       signers: Map<string, { keyId: string; alg: string; name: string }>;
     }
   | { ok: false; commit: string; condition: 'VerificationFailed' | 'EmptyRefused'; error: RevisionError; diagnostics: Diagnostic[] };
-
-/** A digest of the trust store's keys: part of every signature cache key. */
-export function trustStoreDigest(store: TrustStore): string {
-  const hash = createHash('sha256');
-  for (const id of [...store.keys.keys()].sort()) {
-    const key = store.keys.get(id)!;
-    hash.update(`${id}:${key.alg}:`).update(key.publicKey).update('\n');
-  }
-  return hash.digest('hex');
-}
-
-function signatureCacheKey(bytes: Uint8Array, sig: Uint8Array, storeDigest: string): string {
-  // Lengths first, so no two (file, signature) pairs hash the same bytes.
-  return createHash('sha256').update(`${bytes.length}:${sig.length}:${storeDigest}:`).update(bytes).update(sig).digest('hex');
-}
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 

@@ -3,11 +3,13 @@
 import type { Stats } from 'node:fs';
 import { open, readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { MAX_MANIFEST_BYTES } from '../config.ts';
+import { MAX_MANIFEST_BYTES, stateDir } from '../config.ts';
 import { mapLimit } from '../concurrency.ts';
 import { UsageError } from '../errors.ts';
-import { verifyFile } from '../trust/signature.ts';
-import { loadTrustStore, type TrustStore } from '../trust/truststore.ts';
+import type { VerifyOutcome } from '../trust/signature.ts';
+import { loadTrustStore } from '../trust/truststore.ts';
+import { signatureCacheDir } from '../trust/verify-cache.ts';
+import { verifySignedFiles, type PoolOptions } from '../trust/verify-pool.ts';
 import type { Diagnostic } from './diagnostics.ts';
 import type { LoadedResource } from './types.ts';
 import { validateSources, type SourceFile, type ValidateContext } from './validate.ts';
@@ -141,6 +143,10 @@ export interface ReadOptions extends ValidateContext {
   trustDir: string;
   allowUnsigned: boolean;
   recursive?: boolean;
+  /** The verified-signature cache: a directory, or false for none. Default: cache/signatures in the state dir. */
+  signatureCacheDir?: string | false;
+  /** How signatures are spread over worker threads (the bench runs it on one core to compare). */
+  verifyPool?: PoolOptions;
 }
 
 /** Who signed a file (the trusted key that verified it). */
@@ -173,8 +179,12 @@ export function hasErrors(diagnostics: Diagnostic[]): boolean {
 export async function readManifests(paths: string[], opts: ReadOptions): Promise<ManifestSet> {
   const { files, roots, skipped } = await collectFiles(paths, opts.recursive);
   const store = await loadTrustStore(opts.trustDir);
-  // Files are read and verified a few at a time so disk waits overlap with signature checks.
-  const checked = await mapLimit(files, 16, (file) => readAndVerify(file, store, opts.allowUnsigned));
+  const read = await mapLimit(files, 16, (file) => readLimited(file).then((bytes) => ({ file, bytes }), (err: unknown) => ({ file, err })));
+  const readable = read.flatMap((r) => ('bytes' in r ? [r] : []));
+  const cacheDir = opts.signatureCacheDir ?? defaultSignatureCacheDir();
+  const { outcomes } = await verifySignedFiles(readable, store, { ...(cacheDir ? { cacheDir } : {}), ...(opts.verifyPool ? { pool: opts.verifyPool } : {}) });
+  const outcomeOf = new Map(readable.map((r, i) => [r.file, outcomes[i]!]));
+  const checked = read.map((r) => ('bytes' in r ? judge(r.file, r.bytes, outcomeOf.get(r.file)!, opts.allowUnsigned) : unreadable(r.file, r.err)));
   const diagnostics: Diagnostic[] = skipped.map((s) => ({ file: s.path, line: 1, col: 1, resource: 'file', message: `skipped: ${s.reason}`, severity: 'warning' }));
   diagnostics.push(...checked.flatMap((c) => c.diagnostics));
   const sources = checked.flatMap((c) => (c.source ? [c.source] : []));
@@ -183,18 +193,22 @@ export async function readManifests(paths: string[], opts: ReadOptions): Promise
   return { files, roots, skipped, signers, resources: result.resources, diagnostics: [...diagnostics, ...result.diagnostics] };
 }
 
-async function readAndVerify(
-  file: string,
-  store: TrustStore,
-  allowUnsigned: boolean,
-): Promise<{ source?: SourceFile; signer?: Signer; diagnostics: Diagnostic[] }> {
-  let bytes: Uint8Array;
+/** The state dir's signature cache; none when the configuration cannot name a state dir. */
+function defaultSignatureCacheDir(): string | undefined {
   try {
-    bytes = await readLimited(file);
-  } catch (err) {
-    return { diagnostics: [{ file, line: 1, col: 1, resource: 'file', message: `cannot read: ${(err as NodeJS.ErrnoException).code ?? err}` }] };
+    return signatureCacheDir(stateDir());
+  } catch {
+    return undefined;
   }
-  const outcome = await verifyFile(file, store, bytes);
+}
+
+type Checked = { source?: SourceFile; signer?: Signer; diagnostics: Diagnostic[] };
+
+function unreadable(file: string, err: unknown): Checked {
+  return { diagnostics: [{ file, line: 1, col: 1, resource: 'file', message: `cannot read: ${(err as NodeJS.ErrnoException).code ?? err}` }] };
+}
+
+function judge(file: string, bytes: Uint8Array, outcome: VerifyOutcome, allowUnsigned: boolean): Checked {
   if (outcome.status === 'verified') {
     return { source: { file, bytes }, signer: { keyId: outcome.keyId, alg: outcome.alg, name: outcome.keyName }, diagnostics: [] };
   }
