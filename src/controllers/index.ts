@@ -4,11 +4,15 @@ import type { AnyController } from '../engine/contract.ts';
 import { declarationController } from './declaration.ts';
 import { RouteController } from './route/index.ts';
 import { VmController } from './vm/index.ts';
+import { FirewallPolicyController, FirewallService } from './firewall/index.ts';
 
 export function createControllers(config: Config): AnyController[] {
   const layout = { prefix: config.prefix, ...(config.hostNetns ? { hostNetns: config.hostNetns } : {}) };
+  // One firewall for both controllers that write it: the table is compiled whole from the world.
+  const firewall = new FirewallService({ ...layout, backend: config.firewallBackend });
   return [
-    new RouteController(layout, config.uplink),
+    new RouteController(layout, config.uplink, { firewall, settings: { ...layout, stateDir: config.stateDir } }),
+    new FirewallPolicyController(firewall),
     new VmController({
       layout,
       stateDir: config.stateDir,
