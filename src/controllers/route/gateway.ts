@@ -29,11 +29,14 @@ export interface GatewayHealth {
 /** The Routes whose VM is closed by a backstop and served by a gateway process. */
 export const gatewayMode = (mode: string): mode is 'tor' | 'i2p' => mode === 'tor' || mode === 'i2p';
 
-/** The VM's backstop: its own routing table, numbered from its host link's name (also the rule priority). */
+/**
+ * The VM's backstop: its own routing table, numbered from its host link's name. The number is also the
+ * rule's priority, so it lies below the main table's 32766 (a rule after main would never be reached).
+ */
 export function backstopOf(prefix: string, vm: string): Backstop {
   const hostIf = derivedNames(prefix, vm).hostIf;
-  const n = createHash('sha256').update(hostIf).digest().readUInt32BE(0) % 1_000_000;
-  return { hostIf, table: 10_000 + n };
+  const n = createHash('sha256').update(hostIf).digest().readUInt32BE(0) % 30_000;
+  return { hostIf, table: 2_000 + n };
 }
 
 function dirOf(s: GatewaySettings, route: StoredResource<'Route'>): string {
