@@ -111,12 +111,18 @@ for (const backend of ['nftables', 'iptables'] as const) {
       assert.ok(c.tcp > 0 && c.udp > 0 && c.icmp > 0 && c.other > 0, `direct probes must arrive: ${JSON.stringify(c)}`);
     });
 
-    test('tor: zero packets arrive; TCP is held by Tor\'s TransPort', async () => {
-      assert.deepEqual(leaked(await probe(guests.onion!)), ZERO);
+    test('tor: TCP is held by Tor\'s TransPort; zero packets arrive; a crashed Tor is restarted', async () => {
       // Nothing listens in the internet netns: a completed handshake can only be Tor's TransPort.
+      await counters.reset();
       assert.ok(await connects(guests.onion!, inet, 80), 'TCP to the internet is accepted by the TransPort');
       assert.deepEqual(leaked(await counters.read()), ZERO);
       assert.ok(!(await connects(guests.dev!, inet, 80, 2)), 'control: nothing listens on the internet side');
+      assert.deepEqual(leaked(await probe(guests.onion!)), ZERO);
+      // Tor 0.4.9.11 may die of SIGSEGV under the probe set (seen here): still zero, and the next
+      // pass finds it dead and starts it again.
+      assert.equal((await sb.qwamos(['reconcile', 'route/onion'])).exitCode, 0);
+      assert.ok(((await status('Route', 'onion'))?.fields.gateway as { healthy: boolean }).healthy);
+      assert.ok(await connects(guests.onion!, inet, 80), 'the TransPort holds TCP again');
     });
 
     test('i2p: zero packets arrive; only the two proxy ports on the gateway answer', async () => {
@@ -172,8 +178,9 @@ for (const backend of ['nftables', 'iptables'] as const) {
       await until('the daemon reconciled', async () => (await status('Route', 'onion'))?.phase === 'Ready', 20_000);
       daemon.kill('SIGKILL');
       await until('daemon gone', () => daemon.exitCode !== null || daemon.signalCode !== null, 5_000);
-      assert.deepEqual(leaked(await probe(guests.onion!)), ZERO);
       assert.ok(await connects(guests.onion!, inet, 80), 'Tor keeps serving while the controller is down');
+      assert.deepEqual(leaked(await probe(guests.onion!)), ZERO);
+      assert.equal((await sb.qwamos(['reconcile', 'route/onion'])).exitCode, 0);
     });
 
     test('a FirewallPolicy on the direct VM: tcp 443 allowed, the rest dropped; a rule deleted by hand is healed', async () => {
