@@ -56,15 +56,15 @@ export function planRouteFirewall(prefix: string, route: StoredResource<'Route'>
   const hostIf = derivedNames(prefix, vm).hostIf;
   const compiled = desiredFirewall(world, fw.resolved, { prefix, dnscryptAvailable: fw.dnscryptAvailable });
   const drift = vmFirewallDrift(fw.backend, fw.backend.desiredView(compiled), fw.view, vm, hostIf, true);
-  if (drift.length) {
-    (deleting ? out.post : out.pre).push({ type: deleting ? 'remove-firewall' : 'sync-firewall', resource: key, describe: `${deleting ? 'remove firewall chains' : 'rewrite firewall'} (${fw.backend.name}): ${drift.join('; ')}` });
-    out.diff.push({ field: 'firewall', desired: deleting ? '(none)' : `chains of ${vm} as compiled`, actual: drift.join('; ') });
-  }
   const present = backstopParts(actual?.backstop);
   const wantsGateway = !deleting && gatewayMode(mode);
   if (wantsGateway && present.length < 4) {
     out.pre.push({ type: 'ensure-backstop', resource: key, describe: `routing backstop for ${hostIf} (unreachable, IPv4 and IPv6)` });
     out.diff.push({ field: 'backstop', desired: 'v4 rule,v6 rule,v4 unreachable,v6 unreachable', actual: present.join(',') || '(none)' });
+  }
+  if (drift.length) {
+    (deleting ? out.post : out.pre).push({ type: deleting ? 'remove-firewall' : 'sync-firewall', resource: key, describe: `${deleting ? 'remove firewall chains' : 'rewrite firewall'} (${fw.backend.name}): ${drift.join('; ')}` });
+    out.diff.push({ field: 'firewall', desired: deleting ? '(none)' : `chains of ${vm} as compiled`, actual: drift.join('; ') });
   }
   if (!wantsGateway && present.some((p) => p.endsWith('rule'))) out.post.push({ type: 'remove-backstop', resource: key, describe: `remove routing backstop for ${hostIf}` });
   const gw = actual?.gateway;
