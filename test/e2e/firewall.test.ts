@@ -44,7 +44,7 @@ const alive = (pid: number) => {
 };
 
 /** Connect from a netns; true when the TCP handshake completed (someone accepted it). */
-async function connects(ns: string, addr: string, port: number, seconds = 3): Promise<boolean> {
+async function connects(ns: string, addr: string, port: number, seconds = 10): Promise<boolean> {
   return (await tryIn(ns, ['timeout', String(seconds), 'bash', '-c', `exec 3<>/dev/tcp/${addr}/${port}`])).exitCode === 0;
 }
 
@@ -146,6 +146,7 @@ for (const backend of ['nftables', 'iptables'] as const) {
       assert.deepEqual(leaked(await probe(guests.onion!)), ZERO);
       assert.deepEqual(leaked(await probe(guests.eep!)), ZERO);
       assert.equal((await sb.qwamos(['reconcile', 'route/onion'])).exitCode, 0);
+      assert.equal((await sb.qwamos(['reconcile', 'route/onion'])).exitCode, 0, 'Tor restarted if the probe set crashed it');
       const store = await Store.open(sb.stateDir);
       assert.ok((await store.listDrift({ resource: 'Route/onion' })).some((d) => d.field === 'firewall'), 'drift recorded');
       assert.ok(await connects(guests.onion!, inet, 80), 'healed: the TransPort holds TCP again');
@@ -174,6 +175,7 @@ for (const backend of ['nftables', 'iptables'] as const) {
     });
 
     test('kill -9 of the controller daemon: still zero, rules and backstop stay', async () => {
+      assert.equal((await sb.qwamos(['reconcile', 'route/onion'])).exitCode, 0, 'Tor running (the probe set may have crashed it)');
       const daemon = await sb.startDaemon();
       await until('the daemon reconciled', async () => (await status('Route', 'onion'))?.phase === 'Ready', 20_000);
       daemon.kill('SIGKILL');
