@@ -109,6 +109,11 @@ export async function i2pdHealth(g: I2pGateway): Promise<I2pHealth> {
   return { ...(pid ? { pid } : {}), httpProxy, socksProxy, healthy: !!pid && httpProxy && socksProxy };
 }
 
+/** Its PID when running (pid file + command line; no process spawned). */
+export function i2pdPid(g: I2pGateway): Promise<number | undefined> {
+  return runningPid(spec(g));
+}
+
 export async function stopI2pd(g: I2pGateway): Promise<void> {
   await stopProcess(spec(g));
 }

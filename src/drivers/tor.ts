@@ -82,6 +82,11 @@ export async function torHealth(g: TorGateway): Promise<TorHealth> {
   return { ...(pid ? { pid } : {}), transPort, dnsPort, healthy: !!pid && transPort && dnsPort };
 }
 
+/** Its PID when running (pid file + command line; no process spawned). */
+export function torPid(g: TorGateway): Promise<number | undefined> {
+  return runningPid(spec(g));
+}
+
 export async function stopTor(g: TorGateway): Promise<void> {
   await stopProcess(spec(g));
 }

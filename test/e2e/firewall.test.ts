@@ -174,10 +174,17 @@ for (const backend of ['nftables', 'iptables'] as const) {
       }
     });
 
-    test('kill -9 of the controller daemon: still zero, rules and backstop stay', async () => {
+    test('the daemon restarts a killed Tor by itself; kill -9 of the daemon: still zero, rules, backstop and Tor stay', async () => {
       assert.equal((await sb.qwamos(['reconcile', 'route/onion'])).exitCode, 0, 'Tor running (the probe set may have crashed it)');
       const daemon = await sb.startDaemon();
       await until('the daemon reconciled', async () => (await status('Route', 'onion'))?.phase === 'Ready', 20_000);
+      // With the daemon running a killed Tor is seen by its watch and restarted without any command.
+      const before = ((await status('Route', 'onion'))?.fields.gateway as { pid: number }).pid;
+      killPid(before);
+      await until('the daemon restarted Tor', async () => {
+        const gw = (await status('Route', 'onion'))?.fields.gateway as { pid: number; healthy: boolean } | undefined;
+        return !!gw && gw.healthy && gw.pid !== before && alive(gw.pid);
+      }, 20_000);
       daemon.kill('SIGKILL');
       await until('daemon gone', () => daemon.exitCode !== null || daemon.signalCode !== null, 5_000);
       assert.ok(await connects(guests.onion!, inet, 80), 'Tor keeps serving while the controller is down');

@@ -4,8 +4,8 @@
 import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { backstopComplete, ensureBackstop, observeBackstop, removeBackstop, type Backstop, type ObservedBackstop } from '../../drivers/policyroute.ts';
-import { i2pdHealth, startI2pd, stopI2pd, type I2pGateway } from '../../drivers/i2pd.ts';
-import { startTor, stopTor, torHealth, type TorGateway } from '../../drivers/tor.ts';
+import { i2pdHealth, i2pdPid, startI2pd, stopI2pd, type I2pGateway } from '../../drivers/i2pd.ts';
+import { startTor, stopTor, torHealth, torPid, type TorGateway } from '../../drivers/tor.ts';
 import { derivedNames } from '../../drivers/netns.ts';
 import type { StoredResource } from '../../store/store.ts';
 import { I2P_PORTS, TOR_PORTS } from '../firewall/desired.ts';
@@ -63,6 +63,17 @@ export async function observeGateway(s: GatewaySettings, route: StoredResource<'
   }
   return undefined;
 }
+
+/** Is the Route's gateway process alive (cheap: a pid file and /proc, no process spawned)? */
+export async function gatewayAlive(s: GatewaySettings, route: StoredResource<'Route'>): Promise<boolean> {
+  if (!route.spec.gateway) return true;
+  if (route.spec.mode === 'tor') return (await torPid(torOf(s, route))) !== undefined;
+  if (route.spec.mode === 'i2p') return (await i2pdPid(i2pOf(s, route))) !== undefined;
+  return true;
+}
+
+/** How often the daemon checks that gateway processes are alive (a dead one is restarted at once). */
+export const GATEWAY_WATCH_MS = 2_000;
 
 export async function startGateway(s: GatewaySettings, route: StoredResource<'Route'>): Promise<void> {
   if (route.spec.mode === 'tor') await startTor(torOf(s, route));

@@ -9,7 +9,7 @@ import { keyOf, makeKey, type ObjectKey } from '../../resources/keys.ts';
 import type { StoredResource } from '../../store/store.ts';
 import { applyRouteActions, type RouteGateways } from './apply.ts';
 import { reportRouteFirewall } from './firewall.ts';
-import { backstopOf, gatewayMode, observeBackstop, observeGateway } from './gateway.ts';
+import { GATEWAY_WATCH_MS, backstopOf, gatewayAlive, gatewayMode, observeBackstop, observeGateway } from './gateway.ts';
 import type { StatusReport } from '../../engine/contract.ts';
 import { collectRouteGarbage } from './gc.ts';
 import { observeRouteHost, type RouteActual } from './observe.ts';
@@ -82,9 +82,30 @@ export class RouteController implements Controller<'Route', RouteActual, RouteAc
 
   /** `ip monitor` and /run/netns: a route whose links or namespace change is re-checked at once. */
   watch(notify: (keys: ObjectKey[]) => void, world: () => World): { close(): void } {
-    return watchHostNetwork(this.layout, (vms) => {
+    const net = watchHostNetwork(this.layout, (vms) => {
       const routes = world().list('Route').filter((r) => vms === 'all' || vms.has(r.spec.vm));
       notify(routes.map((r) => makeKey('Route', r.metadata.name)));
     });
+    // A tor/i2pd process that died (crashed, killed) is seen within GATEWAY_WATCH_MS and restarted.
+    const g = this.gateways;
+    let checking = false;
+    const timer = g
+      ? setInterval(() => {
+          if (checking) return;
+          checking = true;
+          const routes = world().list('Route').filter((r) => gatewayMode(r.spec.mode));
+          Promise.all(routes.map(async (r) => ((await gatewayAlive(g.settings, r)) ? [] : [keyOf(r)])))
+            .then((dead) => dead.flat().length && notify(dead.flat()))
+            .catch(() => undefined)
+            .finally(() => (checking = false));
+        }, GATEWAY_WATCH_MS)
+      : undefined;
+    timer?.unref();
+    return {
+      close() {
+        net.close();
+        if (timer) clearInterval(timer);
+      },
+    };
   }
 }
