@@ -203,9 +203,11 @@ for (const backend of ['nftables', 'iptables'] as const) {
       const st = await status('FirewallPolicy', 'web');
       assert.equal(st?.phase, 'Ready');
       assert.deepEqual(st?.fields.vms, ['dev']);
+      // The stopped VM's controller removes a tap of its name: cable the fake guest again.
+      guests.dev = await attachFakeGuest(p, 'dev', '10.8.1.2/24', '10.8.1.1');
       const tcpTo = async (port: number) => {
         await counters.reset();
-        await connects(guests.dev!, inet, port, 2);
+        await connects(guests.dev!, inet, port, 5);
         return (await counters.read()).tcp;
       };
       assert.ok((await tcpTo(443)) > 0, '443 arrives');
