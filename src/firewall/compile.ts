@@ -226,6 +226,8 @@ export function compileVmFirewall(input: VmFirewallInput, ctx: CompileContext): 
       }
       out.outbound.allowEstablished = true;
       out.inbound.allowEstablished = true;
+      // The host may reach a direct VM (ping, ssh): the VM's replies come in by input.
+      out.toGateway.allowEstablished = true;
       out.outbound.defaultAction = input.policy ? (input.policy.defaultAction ?? 'drop') : 'accept';
       if (input.dnsTargets.includes(gateway)) {
         out.toGateway.rules.push(

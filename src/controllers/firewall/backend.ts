@@ -54,7 +54,8 @@ export function nftShape(prefix: string): FirewallShape & { table: string } {
   return {
     name: 'nftables',
     table,
-    desiredView: (compiled) => nftView(true, buildNftTable(table, compiled, { guardPattern: guardPattern(prefix) }).chains),
+    // No VM to filter: sync removes the table.
+    desiredView: (compiled) => (compiled.length ? nftView(true, buildNftTable(table, compiled, { guardPattern: guardPattern(prefix) }).chains) : { present: false, chains: new Map() }),
     vmChainNames: (vm) => Object.values(vmChains(vm)),
     baseChainNames: ['forward', 'input', 'prerouting'],
   };
@@ -75,7 +76,8 @@ function iptDesired(t: IptTables): FirewallView {
 export function iptShape(prefix: string): FirewallShape {
   return {
     name: 'iptables',
-    desiredView: (compiled) => iptDesired(buildIptTables(compiled, { guardPattern: guardPattern(prefix) })),
+    // No VM to filter: sync removes every QWAMOS chain and the jumps.
+    desiredView: (compiled) => (compiled.length ? iptDesired(buildIptTables(compiled, { guardPattern: guardPattern(prefix) })) : { present: true, chains: new Map() }),
     vmChainNames: (vm) => IPT_KEYS.flatMap((k) => Object.values(iptVmChains(vm)).map((n) => `${k}:${n}`)),
     baseChainNames: ['jumps', ...IPT_KEYS.flatMap((k) => ['QWAMOS-FORWARD', 'QWAMOS-INPUT', 'QWAMOS-PREROUTING'].map((n) => `${k}:${n}`))],
   };
