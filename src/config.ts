@@ -26,7 +26,12 @@ export interface Config {
   tscKhz?: number;
   /** Print stack traces of unexpected errors. QWAMOS_DEBUG */
   debug: boolean;
+  /** Firewall backend: nftables, iptables, or auto (nftables when `nft` works). QWAMOS_FIREWALL_BACKEND */
+  firewallBackend: FirewallBackendChoice;
 }
+
+export type FirewallBackendChoice = 'auto' | 'nftables' | 'iptables';
+const FIREWALL_BACKENDS: readonly FirewallBackendChoice[] = ['auto', 'nftables', 'iptables'];
 
 export const DEFAULT_STATE_DIR = '/var/lib/qwamos';
 export const DEFAULT_PREFIX = 'qw';
@@ -40,6 +45,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   }
   const hostNetns = env.QWAMOS_HOST_NETNS || undefined;
   if (hostNetns !== undefined && !isNetnsName(hostNetns)) throw new Error(`QWAMOS_HOST_NETNS is not a valid netns name: ${JSON.stringify(hostNetns)}`);
+  const firewallBackend = (env.QWAMOS_FIREWALL_BACKEND || 'auto') as FirewallBackendChoice;
+  if (!FIREWALL_BACKENDS.includes(firewallBackend)) {
+    throw new Error(`QWAMOS_FIREWALL_BACKEND must be auto, nftables or iptables (got ${JSON.stringify(env.QWAMOS_FIREWALL_BACKEND)})`);
+  }
   const tscKhz = env.QWAMOS_TSC_KHZ ? positiveInt('QWAMOS_TSC_KHZ', env.QWAMOS_TSC_KHZ) : undefined;
   return {
     stateDir,
@@ -53,6 +62,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     stopTimeoutMs: env.QWAMOS_STOP_TIMEOUT_MS ? positiveInt('QWAMOS_STOP_TIMEOUT_MS', env.QWAMOS_STOP_TIMEOUT_MS) : 10_000,
     ...(tscKhz ? { tscKhz } : {}),
     debug: debugEnabled(env),
+    firewallBackend,
   };
 }
 

@@ -6,12 +6,16 @@ import { declarationController } from './declaration.ts';
 import { GitSourceController } from './gitsource/index.ts';
 import { RouteController } from './route/index.ts';
 import { VmController } from './vm/index.ts';
+import { FirewallPolicyController, FirewallService } from './firewall/index.ts';
 
 /** `store`: where a GitSource stores the resources of its revisions (without it, GitSource is a declaration: `diff`). */
 export function createControllers(config: Config, store?: Store): AnyController[] {
   const layout = { prefix: config.prefix, ...(config.hostNetns ? { hostNetns: config.hostNetns } : {}) };
+  // One firewall for both controllers that write it: the table is compiled whole from the world.
+  const firewall = new FirewallService({ ...layout, backend: config.firewallBackend });
   return [
-    new RouteController(layout, config.uplink),
+    new RouteController(layout, config.uplink, { firewall, settings: { ...layout, stateDir: config.stateDir } }),
+    new FirewallPolicyController(firewall),
     new VmController({
       layout,
       stateDir: config.stateDir,

@@ -8,7 +8,8 @@ import path from 'node:path';
 import { ensureStarted, listeners, runningPid, stopProcess, type ProcessSpec } from './process.ts';
 
 export interface I2pGateway {
-  netns: string;
+  /** The host-side netns (tests); undefined = the machine's own. */
+  netns?: string;
   dir: string;
   gateway: string;
   httpProxyPort: number;
@@ -78,7 +79,7 @@ export function renderI2pdConf(g: I2pGateway): string {
 
 function spec(g: I2pGateway): ProcessSpec {
   const p = paths(g);
-  return { netns: g.netns, argv: ['i2pd', `--conf=${p.conf}`, `--tunconf=${p.tunconf}`, `--datadir=${p.data}`], pidFile: p.pid, logFile: path.join(g.dir, 'i2pd.out'), marker: p.conf };
+  return { ...(g.netns ? { netns: g.netns } : {}), argv: ['i2pd', `--conf=${p.conf}`, `--tunconf=${p.tunconf}`, `--datadir=${p.data}`], pidFile: p.pid, logFile: path.join(g.dir, 'i2pd.out'), marker: p.conf };
 }
 
 export async function startI2pd(g: I2pGateway): Promise<number> {
@@ -106,6 +107,11 @@ export async function i2pdHealth(g: I2pGateway): Promise<I2pHealth> {
   const httpProxy = on(g.httpProxyPort);
   const socksProxy = on(g.socksProxyPort);
   return { ...(pid ? { pid } : {}), httpProxy, socksProxy, healthy: !!pid && httpProxy && socksProxy };
+}
+
+/** Its PID when running (pid file + command line; no process spawned). */
+export function i2pdPid(g: I2pGateway): Promise<number | undefined> {
+  return runningPid(spec(g));
 }
 
 export async function stopI2pd(g: I2pGateway): Promise<void> {

@@ -28,8 +28,9 @@ const IFNAME_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$/;
 
 function check(b: Backstop): void {
   if (!IFNAME_RE.test(b.hostIf)) throw new Error(`invalid interface ${JSON.stringify(b.hostIf)}`);
-  if (!Number.isInteger(b.table) || b.table < 1000 || b.table > 0x7fffffff || b.table === 32766 || b.table === 32767) {
-    throw new Error(`routing table ${b.table} for ${b.hostIf}: choose 1000..2^31-1 (not main/default)`);
+  // The number is also the rule's priority: it must come before the main table's rule (32766).
+  if (!Number.isInteger(b.table) || b.table < 1000 || b.table >= 32766) {
+    throw new Error(`routing table ${b.table} for ${b.hostIf}: choose 1000..32765 (its rule must come before main's, 32766)`);
   }
 }
 

@@ -7,8 +7,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { run } from './exec.ts';
 
 export interface ProcessSpec {
-  /** Run inside this netns (`ip netns exec NS`, which execs: the PID is the program's own). */
-  netns: string;
+  /** Run inside this netns (`ip netns exec NS`, which execs: the PID is the program's own); undefined = this one. */
+  netns?: string;
   argv: string[];
   pidFile: string;
   /** stdout and stderr are appended here. */
@@ -49,7 +49,8 @@ export async function ensureStarted(spec: ProcessSpec): Promise<number> {
   if (existing) return existing;
   const log = await open(spec.logFile, 'a', 0o600);
   try {
-    const child = spawn('ip', ['netns', 'exec', spec.netns, ...spec.argv], { detached: true, stdio: ['ignore', log.fd, log.fd] });
+    const argv = spec.netns ? ['ip', 'netns', 'exec', spec.netns, ...spec.argv] : spec.argv;
+    const child = spawn(argv[0]!, argv.slice(1), { detached: true, stdio: ['ignore', log.fd, log.fd] });
     const pid = await new Promise<number>((resolve, reject) => {
       child.once('error', reject);
       child.once('spawn', () => resolve(child.pid!));
@@ -76,8 +77,8 @@ export async function stopProcess(spec: Pick<ProcessSpec, 'pidFile' | 'marker'>,
 }
 
 /** Listening TCP and bound UDP sockets inside a netns (`ss -ltunH`). */
-export async function listeners(netns: string): Promise<Listener[]> {
-  const out = await run(['ss', '-ltunH'], { netns });
+export async function listeners(netns: string | undefined): Promise<Listener[]> {
+  const out = await run(['ss', '-ltunH'], netns ? { netns } : {});
   const result: Listener[] = [];
   for (const line of out.split('\n')) {
     const cols = line.trim().split(/\s+/);

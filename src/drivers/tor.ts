@@ -6,7 +6,8 @@ import path from 'node:path';
 import { ensureStarted, listeners, runningPid, stopProcess, type ProcessSpec } from './process.ts';
 
 export interface TorGateway {
-  netns: string;
+  /** The host-side netns (tests); undefined = the machine's own. */
+  netns?: string;
   /** Private directory for torrc, data, log and pid file (created 0700). */
   dir: string;
   gateway: string;
@@ -51,7 +52,7 @@ export function renderTorrc(g: TorGateway): string {
 
 function spec(g: TorGateway): ProcessSpec {
   const p = paths(g);
-  return { netns: g.netns, argv: ['tor', '-f', p.torrc, '--defaults-torrc', '/dev/null'], pidFile: p.pid, logFile: p.log, marker: p.torrc };
+  return { ...(g.netns ? { netns: g.netns } : {}), argv: ['tor', '-f', p.torrc, '--defaults-torrc', '/dev/null'], pidFile: p.pid, logFile: p.log, marker: p.torrc };
 }
 
 /** Write the config and start tor unless it already runs (restart-safe); returns the PID. */
@@ -79,6 +80,11 @@ export async function torHealth(g: TorGateway): Promise<TorHealth> {
   const transPort = ls.some((l) => l.proto === 'tcp' && l.address === g.gateway && l.port === g.transPort);
   const dnsPort = ls.some((l) => l.proto === 'udp' && l.address === g.gateway && l.port === g.dnsPort);
   return { ...(pid ? { pid } : {}), transPort, dnsPort, healthy: !!pid && transPort && dnsPort };
+}
+
+/** Its PID when running (pid file + command line; no process spawned). */
+export function torPid(g: TorGateway): Promise<number | undefined> {
+  return runningPid(spec(g));
 }
 
 export async function stopTor(g: TorGateway): Promise<void> {

@@ -36,6 +36,8 @@ export interface VmFirewallInput {
   /** Names the policy in reasons, e.g. `FirewallPolicy/web`. */
   policySource?: string;
   tor?: { transPort: number; dnsPort: number };
+  /** A tor VM gets no DNS at all (its Route's DNS cannot be served): no DNSPort accept, no redirect. */
+  noDns?: boolean;
   i2p?: { httpProxyPort: number; socksProxyPort: number };
 }
 
@@ -224,6 +226,8 @@ export function compileVmFirewall(input: VmFirewallInput, ctx: CompileContext): 
       }
       out.outbound.allowEstablished = true;
       out.inbound.allowEstablished = true;
+      // The host may reach a direct VM (ping, ssh): the VM's replies come in by input.
+      out.toGateway.allowEstablished = true;
       out.outbound.defaultAction = input.policy ? (input.policy.defaultAction ?? 'drop') : 'accept';
       if (input.dnsTargets.includes(gateway)) {
         out.toGateway.rules.push(
@@ -236,14 +240,12 @@ export function compileVmFirewall(input: VmFirewallInput, ctx: CompileContext): 
     case 'tor': {
       const t = input.tor;
       if (!t || !validPort(t.transPort) || !validPort(t.dnsPort)) return closedShape(input, vmAddress, `${input.vm}: tor route without valid TransPort and DNSPort`, []);
-      out.toGateway.rules.push(
-        { match: { dst: gw, proto: 'tcp', ports: { from: t.transPort, to: t.transPort } }, action: 'accept', comment: 'tor TransPort' },
-        { match: { dst: gw, proto: 'udp', ports: { from: t.dnsPort, to: t.dnsPort } }, action: 'accept', comment: 'tor DNSPort' },
-      );
-      out.redirects.push(
-        { proto: 'udp', dport: 53, toPort: t.dnsPort, comment: 'tor DNSPort' },
-        { proto: 'tcp', synOnly: true, toPort: t.transPort, comment: 'tor TransPort' },
-      );
+      out.toGateway.rules.push({ match: { dst: gw, proto: 'tcp', ports: { from: t.transPort, to: t.transPort } }, action: 'accept', comment: 'tor TransPort' });
+      if (!input.noDns) {
+        out.toGateway.rules.push({ match: { dst: gw, proto: 'udp', ports: { from: t.dnsPort, to: t.dnsPort } }, action: 'accept', comment: 'tor DNSPort' });
+        out.redirects.push({ proto: 'udp', dport: 53, toPort: t.dnsPort, comment: 'tor DNSPort' });
+      }
+      out.redirects.push({ proto: 'tcp', synOnly: true, toPort: t.transPort, comment: 'tor TransPort' });
       break;
     }
     case 'i2p': {

@@ -91,6 +91,7 @@ export function buildIptTables(compiled: readonly VmFirewall[], opts: { guardPat
       out.push(`-A ${c.out} ${comment('default')} ${TARGET[fw.outbound.defaultAction]}`);
       if (fw.inbound.allowEstablished) ret.push(`-A ${c.ret} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`);
       ret.push(`-A ${c.ret} -j DROP`);
+      if (fw.toGateway.allowEstablished) inn.push(`-A ${c.in} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`);
       for (const r of fw.toGateway.rules) inn.push(...ruleLines(c.in, r));
       inn.push(`-A ${c.in} -j DROP`);
       if (fw.redirects.length > 0) {

@@ -65,8 +65,8 @@ export interface VmFirewall {
   outbound: { allowEstablished: boolean; rules: IrRule[]; defaultAction: Verdict };
   /** Forwarded traffic to the VM: replies to its own connections when allowed, else nothing. */
   inbound: { allowEstablished: boolean };
-  /** Traffic to the host itself: these accepts, everything else dropped. */
-  toGateway: { rules: IrRule[] };
+  /** Traffic to the host itself: replies to the host's own connections when allowed, these accepts, the rest dropped. */
+  toGateway: { rules: IrRule[]; allowEstablished?: boolean };
   redirects: IrRedirect[];
   /** The earliest expiry still in the future (RFC 3339): schedule a pass then. */
   nextExpiry?: string;

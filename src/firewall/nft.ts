@@ -107,6 +107,7 @@ export function vmNftChains(fw: VmFirewall): NftChain[] {
     out.push({ stmts: [fw.outbound.defaultAction], comment: 'default' });
     if (fw.inbound.allowEstablished) ret.push({ stmts: ['ct state established,related', 'accept'] });
     ret.push({ stmts: ['drop'] });
+    if (fw.toGateway.allowEstablished) input.push({ stmts: ['ct state established,related', 'accept'] });
     input.push(...fw.toGateway.rules.map(ruleOf));
     input.push({ stmts: ['drop'] });
   }

@@ -336,7 +336,7 @@ describe('planRoute (pure): modes, uplink, NAT, deleting', () => {
     }
   });
 
-  test('tor and i2p are stalled (ModeUnsupported), nothing created; deleting them is allowed', () => {
+  test('a controller built without the firewall stalls tor and i2p (ModeUnsupported), nothing created; deleting them is allowed', () => {
     const tor = routeOf({ vm: 'onion', mode: 'tor', address: '10.8.0.9/24', gateway: '10.8.0.1' });
     const p = planRoute(prefix, tor, undefined, world);
     assert.deepEqual(p.actions, []);

@@ -32,6 +32,8 @@ describe('policy-routing backstop (real ip)', () => {
 
   test('refuses the main/default tables and bad names', async () => {
     await assert.rejects(ensureBackstop({ hostNetns: host.hostNs }, { hostIf: 'x', table: 254 }), /choose 1000/);
+    // A rule after main's (32766) would never be reached: refused.
+    await assert.rejects(ensureBackstop({ hostNetns: host.hostNs }, { hostIf: 'x', table: 40000 }), /before main/);
     await assert.rejects(ensureBackstop({ hostNetns: host.hostNs }, { hostIf: 'a b', table: 2000 }), /invalid interface/);
   });
 });

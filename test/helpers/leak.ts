@@ -56,7 +56,7 @@ async function must(netns: string, argv: string[], input?: string): Promise<stri
   return r.stdout;
 }
 
-const COUNTER_TABLE = (internetIf: string) => `
+export const COUNTER_TABLE = (internetIf: string) => `
 table inet leak {
   counter n_tcp {}
   counter n_udp {}
@@ -78,7 +78,7 @@ table inet leak {
 `;
 
 // Every probe is bounded by `timeout`, and all run in parallel; failures are expected and ignored.
-const PROBES = `
+export const PROBES = `
 t=${LEAK_TARGETS.v4}; v6=${LEAK_TARGETS.v6}
 p() { timeout 5 "$@" >/dev/null 2>&1 & }
 for port in 80 443 22 9040; do p bash -c "exec 3<>/dev/tcp/$t/$port"; done
@@ -119,6 +119,28 @@ while True:
             data, a = u.recvfrom(4096)
             print("udp %s %d" % (a[0], len(data)), flush=True)
 `;
+
+/** Count every packet arriving in an "internet" netns (see COUNTER_TABLE); returns read and reset. */
+export async function installCounters(internetNs: string, internetIf: string): Promise<{ read(): Promise<LeakCounters>; reset(): Promise<void> }> {
+  await must(internetNs, ['nft', '-f', '-'], COUNTER_TABLE(internetIf));
+  return {
+    async read() {
+      const doc = JSON.parse(await must(internetNs, ['nft', '-j', 'list', 'counters', 'table', 'inet', 'leak']));
+      const out: LeakCounters = { tcp: 0, udp: 0, icmp: 0, other: 0, v6: 0, noise: 0 };
+      for (const item of doc.nftables) {
+        const name = String(item.counter?.name ?? '').replace(/^n_/, '');
+        if (item.counter && name in out) out[name as keyof LeakCounters] = item.counter.packets;
+      }
+      return out;
+    },
+    reset: async () => void (await must(internetNs, ['nft', 'reset', 'counters', 'table', 'inet', 'leak'])),
+  };
+}
+
+/** Send every probe of PROBES from a netns (a fake guest). */
+export async function probeFrom(ns: string): Promise<void> {
+  await tryIn(ns, ['bash', '-c', PROBES]);
+}
 
 export async function createLeakLab(): Promise<LeakLab> {
   const host = await createTestHost();

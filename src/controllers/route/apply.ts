@@ -6,6 +6,11 @@ import { replaceNftTable } from '../../drivers/nft.ts';
 import { OutcomeError, waiting, type World } from '../../engine/contract.ts';
 import { NAT_FAMILY, compileNatTable, natTableName } from './nat.ts';
 import { NO_UPLINK, type NetAction, type RouteAction } from './plan.ts';
+import type { FirewallAction } from './firewall.ts';
+import type { FirewallService } from '../firewall/service.ts';
+import { backstopOf, ensureBackstop, removeBackstop, startGateway, stopGateway, type GatewaySettings } from './gateway.ts';
+import type { StoredResource } from '../../store/store.ts';
+import { parseKey } from '../../resources/keys.ts';
 
 function push<K, V>(m: Map<K, V[]>, k: K, v: V): void {
   const list = m.get(k);
@@ -134,8 +139,40 @@ export async function syncNat(layout: NetLayout, world: World, configuredUplink?
   await replaceNftTable(layout.hostNetns, NAT_FAMILY, natTableName(layout.prefix), content, { ipv4Forwarding: !!content });
 }
 
-export async function applyRouteActions(layout: NetLayout, actions: readonly RouteAction[], world: World, configuredUplink?: string): Promise<void> {
-  const net = actions.filter((a): a is NetAction => a.type !== 'sync-nat');
+/** The firewall and gateway side of a Route controller (absent: only direct and isolated Routes). */
+export interface RouteGateways {
+  firewall: FirewallService;
+  settings: GatewaySettings;
+}
+
+const FIREWALL_ACTIONS = new Set(['sync-firewall', 'ensure-backstop', 'remove-firewall', 'remove-backstop', 'start-gateway', 'stop-gateway']);
+const isFirewallAction = (a: RouteAction): a is FirewallAction => FIREWALL_ACTIONS.has(a.type);
+
+/**
+ * In this order: backstops and the firewall (closed before any host link comes up; the chains of
+ * Routes being deleted in this batch are kept), the ip changes, NAT, then for deleted Routes their
+ * chains, backstops and gateways (their host links are gone now), and last the gateways to start.
+ */
+export async function applyRouteActions(layout: NetLayout, actions: readonly RouteAction[], world: World, configuredUplink?: string, gateways?: RouteGateways): Promise<void> {
+  const fwActions = actions.filter(isFirewallAction);
+  if (fwActions.length && !gateways) throw new Error('firewall actions planned for a Route controller without a firewall');
+  const routeOf = (a: FirewallAction): StoredResource<'Route'> => {
+    const r = world.get('Route', parseKey(a.resource).name);
+    if (!r) throw new Error(`${a.resource}: not in the world`);
+    return r;
+  };
+  const of = (type: FirewallAction['type']) => fwActions.filter((a) => a.type === type).map(routeOf);
+  const g = gateways!;
+  for (const r of of('ensure-backstop')) await ensureBackstop(layout, backstopOf(layout.prefix, r.spec.vm));
+  const removing = of('remove-firewall');
+  if (of('sync-firewall').length) await g.firewall.sync(world, new Set(removing.map((r) => r.metadata.name)));
+
+  const net = actions.filter((a): a is NetAction => a.type !== 'sync-nat' && !isFirewallAction(a));
   if (net.length > 0) await applyNetActions(layout, net);
   if (actions.some((a) => a.type === 'sync-nat')) await syncNat(layout, world, configuredUplink);
+
+  if (removing.length) await g.firewall.sync(world);
+  for (const r of of('remove-backstop')) await removeBackstop(layout, backstopOf(layout.prefix, r.spec.vm));
+  await Promise.all(of('stop-gateway').map((r) => stopGateway(g.settings, r)));
+  await Promise.all(of('start-gateway').map((r) => startGateway(g.settings, r)));
 }

@@ -7,7 +7,10 @@ import type { NetLayout } from '../../drivers/netns.ts';
 import type { Controller, FieldDiff, Plan, World } from '../../engine/contract.ts';
 import { keyOf, makeKey, type ObjectKey } from '../../resources/keys.ts';
 import type { StoredResource } from '../../store/store.ts';
-import { applyRouteActions } from './apply.ts';
+import { applyRouteActions, type RouteGateways } from './apply.ts';
+import { reportRouteFirewall } from './firewall.ts';
+import { GATEWAY_WATCH_MS, backstopOf, gatewayAlive, gatewayMode, observeBackstop, observeGateway } from './gateway.ts';
+import type { StatusReport } from '../../engine/contract.ts';
 import { collectRouteGarbage } from './gc.ts';
 import { observeRouteHost, type RouteActual } from './observe.ts';
 import { diffRoute, planRoute, type RouteAction } from './plan.ts';
@@ -25,16 +28,40 @@ export class RouteController implements Controller<'Route', RouteActual, RouteAc
   constructor(
     private readonly layout: NetLayout,
     private readonly uplink?: string,
+    /** qwamos' firewall and the tor/i2p gateways; without, tor and i2p Routes stall (fail closed). */
+    private readonly gateways?: RouteGateways,
   ) {}
 
-  async observe(resources: StoredResource<'Route'>[]): Promise<Map<ObjectKey, RouteActual>> {
-    const host = await observeRouteHost(this.layout, resources.map((r) => r.spec.vm), this.uplink);
+  async observe(resources: StoredResource<'Route'>[], world?: World): Promise<Map<ObjectKey, RouteActual>> {
+    const g = this.gateways;
+    const [host, fw] = await Promise.all([
+      observeRouteHost(this.layout, resources.map((r) => r.spec.vm), this.uplink),
+      g && world ? g.firewall.observe(world) : undefined,
+    ]);
     const found = new Map<ObjectKey, RouteActual>();
-    for (const r of resources) {
-      const net = host.nets.get(r.spec.vm);
-      found.set(keyOf(r), { ...(net ? { net } : {}), nat: host.nat, ...(host.uplink ? { uplink: host.uplink } : {}) });
-    }
+    await Promise.all(
+      resources.map(async (r) => {
+        const net = host.nets.get(r.spec.vm);
+        // The backstop and the gateway process of tor/i2p Routes (and of any Route being deleted).
+        const gatewaySide = g && (gatewayMode(r.spec.mode) || r.deletionRequestedAt);
+        const [backstop, gateway] = gatewaySide
+          ? await Promise.all([observeBackstop(this.layout, backstopOf(this.layout.prefix, r.spec.vm)), observeGateway(g.settings, r)])
+          : [undefined, undefined];
+        found.set(keyOf(r), {
+          ...(net ? { net } : {}),
+          nat: host.nat,
+          ...(host.uplink ? { uplink: host.uplink } : {}),
+          ...(fw ? { fw } : {}),
+          ...(backstop ? { backstop } : {}),
+          ...(gateway ? { gateway } : {}),
+        });
+      }),
+    );
     return found;
+  }
+
+  report(resource: StoredResource<'Route'>, actual: RouteActual | undefined): StatusReport {
+    return this.gateways ? { fields: reportRouteFirewall(resource, actual) } : {};
   }
 
   plan(resource: StoredResource<'Route'>, actual: RouteActual | undefined, world: World): Plan<RouteAction> {
@@ -46,7 +73,7 @@ export class RouteController implements Controller<'Route', RouteActual, RouteAc
   }
 
   async apply(actions: RouteAction[], world: World): Promise<void> {
-    await applyRouteActions(this.layout, actions, world, this.uplink);
+    await applyRouteActions(this.layout, actions, world, this.uplink, this.gateways);
   }
 
   collectGarbage(world: World): Promise<string[]> {
@@ -55,9 +82,30 @@ export class RouteController implements Controller<'Route', RouteActual, RouteAc
 
   /** `ip monitor` and /run/netns: a route whose links or namespace change is re-checked at once. */
   watch(notify: (keys: ObjectKey[]) => void, world: () => World): { close(): void } {
-    return watchHostNetwork(this.layout, (vms) => {
+    const net = watchHostNetwork(this.layout, (vms) => {
       const routes = world().list('Route').filter((r) => vms === 'all' || vms.has(r.spec.vm));
       notify(routes.map((r) => makeKey('Route', r.metadata.name)));
     });
+    // A tor/i2pd process that died (crashed, killed) is seen within GATEWAY_WATCH_MS and restarted.
+    const g = this.gateways;
+    let checking = false;
+    const timer = g
+      ? setInterval(() => {
+          if (checking) return;
+          checking = true;
+          const routes = world().list('Route').filter((r) => gatewayMode(r.spec.mode));
+          Promise.all(routes.map(async (r) => ((await gatewayAlive(g.settings, r)) ? [] : [keyOf(r)])))
+            .then((dead) => dead.flat().length && notify(dead.flat()))
+            .catch(() => undefined)
+            .finally(() => (checking = false));
+        }, GATEWAY_WATCH_MS)
+      : undefined;
+    timer?.unref();
+    return {
+      close() {
+        net.close();
+        if (timer) clearInterval(timer);
+      },
+    };
   }
 }

@@ -5,6 +5,7 @@ import { checkedUplink, defaultRouteDev, derivedNames, observeNetworks, type Net
 import { observeNftTable, type ObservedNftTable } from '../../drivers/nft.ts';
 import { isDnsLabel } from '../../names.ts';
 import { NAT_FAMILY, natTableName } from './nat.ts';
+import type { RouteGatewayActual } from './firewall.ts';
 
 export type { ObservedLink, ObservedRoute };
 
@@ -40,7 +41,7 @@ export interface ObservedNat {
   forwarding: boolean;
 }
 
-export interface RouteActual {
+export interface RouteActual extends RouteGatewayActual {
   /** Undefined when nothing of the VM's network exists. */
   net?: ObservedRouteNet;
   nat: ObservedNat;

@@ -20,6 +20,7 @@ import { keyOf, type ObjectKey } from '../../resources/keys.ts';
 import type { StoredResource } from '../../store/store.ts';
 import { ipOf, natProblems } from './nat.ts';
 import type { ObservedRouteNet, RouteActual } from './observe.ts';
+import { planRouteFirewall, type FirewallAction } from './firewall.ts';
 
 /** Where a link lives: the host side, or the VM's netns. */
 export type Side = 'host' | 'vm';
@@ -52,7 +53,7 @@ export type NetAction =
 
 /** Rewrite qwamos' nft table whole from the world (and forwarding on): it differs for this Route. */
 export type NatAction = Base<'sync-nat'>;
-export type RouteAction = NetAction | NatAction;
+export type RouteAction = NetAction | NatAction | FirewallAction;
 
 /** What one Route wants of the host network. */
 export interface RouteNet {
@@ -64,8 +65,8 @@ export interface RouteNet {
   gateway?: string;
 }
 
-/** Modes whose traffic policy (Tor redirect, I2P-only) is not built yet: refused rather than left open. */
-const UNSUPPORTED_MODES = new Set(['tor', 'i2p']);
+/** Modes that need qwamos' firewall and a gateway: refused (fail closed) by a controller built without them. */
+const GATEWAY_MODES = new Set(['tor', 'i2p']);
 export const NO_UPLINK = 'no uplink for direct traffic: the host has no default route and QWAMOS_UPLINK is not set';
 
 /** The mark (ifalias) of what qwamos creates for a Route: `qwamos:<prefix>:Route/<name>`. */
@@ -240,18 +241,21 @@ export function planRoute(prefix: string, resource: StoredResource<'Route'>, act
   const key = keyOf(resource);
   const deleting = Boolean(resource.deletionRequestedAt);
   const spec = resource.spec;
-  if (!deleting && UNSUPPORTED_MODES.has(spec.mode)) {
-    return { actions: [], hold: stalled('ModeUnsupported', `mode ${spec.mode} is not supported on this host yet: nothing was created (fail closed)`) };
+  if (!deleting && GATEWAY_MODES.has(spec.mode) && !actual?.fw) {
+    return { actions: [], hold: stalled('ModeUnsupported', `mode ${spec.mode} needs qwamos' firewall, which this controller was built without: nothing was created (fail closed)`) };
   }
-  const actions: RouteAction[] = planRouteNet(prefix, key, deleting ? undefined : routeNetOf(resource), actual?.net);
+  // The backstop and the VM's chains first (closed before the host link is up), the gateway last.
+  const fw = planRouteFirewall(prefix, resource, actual, world);
+  const actions: RouteAction[] = [...fw.pre, ...planRouteNet(prefix, key, deleting ? undefined : routeNetOf(resource), actual?.net)];
   const wantNat = !deleting && spec.mode === 'direct';
-  if (wantNat && !actual?.uplink) return { actions, hold: waiting('NoUplink', NO_UPLINK, 10_000) };
+  if (wantNat && !actual?.uplink) return { actions: [...actions, ...fw.post], hold: waiting('NoUplink', NO_UPLINK, 10_000) };
   const nat = natProblems(resource, actual?.nat ?? { forwarding: false }, actual?.uplink, world.all);
   if (nat.length > 0) {
     const describe = wantNat ? `rewrite nft table: ${nat.join('; ')}` : `remove masquerade for ${key}`;
     actions.push({ type: 'sync-nat', resource: key, describe });
   }
-  return { actions };
+  actions.push(...fw.post);
+  return fw.hold ? { actions, hold: fw.hold } : { actions };
 }
 
 /** Pure: field-level differences, for drift records. */
@@ -300,5 +304,6 @@ export function diffRoute(prefix: string, resource: StoredResource<'Route'>, act
     const nat = natProblems(resource, actual.nat, actual.uplink, world.all);
     if (nat.length) d.push({ field: 'nat', desired: `masquerade ${ipOf(desired.address ?? '')} via ${actual.uplink}, table as compiled`, actual: nat.join('; ') });
   }
+  d.push(...planRouteFirewall(prefix, resource, actual, world).diff);
   return d;
 }

@@ -15,6 +15,7 @@ import { VmObserver, type VmActual } from './observe.ts';
 import { planVm, type VmAction } from './plan.ts';
 import { diffVm, reportVm } from './status.ts';
 import { VmWatchers } from './watch.ts';
+import { policiesFor } from '../firewall/desired.ts';
 
 export type { VmContext } from './context.ts';
 export type { VmActual } from './observe.ts';
@@ -52,6 +53,8 @@ export class VmController implements Controller<'VirtualMachine', VmActual, VmAc
     return [
       ...(spec.network?.route ? [makeKey('Route', spec.network.route)] : []),
       ...(level && world.get('GpuTrustLevel', level) ? [makeKey('GpuTrustLevel', level)] : []),
+      // Never started before the firewall of the policies that select it is in place.
+      ...policiesFor(r.metadata.name, world).map((p) => makeKey('FirewallPolicy', p.metadata.name)),
       ...(spec.dependsOn ?? []).map((d) => makeKey(d.kind ?? 'VirtualMachine', d.name)),
     ];
   }
