@@ -16,6 +16,8 @@ cleanup() {
   if [ -f "$work/rundirs" ]; then
     while read -r d; do [ -f "$d/qemu.pid" ] && kill -9 "$(cat "$d/qemu.pid")" 2>/dev/null; done < "$work/rundirs"
   fi
+  # Tor and i2pd gateways left the same way: by the PIDs in their pid files.
+  for f in "$work"/state/gateways/*/tor.pid "$work"/state/gateways/*/i2pd.pid; do [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null; done
   bash "$repo/scripts/sandbox-host.sh" destroy "$prefix"
   cd /
   rm -rf "$work"
@@ -65,31 +67,33 @@ spec:
 YAML
 run validate --allow-unsigned -f broken.yaml || echo "-> exit $?"
 
-step "6. Routes and VMs made real: the dev VM (q35, direct route) and the malware VM (microvm, isolated)"
+step "6. The seeds' routing table made real: browser via Tor, messaging via I2P, dev direct, malware isolated"
 bash "$repo/scripts/sandbox-host.sh" create "$prefix"
 export QWAMOS_PREFIX="$prefix" QWAMOS_HOST_NETNS="${prefix}_host" QWAMOS_IMAGE_ROOT="$work/images"
-echo "(host side: netns ${prefix}_host with an uplink to a fake internet, netns ${prefix}_inet at 203.0.113.1)"
+echo "(host side: netns ${prefix}_host with an uplink to a fake internet, netns ${prefix}_inet at 203.0.113.1;"
+echo " Tor and i2pd run there and cannot bootstrap: nothing leaves these namespaces)"
 echo "(building the tiny guest: Debian's cloud kernel + a busybox initramfs; cached after the first run)"
 bash "$repo/scripts/build-guest.sh" /tmp/qwamos-guest-cache
 mkdir -p "$QWAMOS_IMAGE_ROOT/guest"
 ln -f /tmp/qwamos-guest-cache/vmlinux /tmp/qwamos-guest-cache/initrd.cpio "$QWAMOS_IMAGE_ROOT/guest/" 2>/dev/null \
   || cp /tmp/qwamos-guest-cache/vmlinux /tmp/qwamos-guest-cache/initrd.cpio "$QWAMOS_IMAGE_ROOT/guest/"
-run apply --wait -f manifests/cluster.yaml -f manifests/gpu-levels.yaml -f manifests/route-dev.yaml \
-  -f manifests/route-malware.yaml -f manifests/vm-dev.yaml -f manifests/vm-malware.yaml
-run get vm -o wide
-run get routes
+run apply --wait --timeout 300s -f manifests || echo "-> exit $?"
+for vm in browser message dev malware; do vmfield "$vm" runDir >> "$work/rundirs"; echo >> "$work/rundirs"; done
+run get all -o wide
 for vm in dev malware; do
-  vmfield "$vm" runDir >> "$work/rundirs"; echo >> "$work/rundirs"
   serial=$(vmfield "$vm" serialLog)
   for _ in $(seq 300); do grep -q QWAMOS-GUEST-READY "$serial" 2>/dev/null && break; sleep 0.1; done
 done
-echo "\$ qwamos describe vm/dev | tail -4    # the serial console (QEMU runs unprivileged, its run dir under /run/qwamos)"
-node "$repo/bin/qwamos.js" describe vm/dev | grep -A3 'Serial console'
+echo "\$ qwamos describe vm/dev | grep -A3 'Serial console'    # QEMU runs unprivileged; its run dir is under /run/qwamos"
+node "$repo/bin/qwamos.js" describe vm/dev | grep -A3 'Serial console' || true
 echo "\$ ip netns exec ${prefix}_host busybox wget -qO- http://10.8.0.4/    # the gateway reaches the dev guest"
 ip netns exec "${prefix}_host" timeout 5 busybox wget -qO- http://10.8.0.4/ || true
 echo "\$ ip netns exec ${prefix}_host busybox ping -c1 10.8.0.5    # the isolated guest is unreachable"
 ip netns exec "${prefix}_host" busybox ping -c1 -W1 10.8.0.5 2>&1 | tail -1 || true
-run apply -f manifests/route-browser.yaml || echo "-> exit $?: tor routes are refused until the Tor gateway exists (fail closed)"
+echo "\$ ip netns exec ${prefix}_host ss -ltn    # Tor (TransPort, DNSPort) and i2pd (HTTP, SOCKS proxies) on the gateway address only"
+ip netns exec "${prefix}_host" ss -ltn | grep -E '10\.8\.0\.1|State' || true
+echo "\$ ip rule (in ${prefix}_host)    # the routing backstop: a tor/i2p VM stays closed even without the firewall table"
+ip -n "${prefix}_host" rule show | grep -E "${prefix}h-(browser|message)" || true
 
 step "7. The controller daemon heals drift: QEMU killed, a VM's namespace deleted"
 node "$repo/bin/qwamos.js" controller > controller.log 2>&1 &
@@ -103,12 +107,16 @@ for _ in $(seq 100); do new=$(cat "$rundir/qemu.pid" 2>/dev/null || true); [ -n 
 echo "(dev runs again as pid $(cat "$rundir/qemu.pid"))"
 echo "\$ ip netns del ${prefix}-malware"
 ip netns del "${prefix}-malware"
+echo "\$ nft flush chain inet ${prefix}_fw out_dev    # someone empties the dev VM's firewall chain by hand"
+ip netns exec "${prefix}_host" nft flush chain inet "${prefix}_fw" out_dev || true
+echo "\$ qwamos reconcile    # (the periodic resync would find it too)"
+qwamos reconcile > /dev/null || true
 sleep 2
 run drift --all
 run get all -o wide
 echo "--- controller log"
 cat controller.log
 kill -TERM "$daemon_pid"; wait "$daemon_pid" 2>/dev/null || true; daemon_pid=""
-run delete vm/dev vm/malware
+run delete -f manifests
 
 printf '\nDemo done.\n'
