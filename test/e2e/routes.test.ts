@@ -282,7 +282,7 @@ describe('suspend and resume', () => {
     const file = await sb.manifest('s.yaml', route('sus', 'isolated', '10.8.0.7/24'));
     assert.equal((await sb.qwamos(['apply', '-f', file])).exitCode, 0);
     const ns = `${sb.host.prefix}-sus`;
-    assert.match((await sb.qwamos(['suspend', 'rt/sus'])).stdout, /Route\/sus Suspended/);
+    assert.match((await sb.qwamos(['suspend', 'rt/sus'])).stdout, /Route\/sus suspended/);
     await tryIn(undefined, ['ip', 'netns', 'del', ns]);
     const r = await sb.qwamos(['reconcile', 'route/sus']);
     assert.match(r.stdout, /Route\/sus Suspended/);
