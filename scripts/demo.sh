@@ -119,4 +119,51 @@ cat controller.log
 kill -TERM "$daemon_pid"; wait "$daemon_pid" 2>/dev/null || true; daemon_pid=""
 run delete -f manifests
 
+step "8. Git as the source of truth: the daemon follows a repository of signed manifests"
+node "$repo/bin/qwamos.js" controller > controller2.log 2>&1 &
+daemon_pid=$!
+for _ in $(seq 50); do grep -q 'controller started' controller2.log 2>/dev/null && break; sleep 0.1; done
+gitc() { git -C "$work/fleet" -c user.name=demo -c user.email=demo@localhost "$@"; }
+route_yaml() { printf 'apiVersion: qwamos.io/v1alpha1\nkind: Route\nmetadata:\n  name: %s\nspec:\n  vm: %s\n  mode: isolated\n' "$1" "$1"; }
+mkdir -p "$work/fleet/routes" && git init -q -b main "$work/fleet"
+route_yaml web > "$work/fleet/routes/web.yaml"
+qwamos sign -k keys/demo.key "$work/fleet/routes/web.yaml" > /dev/null
+gitc add -A && gitc commit -q -m "web"
+echo "(a local repository $work/fleet with one signed Route, committed)"
+cat > gitsource.yaml <<YAML
+apiVersion: qwamos.io/v1alpha1
+kind: GitSource
+metadata:
+  name: fleet
+spec:
+  url: $work/fleet
+  ref:
+    branch: main
+  path: routes
+  interval: 1h
+YAML
+qwamos sign -k keys/demo.key gitsource.yaml > /dev/null
+run apply --wait -f gitsource.yaml
+for _ in $(seq 100); do qwamos get route web > /dev/null 2>&1 && break; sleep 0.1; done
+run get gitsources
+route_yaml mail > "$work/fleet/routes/mail.yaml"
+qwamos sign -k keys/demo.key "$work/fleet/routes/mail.yaml" > /dev/null
+gitc add -A && gitc commit -q -m "mail"
+echo "\$ git commit -m mail && qwamos notify gitsource/fleet    # what a post-receive hook does"
+start=$(date +%s%N)
+qwamos notify gitsource/fleet
+for _ in $(seq 100); do qwamos get route mail > /dev/null 2>&1 && break; sleep 0.05; done
+echo "(Route/mail stored $(( ($(date +%s%N) - start) / 1000000 )) ms after the notification)"
+run get routes
+echo "\$ sed -i 's/isolated/direct/' routes/web.yaml && git commit    # someone with push access but no key"
+sed -i 's/mode: isolated/mode: direct/' "$work/fleet/routes/web.yaml"
+gitc commit -q -am "web goes direct"
+qwamos notify gitsource/fleet > /dev/null
+sleep 2
+run get gitsources
+echo "\$ qwamos get route web -o yaml | grep 'mode:'    # the last good revision stays in force"
+qwamos get route web -o yaml | grep 'mode:' || true
+kill -TERM "$daemon_pid"; wait "$daemon_pid" 2>/dev/null || true; daemon_pid=""
+run delete gitsource/fleet
+
 printf '\nDemo done.\n'
