@@ -1,6 +1,7 @@
 // Supervised background processes for gateways (tor, i2pd): started inside a named netns, detached, with
 // a pid file so a restarted controller finds them again, identified by PID plus its command line (a
 // recycled PID is not taken for ours), stopped by PID only. Health is left to the caller (sockets).
+import { processAlive } from '../proc.ts';
 import { spawn } from 'node:child_process';
 import { open, readFile, rm, writeFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -23,14 +24,8 @@ export interface Listener {
   port: number;
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
+// A killed gateway its parent has not reaped yet is dead: restart it, never wait on it.
+const alive = (pid: number): boolean => processAlive(pid);
 
 async function cmdline(pid: number): Promise<string> {
   return (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0').join(' ');

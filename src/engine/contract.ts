@@ -107,11 +107,19 @@ export interface World {
 }
 
 export function makeWorld(resources: readonly StoredResource[], now = Date.now()): World {
+  // Indexed once per snapshot: plans ask `list`/`get` per resource, so a scan each time is O(N²) a pass.
   const byKey = new Map<string, StoredResource>(resources.map((r) => [keyOf(r), r]));
+  const byKind = new Map<Kind, StoredResource[]>();
+  for (const r of resources) {
+    if (r.deletionRequestedAt) continue;
+    const list = byKind.get(r.kind) ?? [];
+    list.push(r);
+    byKind.set(r.kind, list);
+  }
   return {
     all: resources,
     now,
-    list: <K extends Kind>(kind: K) => resources.filter((r): r is StoredResource<K> => r.kind === kind && !r.deletionRequestedAt),
+    list: <K extends Kind>(kind: K) => [...((byKind.get(kind) ?? []) as StoredResource<K>[])],
     get: <K extends Kind>(kind: K, name: string) => byKey.get(`${kind}/${name}`) as StoredResource<K> | undefined,
   };
 }

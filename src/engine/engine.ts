@@ -77,6 +77,8 @@ export class Engine {
   private readonly store: Store;
   /** The store has been read: only then may garbage be collected (an empty world would claim all). */
   private synced = false;
+  /** The indexed world of the records as last synced (see world()). */
+  private snapshot?: World;
 
   constructor(private readonly opts: EngineOptions) {
     this.store = opts.store;
@@ -121,13 +123,18 @@ export class Engine {
     for (const [key, entry] of this.entries) {
       if (!seen.has(key)) this.forget(key, entry);
     }
+    this.snapshot = undefined;
     this.synced = true;
     return changed;
   }
 
-  /** A snapshot of the desired state, for one pass. */
+  /**
+   * A snapshot of the desired state, for one pass. The records change only in sync() and forget(), so the
+   * indexed snapshot is kept until then; only `now` is taken afresh (plans time crash backoff by it).
+   */
   world(): World {
-    return makeWorld(this.resources());
+    this.snapshot ??= makeWorld(this.resources());
+    return { ...this.snapshot, now: Date.now() };
   }
 
   /** Resources in the store, as last synced. */
@@ -362,6 +369,7 @@ export class Engine {
   private forget(key: string, entry: Entry): void {
     entry.actor.stop();
     this.entries.delete(key);
+    this.snapshot = undefined;
     this.lastStatus.delete(key);
   }
 

@@ -4,11 +4,14 @@
 // Used both for the short write lock (withLock) and for long-held leases (the reconciler daemon).
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomBytes } from 'node:crypto';
-import { constants, readFileSync } from 'node:fs';
+import { constants } from 'node:fs';
 import fs from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { UserError } from '../errors.ts';
 import { FILE_MODE, isErrno } from './atomic.ts';
+import { processAlive, processStartTime } from '../proc.ts';
+
+export { processAlive, processStartTime };
 
 export interface LockHolder {
   pid: number;
@@ -33,41 +36,6 @@ export class LockTimeoutError extends UserError {
         (holderPid ? `held by process ${holderPid}${holderPid === process.pid ? ' (this process)' : ''}` : 'held by another process'),
     );
   }
-}
-
-/** Start time of pid from /proc/PID/stat (field 22), or undefined where /proc is unavailable. */
-export function processStartTime(pid: number): string | undefined {
-  return procStat(pid)?.[19];
-}
-
-/** Fields 3.. of /proc/PID/stat (state first), or undefined where /proc is unavailable. */
-function procStat(pid: number): string[] | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // The command name (field 2) may contain spaces and parens: fields after it start after the last ')'.
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  } catch {
-    return undefined;
-  }
-}
-
-/**
- * Whether pid is running and (if start is given and knowable) is still the same process. A zombie (state
- * Z, or X while being reaped) has exited: it holds no lock, though kill(pid, 0) still finds it until its
- * parent reaps it, which may take long (PID 1 here does not reap promptly).
- */
-export function processAlive(pid: number, start?: string): boolean {
-  if (!Number.isInteger(pid) || pid <= 0) return false;
-  try {
-    process.kill(pid, 0);
-  } catch (err) {
-    if (!isErrno(err, 'EPERM')) return false; // ESRCH: no such process
-  }
-  const fields = procStat(pid);
-  if (fields && (fields[0] === 'Z' || fields[0] === 'X')) return false;
-  if (start === undefined) return true;
-  const now = fields?.[19];
-  return now === undefined || now === start;
 }
 
 const ownStart = processStartTime(process.pid);
