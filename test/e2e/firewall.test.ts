@@ -3,6 +3,7 @@
 // reached on-link only, so Tor and i2pd have no way out of the test's namespaces at all (they cannot
 // bootstrap; expected). Leaks are counted in the internet netns (test/helpers/leak.ts).
 // One sandbox per backend; the cases in a describe build on each other (one set of Routes).
+import { processAlive } from '../../src/proc.ts';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile, readdir } from 'node:fs/promises';
@@ -34,14 +35,8 @@ function killPid(pid: number): void {
     /* already gone */
   }
 }
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
+/** Running, not merely unreaped: a stopped Tor whose parent has not reaped it yet has exited. */
+const alive = (pid: number) => processAlive(pid);
 
 /** Connect from a netns; true when the TCP handshake completed (someone accepted it). */
 async function connects(ns: string, addr: string, port: number, seconds = 10): Promise<boolean> {
