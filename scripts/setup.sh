@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(qemu-system-x86 qemu-utils iptables nftables iproute2 tor i2pd busybox-static procps)
+packages=(qemu-system-x86 qemu-utils iptables nftables iproute2 tor i2pd busybox-static procps conntrack etcd-server)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
