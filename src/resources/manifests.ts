@@ -10,6 +10,8 @@ import type { VerifyOutcome } from '../trust/signature.ts';
 import { loadTrustStore } from '../trust/truststore.ts';
 import { signatureCacheDir } from '../trust/verify-cache.ts';
 import { verifySignedFiles, type PoolOptions } from '../trust/verify-pool.ts';
+import { INDEX_FILE } from '../trust/index-file.ts';
+import { checkDirIndex, type VerifiedDirIndex } from './dir-index.ts';
 import type { Diagnostic } from './diagnostics.ts';
 import type { LoadedResource } from './types.ts';
 import { validateSources, type SourceFile, type ValidateContext } from './validate.ts';
@@ -147,6 +149,8 @@ export interface ReadOptions extends ValidateContext {
   signatureCacheDir?: string | false;
   /** How signatures are spread over worker threads (the bench runs it on one core to compare). */
   verifyPool?: PoolOptions;
+  /** Where the last applied serial of each indexed directory is kept; false for none. Default: the state dir. */
+  indexStateDir?: string | false;
 }
 
 /** Who signed a file (the trusted key that verified it). */
@@ -165,6 +169,8 @@ export interface ManifestSet {
   resources: LoadedResource[];
   /** Errors and warnings, in file order. Any error means nothing of the set may be applied. */
   diagnostics: Diagnostic[];
+  /** The signed indexes of -f directories that verified: apply records their serials once it stored the set. */
+  indexes: VerifiedDirIndex[];
 }
 
 export function hasErrors(diagnostics: Diagnostic[]): boolean {
@@ -177,8 +183,26 @@ export function hasErrors(diagnostics: Diagnostic[]): boolean {
  * malformed signature is still refused, since it means someone changed a signed file.
  */
 export async function readManifests(paths: string[], opts: ReadOptions): Promise<ManifestSet> {
-  const { files, roots, skipped } = await collectFiles(paths, opts.recursive);
+  const collected = await collectFiles(paths, opts.recursive);
+  const { roots, skipped } = collected;
+  // A directory's index is not a manifest: it is checked against the directory below.
+  const files = collected.files.filter((f) => path.basename(f) !== INDEX_FILE);
   const store = await loadTrustStore(opts.trustDir);
+  const indexes: VerifiedDirIndex[] = [];
+  const indexStateDir = opts.indexStateDir ?? defaultStateDir();
+  for (const root of roots.filter((r) => r.isDirectory)) {
+    const inRoot = files.filter((f) => {
+      const rel = path.relative(root.path, f);
+      return rel !== '' && !rel.startsWith('..') && !path.isAbsolute(rel);
+    });
+    const check = await checkDirIndex(root.path, inRoot, store, indexStateDir || undefined);
+    if (check.status === 'refused') {
+      // Nothing of a directory whose index does not hold is read: one line naming the file says why.
+      const diagnostic: Diagnostic = { file: check.file, line: 1, col: 1, resource: 'index', message: `refused: ${check.reason}` };
+      return { files, roots, skipped, signers: new Map(), resources: [], diagnostics: [diagnostic], indexes: [] };
+    }
+    if (check.status === 'ok') indexes.push(check.index);
+  }
   const read = await mapLimit(files, 16, (file) => readLimited(file).then((bytes) => ({ file, bytes }), (err: unknown) => ({ file, err })));
   const readable = read.flatMap((r) => ('bytes' in r ? [r] : []));
   const cacheDir = opts.signatureCacheDir ?? defaultSignatureCacheDir();
@@ -190,13 +214,18 @@ export async function readManifests(paths: string[], opts: ReadOptions): Promise
   const sources = checked.flatMap((c) => (c.source ? [c.source] : []));
   const signers = new Map(checked.flatMap((c) => (c.source && c.signer ? [[c.source.file, c.signer] as const] : [])));
   const result = validateSources(sources, opts);
-  return { files, roots, skipped, signers, resources: result.resources, diagnostics: [...diagnostics, ...result.diagnostics] };
+  return { files, roots, skipped, signers, resources: result.resources, diagnostics: [...diagnostics, ...result.diagnostics], indexes };
 }
 
 /** The state dir's signature cache; none when the configuration cannot name a state dir. */
 function defaultSignatureCacheDir(): string | undefined {
+  const dir = defaultStateDir();
+  return dir ? signatureCacheDir(dir) : undefined;
+}
+
+function defaultStateDir(): string | undefined {
   try {
-    return signatureCacheDir(stateDir());
+    return stateDir();
   } catch {
     return undefined;
   }

@@ -7,6 +7,7 @@ import { UsageError, printable } from '../../errors.ts';
 import { crossCheck } from '../../resources/crossref.ts';
 import type { Diagnostic } from '../../resources/diagnostics.ts';
 import { hasErrors, withinReach, type ManifestSet } from '../../resources/manifests.ts';
+import { recordDirIndex } from '../../resources/dir-index.ts';
 import { openStore } from '../../runtime.ts';
 import type { StoredResource } from '../../store/store.ts';
 import { applyResultOf, storedAsLoaded } from '../applied.ts';
@@ -92,6 +93,8 @@ export const applyCommand: CliCommand = {
       process.stderr.write('error: nothing was applied (the store changed while applying; see above)\n');
       return EXIT.failed;
     }
+    // The directories' index serials: a later apply of an older signed index of the same directory is refused.
+    for (const index of set.indexes) await recordDirIndex(store.dir, index);
     for (const a of applied) lines.push({ key: `${a.kind}/${a.name}`, result: a.result });
     for (const p of pruned) lines.push({ key: `${p.kind}/${p.name}`, result: 'deleted' });
     print(lines, flags.output, '');

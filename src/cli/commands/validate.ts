@@ -1,6 +1,7 @@
 // qwamos validate -f FILE|DIR ...: verify signatures and validate, reporting every problem in one pass.
 import type { Command } from 'commander';
 import { EXIT } from '../exit.ts';
+import { printable } from '../../errors.ts';
 import { jsonOutputOption, type CliCommand } from '../command.ts';
 import { hasErrors } from '../../resources/manifests.ts';
 import { loadManifests, manifestOptions, printDiagnostics, type ManifestFlags } from '../manifest-options.ts';
@@ -24,12 +25,16 @@ export const validateCommand: CliCommand = {
         valid: ok,
         files: set.files,
         resources: set.resources.map((r) => ({ resource: r.key, file: r.file })),
+        indexes: set.indexes.map((i) => ({ dir: i.dir, serial: i.serial })),
         diagnostics: sortDiagnostics(set.diagnostics),
       };
       process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
     } else {
       printDiagnostics(set.diagnostics);
-      if (ok) process.stdout.write(`${set.resources.length} resources in ${set.files.length} files are valid\n`);
+      if (ok) {
+        process.stdout.write(`${set.resources.length} resources in ${set.files.length} files are valid\n`);
+        for (const index of set.indexes) process.stdout.write(`${printable(index.dir)}: signed index serial ${index.serial} matches the directory\n`);
+      }
     }
     return ok ? EXIT.ok : EXIT.failed;
   },
