@@ -1,5 +1,5 @@
 // npm run bench [name...]: runs the benches, each printing a table and writing bench/results/NAME.json.
-import { benchGitSource } from './gitsource.ts';
+import { benchGitConverge, benchGitSource } from './gitsource.ts';
 import { benchRoutes } from './routes.ts';
 import { benchValidate } from './validate.ts';
 import { benchVms } from './vms.ts';
@@ -9,6 +9,7 @@ const benches: Record<string, () => Promise<void>> = {
   routes: benchRoutes,
   vms: benchVms,
   gitsource: benchGitSource,
+  'git-converge': benchGitConverge,
 };
 
 const wanted = process.argv.slice(2);

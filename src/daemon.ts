@@ -52,6 +52,17 @@ export async function runDaemon(opts: DaemonOptions): Promise<void> {
   await engine.sync();
   engine.enqueueAll();
   engine.start();
+  // Notifications (a post-receive hook, `qwamos notify`): they only ask for a git source pass. Listening
+  // before the started line, so whoever waits for that line can notify at once.
+  const notifier = await startNotifySocket(store.dir, (name) => {
+    const sources = engine.resources('GitSource').map((r) => `GitSource/${r.metadata.name}`);
+    const named = name !== undefined ? sources.filter((k) => k === `GitSource/${name}`) : [];
+    engine.enqueue(named.length ? named : sources);
+  }, opts.log).catch((err: unknown) => {
+    opts.log(`notification socket disabled: ${oneLine(err)}`);
+    return undefined;
+  });
+
   opts.log(`controller started (pid ${process.pid}), ${engine.resources().length} resources, resync every ${Math.round(opts.resyncMs / 1000)}s`);
 
   // Store changes: re-read it, reconcile what changed, and serve reconcile requests.
@@ -82,16 +93,6 @@ export async function runDaemon(opts: DaemonOptions): Promise<void> {
 
   // Host events (ip monitor, QMP sockets closing, ...): what they name is re-checked at once.
   const watches = engine.watch();
-
-  // Notifications (a post-receive hook, `qwamos notify`): they only ask for a git source pass.
-  const notifier = await startNotifySocket(store.dir, (name) => {
-    const sources = engine.resources('GitSource').map((r) => `GitSource/${r.metadata.name}`);
-    const named = name !== undefined ? sources.filter((k) => k === `GitSource/${name}`) : [];
-    engine.enqueue(named.length ? named : sources);
-  }, opts.log).catch((err: unknown) => {
-    opts.log(`notification socket disabled: ${oneLine(err)}`);
-    return undefined;
-  });
 
   // Periodic resync with ±10% jitter, so many hosts do not observe in lockstep.
   let resyncTimer: NodeJS.Timeout | undefined;

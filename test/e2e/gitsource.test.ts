@@ -78,6 +78,7 @@ describe('GitSource: a local repository of signed manifests', () => {
     await notify();
     await until('gamma converges', async () => (await netnsOf(sb)).includes('gamma'), 10_000);
     const took = Date.now() - started;
+    console.log(`# commit -> notify -> Route on the host: ${took} ms`);
     assert.ok(took < 5_000, `converged in ${took} ms`);
     await until('status names the new revision', async () => (await status())?.fields.lastAppliedRevision === `main@sha1:${commits[1]}`, 5_000);
   });
