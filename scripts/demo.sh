@@ -129,6 +129,7 @@ mkdir -p "$work/fleet/routes" && git init -q -b main "$work/fleet"
 route_yaml web > "$work/fleet/routes/web.yaml"
 qwamos sign -k keys/demo.key "$work/fleet/routes/web.yaml" > /dev/null
 gitc add -A && gitc commit -q -m "web"
+first=$(gitc rev-parse HEAD)
 echo "(a local repository $work/fleet with one signed Route, committed)"
 cat > gitsource.yaml <<YAML
 apiVersion: qwamos.io/v1alpha1
@@ -152,8 +153,8 @@ gitc add -A && gitc commit -q -m "mail"
 echo "\$ git commit -m mail && qwamos notify gitsource/fleet    # what a post-receive hook does"
 start=$(date +%s%N)
 qwamos notify gitsource/fleet
-for _ in $(seq 100); do qwamos get route mail > /dev/null 2>&1 && break; sleep 0.05; done
-echo "(Route/mail stored $(( ($(date +%s%N) - start) / 1000000 )) ms after the notification)"
+for _ in $(seq 500); do [ -e "/run/netns/$prefix-mail" ] && break; sleep 0.02; done
+echo "(Route/mail made on the host, netns $prefix-mail, $(( ($(date +%s%N) - start) / 1000000 )) ms after the commit)"
 run get routes
 echo "\$ sed -i 's/isolated/direct/' routes/web.yaml && git commit    # someone with push access but no key"
 sed -i 's/mode: isolated/mode: direct/' "$work/fleet/routes/web.yaml"
@@ -163,6 +164,18 @@ sleep 2
 run get gitsources
 echo "\$ qwamos get route web -o yaml | grep 'mode:'    # the last good revision stays in force"
 qwamos get route web -o yaml | grep 'mode:' || true
+echo "\$ git reset --hard ${first:0:12}    # a force-push back to an older, validly signed commit"
+gitc reset -q --hard "$first"
+qwamos notify gitsource/fleet > /dev/null
+for _ in $(seq 50); do qwamos get gitsources | grep -q 'RollbackRefused\|not a descendant' && break; sleep 0.1; done
+run get gitsources
+echo "(the host keeps the newer revision: netns $prefix-mail $([ -e "/run/netns/$prefix-mail" ] && echo 'still there' || echo 'gone'))"
+echo "\$ spec.acceptRevision: ${first:0:12}...    # the operator accepts that commit, once"
+printf '  acceptRevision: "%s"\n' "$first" >> gitsource.yaml
+qwamos sign -k keys/demo.key gitsource.yaml > /dev/null
+qwamos apply -f gitsource.yaml > /dev/null 2>&1
+for _ in $(seq 150); do [ -e "/run/netns/$prefix-mail" ] || break; sleep 0.1; done
+run get gitsources
 kill -TERM "$daemon_pid"; wait "$daemon_pid" 2>/dev/null || true; daemon_pid=""
 run delete gitsource/fleet
 

@@ -9,6 +9,7 @@ import { watch as watchFiles } from 'chokidar';
 import { UserError, oneLine } from './errors.ts';
 import type { PassResult } from './engine/engine.ts';
 import { notifySocketPath } from './git/notify.ts';
+import { readWebhookSecret, startWebhookServer, type WebhookServer } from './git/webhook.ts';
 import { MAX_SOCKET_PATH } from './names.ts';
 import { DAEMON_LEASE, RECONCILER_LEASE, createEngine, openStore, waitForLease } from './runtime.ts';
 
@@ -17,9 +18,13 @@ export interface DaemonOptions {
   log: (line: string) => void;
   /** Resolves when the daemon should stop (e.g. on SIGTERM). */
   stopSignal: Promise<void>;
+  /** The loopback HTTP webhook (off without it): its port on 127.0.0.1 and its 0600 secret file. */
+  webhook?: { port: number; secretFile: string };
 }
 
 export async function runDaemon(opts: DaemonOptions): Promise<void> {
+  // A webhook asked for but not possible stops the daemon before it starts: better than running deaf.
+  const webhookSecret = opts.webhook ? await readWebhookSecret(opts.webhook.secretFile) : undefined;
   const store = await openStore();
   const daemonLease = await store.acquireLease(DAEMON_LEASE);
   if (!daemonLease) {
@@ -62,6 +67,25 @@ export async function runDaemon(opts: DaemonOptions): Promise<void> {
     opts.log(`notification socket disabled: ${oneLine(err)}`);
     return undefined;
   });
+
+  let webhook: WebhookServer | undefined;
+  if (opts.webhook && webhookSecret) {
+    const onNotify = (name: string) => {
+      const known = engine.resources('GitSource').some((r) => r.metadata.name === name);
+      if (known) engine.enqueue([`GitSource/${name}`]);
+      return known;
+    };
+    try {
+      webhook = await startWebhookServer({ port: opts.webhook.port, secret: webhookSecret, onNotify, log: opts.log });
+      opts.log(`webhook listening on http://127.0.0.1:${webhook.port}/hooks/gitsource/NAME`);
+    } catch (err) {
+      await notifier?.close();
+      await engine.stop();
+      await reconcilerLease.release();
+      await daemonLease.release();
+      throw err;
+    }
+  }
 
   opts.log(`controller started (pid ${process.pid}), ${engine.resources().length} resources, resync every ${Math.round(opts.resyncMs / 1000)}s`);
 
@@ -110,6 +134,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<void> {
   clearTimeout(storeTimer);
   watches.close();
   await notifier?.close();
+  await webhook?.close();
   await watcher.close();
   await syncing;
   await engine.stop();

@@ -7,6 +7,7 @@ import { UsageError, printable } from '../../errors.ts';
 import { crossCheck } from '../../resources/crossref.ts';
 import type { Diagnostic } from '../../resources/diagnostics.ts';
 import { hasErrors, withinReach, type ManifestSet } from '../../resources/manifests.ts';
+import { gitSourceOf } from '../../git/owner.ts';
 import { recordDirIndex } from '../../resources/dir-index.ts';
 import { openStore } from '../../runtime.ts';
 import type { StoredResource } from '../../store/store.ts';
@@ -60,10 +61,17 @@ export const applyCommand: CliCommand = {
       return EXIT.failed;
     }
 
+    // A git source owns these: they are stored, and the source applies its revision over them again (git wins).
+    const storedByKey = new Map(stored.map((r) => [keyOf(r), r]));
+    for (const r of set.resources) {
+      const before = storedByKey.get(r.key);
+      const owner = gitSourceOf(before?.source.path ?? '');
+      if (owner && applyResultOf(before, r.resource) !== 'unchanged') process.stderr.write(`warning: ${r.key} is applied by gitsource/${owner}: a conflict; the source applies its revision over it again at its next pass (git wins)\n`);
+    }
+
     const lines: { key: string; result: string }[] = [];
     if (flags.dryRun) {
-      const byKey = new Map(stored.map((r) => [keyOf(r), r]));
-      for (const r of set.resources) lines.push({ key: r.key, result: applyResultOf(byKey.get(r.key), r.resource) });
+      for (const r of set.resources) lines.push({ key: r.key, result: applyResultOf(storedByKey.get(r.key), r.resource) });
       for (const r of prune) lines.push({ key: keyOf(r), result: 'deleted' });
       print(lines, flags.output, ' (dry run)');
       return EXIT.ok;

@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import { runDaemon } from '../../daemon.ts';
 import { resyncDefault } from '../../config.ts';
-import { printable } from '../../errors.ts';
+import { UsageError, printable } from '../../errors.ts';
 import type { CliCommand } from '../command.ts';
 import { parseDuration } from '../duration.ts';
 import { EXIT } from '../exit.ts';
@@ -27,10 +27,19 @@ export const controllerCommand: CliCommand = {
   define: (cmd: Command) =>
     cmd
       .description('run the controller daemon: reconcile continuously, follow the store and the host, report drift')
-      .option('--resync <duration>', 'periodic full resync interval', resyncDefault()),
+      .option('--resync <duration>', 'periodic full resync interval', resyncDefault())
+      .option('--webhook-port <port>', 'serve git source webhooks on 127.0.0.1:PORT (POST /hooks/gitsource/NAME, X-Hub-Signature-256)')
+      .option('--webhook-secret-file <file>', 'the webhooks\' shared HMAC secret (a 0600 file); needed with --webhook-port'),
 
-  async run(flags: { resync: string }) {
+  async run(flags: { resync: string; webhookPort?: string; webhookSecretFile?: string }) {
     const resyncMs = parseDuration(flags.resync);
+    if ((flags.webhookPort === undefined) !== (flags.webhookSecretFile === undefined)) {
+      throw new UsageError('--webhook-port and --webhook-secret-file go together');
+    }
+    const port = flags.webhookPort === undefined ? undefined : Number(flags.webhookPort);
+    if (port !== undefined && (!/^\d+$/.test(flags.webhookPort!) || port < 1 || port > 65535)) {
+      throw new UsageError(`--webhook-port must be a TCP port 1-65535 (got ${JSON.stringify(flags.webhookPort)})`);
+    }
     const stdoutOpen = survivePipeClose(process.stdout);
     survivePipeClose(process.stderr);
     const stopSignal = new Promise<void>((resolve) => {
@@ -39,6 +48,7 @@ export const controllerCommand: CliCommand = {
     });
     await runDaemon({
       resyncMs,
+      ...(port !== undefined ? { webhook: { port, secretFile: flags.webhookSecretFile! } } : {}),
       stopSignal,
       // Log lines can quote state files and host output: escape them.
       log: (line) => {
