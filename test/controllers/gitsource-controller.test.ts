@@ -187,6 +187,78 @@ describe('GitSource controller', () => {
     assert.ok(events.some((e) => e.reason === 'Conflict' && e.type === 'Warning' && e.message.includes('GpuTrustLevel/a')), JSON.stringify(events));
   });
 
+  test('a suspended source is not fetched: a new commit waits until it is resumed', async () => {
+    const env = await setup();
+    const repo = await TestRepo.create(path.join(tmp, `r${counter}`));
+    await signed(repo, 'a.yaml', level('a'));
+    await repo.commit('one');
+    await env.putSource({ url: repo.dir, suspend: true });
+    const p = await env.pass();
+    assert.deepEqual(p.plan, { actions: [] });
+    assert.equal(p.actual.fetch, undefined, 'not fetched');
+    assert.equal(condition(p.report, 'Ready')?.reason, 'Suspended');
+    assert.deepEqual(await names(env.store), []);
+    await env.putSource({ url: repo.dir });
+    assert.equal((await env.pass()).plan.actions[0]?.type, 'apply-revision');
+    assert.deepEqual(await names(env.store), ['a']);
+  });
+
+  test('a new trust store verifies every signature again (its digest is part of the cache key)', async () => {
+    const env = await setup();
+    const repo = await TestRepo.create(path.join(tmp, `r${counter}`));
+    await signed(repo, 'a.yaml', level('a'));
+    await signed(repo, 'b.yaml', level('b'));
+    await repo.commit('one');
+    await env.putSource({ url: repo.dir });
+    await env.pass();
+    const verifiedIn = async () => (await env.store.listEvents({ resource: 'GitSource/fleet' })).filter((e) => e.reason === 'RevisionApplied').at(-1)?.message ?? '';
+    assert.match(await verifiedIn(), /\(2 signatures verified\)/);
+    await signed(repo, 'b.yaml', level('b', 2));
+    await repo.commit('b changed');
+    await env.pass();
+    assert.match(await verifiedIn(), /\(1 signature verified\)/, 'a.yaml came from the cache');
+    // Another key trusted too: the trust store's digest changes, so cached outcomes no longer count.
+    const other = await generateKey('other', 'ml-dsa-65', path.join(tmp, `keys${counter}`));
+    const trustCopy = path.join(tmp, 'trust');
+    await fs.copyFile(other.publicPath, path.join(trustCopy, `other${counter}.pub`));
+    try {
+      await signed(repo, 'b.yaml', level('b', 3));
+      await repo.commit('b again');
+      await env.pass();
+      assert.match(await verifiedIn(), /\(2 signatures verified\)/);
+    } finally {
+      await fs.rm(path.join(trustCopy, `other${counter}.pub`));
+    }
+  });
+
+  test('watch asks for a pass every interval (with jitter), and at once when an owned resource is changed behind the source', async (t) => {
+    t.mock.timers.enable({ apis: ['setInterval', 'Date'] });
+    const env = await setup();
+    const repo = await TestRepo.create(path.join(tmp, `r${counter}`));
+    await signed(repo, 'a.yaml', level('a'));
+    await repo.commit('one');
+    await env.putSource({ url: repo.dir, interval: '10s' });
+    await env.pass();
+    const asked: string[][] = [];
+    let world = makeWorld(await env.store.listResources());
+    const w = env.controller.watch((keys) => asked.push(keys), () => world);
+    try {
+      t.mock.timers.tick(500); // the first tick schedules the first poll
+      assert.deepEqual(asked, []);
+      t.mock.timers.tick(8_500);
+      assert.deepEqual(asked, [], 'not before 90 % of the interval');
+      t.mock.timers.tick(2_500);
+      assert.deepEqual(asked, [['GitSource/fleet']], 'by 110 % of the interval');
+      await env.store.putResource({ apiVersion: 'qwamos.io/v1alpha1', kind: 'GpuTrustLevel', metadata: { name: 'a' }, spec: { level: 5 } }, { path: '/tmp/mine.yaml', digest: 'x' });
+      world = makeWorld(await env.store.listResources());
+      t.mock.timers.tick(500);
+      assert.deepEqual(asked.at(-1), ['GitSource/fleet'], 'an owned resource applied from a file: a pass at once');
+      assert.equal(asked.length, 2);
+    } finally {
+      w.close();
+    }
+  });
+
   test('a deleted source deletes what it applied and forgets its state', async () => {
     const env = await setup();
     const repo = await TestRepo.create(path.join(tmp, `r${counter}`));

@@ -176,4 +176,13 @@ describe('GitSource: a local repository of signed manifests', () => {
     await until('beta gone from the store', async () => (await store.getResource('Route', 'beta')) === undefined, 10_000);
     assert.ok(await store.getResource('Route', 'alpha'));
   });
+
+  test('qwamos reconcile gitsource/fleet fetches now (handed to the running daemon)', async () => {
+    await signed({ 'routes/epsilon.yaml': route('epsilon', 'isolated', '') });
+    const commit = await repo.commit('epsilon');
+    const r = await sb.qwamos(['reconcile', 'gitsource/fleet']);
+    assert.equal(r.exitCode, 0, r.stderr);
+    await until('epsilon converges', async () => (await netnsOf(sb)).includes('epsilon'), 10_000);
+    assert.equal((await status())?.fields.lastAppliedRevision, `main@sha1:${commit}`);
+  });
 });
