@@ -169,6 +169,7 @@ gitc reset -q --hard "$first"
 qwamos notify gitsource/fleet > /dev/null
 for _ in $(seq 50); do qwamos get gitsources | grep -q 'RollbackRefused\|not a descendant' && break; sleep 0.1; done
 run get gitsources
+qwamos describe gitsource/fleet | grep -m1 -E 'RollbackRefused +True' || true
 echo "(the host keeps the newer revision: netns $prefix-mail $([ -e "/run/netns/$prefix-mail" ] && echo 'still there' || echo 'gone'))"
 echo "\$ spec.acceptRevision: ${first:0:12}...    # the operator accepts that commit, once"
 printf '  acceptRevision: "%s"\n' "$first" >> gitsource.yaml
@@ -176,6 +177,7 @@ qwamos sign -k keys/demo.key gitsource.yaml > /dev/null
 qwamos apply -f gitsource.yaml > /dev/null 2>&1
 for _ in $(seq 150); do [ -e "/run/netns/$prefix-mail" ] || break; sleep 0.1; done
 run get gitsources
+echo "(accepted once: the host follows the older revision, netns $prefix-mail $([ -e "/run/netns/$prefix-mail" ] && echo 'still there' || echo 'pruned'))"
 kill -TERM "$daemon_pid"; wait "$daemon_pid" 2>/dev/null || true; daemon_pid=""
 run delete gitsource/fleet
 
