@@ -183,6 +183,6 @@ describe('GitSource: a local repository of signed manifests', () => {
     const r = await sb.qwamos(['reconcile', 'gitsource/fleet']);
     assert.equal(r.exitCode, 0, r.stderr);
     await until('epsilon converges', async () => (await netnsOf(sb)).includes('epsilon'), 10_000);
-    assert.equal((await status())?.fields.lastAppliedRevision, `main@sha1:${commit}`);
+    await until('the status names it', async () => (await status())?.fields.lastAppliedRevision === `main@sha1:${commit}`, 5_000);
   });
 });
