@@ -6,7 +6,7 @@ import { compileFirewall, namesToResolve, type NameResolution, type PolicyRule, 
 import type { VmFirewall } from '../../firewall/ir.ts';
 import { derivedNames } from '../../drivers/netns.ts';
 import type { StoredResource } from '../../store/store.ts';
-import type { FirewallShape, FirewallView } from './backend.ts';
+import { DOCKER_USER_VIEW, type FirewallShape, type FirewallView } from './backend.ts';
 
 /** Tor's listeners on a tor Route's gateway address. */
 export const TOR_PORTS = { transPort: 9040, dnsPort: 5353 } as const;
@@ -136,6 +136,8 @@ export function vmFirewallDrift(shape: FirewallShape, desired: FirewallView, obs
     for (const name of shape.baseChainNames) {
       const want = desired.chains.get(name);
       const have = observed.chains.get(name);
+      // Docker's DOCKER-USER is compared only where it exists (the observed view has it then).
+      if (name === DOCKER_USER_VIEW && !have) continue;
       if (name === 'jumps') {
         const missing = (want ?? []).filter((l) => !(have ?? []).includes(l));
         if (wantsAny && missing.length) problems.push(`jumps missing: ${missing.join(', ')}`);

@@ -79,6 +79,13 @@ export function planRouteFirewall(prefix: string, route: StoredResource<'Route'>
   return out;
 }
 
+/** Docker's DOCKER-USER as it concerns a direct VM (nftables backend), or nothing without Docker. */
+function dockerUserStatus(d: FirewallObservation['view']['dockerUser']): string | undefined {
+  if (!d) return undefined;
+  if ('error' in d) return `cannot read Docker's DOCKER-USER chain (${d.error}): if Docker's FORWARD policy is DROP, this VM's forwarded traffic is dropped`;
+  return 'accepted in DOCKER-USER (Docker present)';
+}
+
 /** Status fields: the gateway's health and why the VM has no DNS, if it has none. */
 export function reportRouteFirewall(route: StoredResource<'Route'>, actual: RouteGatewayActual | undefined): Record<string, unknown> {
   const dns = dnsServed(route, actual?.fw?.dnscryptAvailable ?? false);
@@ -86,5 +93,6 @@ export function reportRouteFirewall(route: StoredResource<'Route'>, actual: Rout
     gateway: actual?.gateway ? { kind: actual.gateway.kind, pid: actual.gateway.pid, healthy: actual.gateway.healthy, detail: actual.gateway.detail } : undefined,
     dns: route.spec.mode !== 'isolated' && !dns.served ? dns.why : undefined,
     firewallBackend: actual?.fw?.backend.name,
+    dockerUser: route.spec.mode === 'direct' ? dockerUserStatus(actual?.fw?.view.dockerUser) : undefined,
   };
 }
