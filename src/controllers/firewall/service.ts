@@ -81,12 +81,17 @@ export class FirewallService {
     return { view, resolved, backend, dnscryptAvailable };
   }
 
+  /** The world's firewall compiled now (names resolved now). */
+  async compile(world: World, keep?: ReadonlySet<string>): Promise<VmFirewall[]> {
+    const [resolved, dnscryptAvailable] = await Promise.all([this.resolve(world), onPath('dnscrypt-proxy')]);
+    const opts: DesiredOptions = { prefix: this.settings.prefix, dnscryptAvailable, ...(keep ? { keep } : {}) };
+    return desiredFirewall(world, resolved, opts);
+  }
+
   /** Compile the world whole (names resolved now) and make the host's firewall exactly that. */
   async sync(world: World, keep?: ReadonlySet<string>): Promise<VmFirewall[]> {
     const backend = await this.backendInUse();
-    const [resolved, dnscryptAvailable] = await Promise.all([this.resolve(world), onPath('dnscrypt-proxy')]);
-    const opts: DesiredOptions = { prefix: this.settings.prefix, dnscryptAvailable, ...(keep ? { keep } : {}) };
-    const compiled = desiredFirewall(world, resolved, opts);
+    const compiled = await this.compile(world, keep);
     await backend.sync(compiled);
     await this.cutDisallowedFlows(compiled);
     return compiled;
