@@ -1,4 +1,5 @@
 // npm run bench [name...]: runs the benches, each printing a table and writing bench/results/NAME.json.
+import { benchFirewall } from './firewall.ts';
 import { benchGitSource } from './gitsource.ts';
 import { benchRoutes } from './routes.ts';
 import { benchValidate } from './validate.ts';
@@ -9,6 +10,7 @@ const benches: Record<string, () => Promise<void>> = {
   routes: benchRoutes,
   vms: benchVms,
   gitsource: benchGitSource,
+  firewall: benchFirewall,
 };
 
 const wanted = process.argv.slice(2);

@@ -67,10 +67,10 @@ export function parseConntrack(text: string): ConntrackFlow[] {
   return flows;
 }
 
-/** The IPv4 entries whose original source is `src`. */
-export async function listFlowsFrom(layout: ConntrackLayout, src: string): Promise<ConntrackFlow[]> {
+/** Every IPv4 entry (one process, whatever the number of VMs asked about). */
+export async function listFlows(layout: ConntrackLayout): Promise<ConntrackFlow[]> {
   // Exit 0 with no entries; the summary line goes to stderr.
-  return parseConntrack(await run(['conntrack', '-L', '-f', 'ipv4', '-o', 'extended', '-s', src], opts(layout)));
+  return parseConntrack(await run(['conntrack', '-L', '-f', 'ipv4', '-o', 'extended'], opts(layout)));
 }
 
 /** The conntrack arguments naming exactly this entry's original tuple. */

@@ -105,6 +105,27 @@ export function desiredFirewall(world: World, resolved: ReadonlyMap<string, Name
   return compileFirewall(inputs, { now: new Date(world.now), resolved });
 }
 
+type PassMemo = Map<string, { compiled: VmFirewall[]; views: WeakMap<FirewallShape, FirewallView> }>;
+const passMemo = new WeakMap<World, WeakMap<ReadonlyMap<string, NameResolution>, PassMemo>>();
+
+/**
+ * desiredFirewall and the backend's desired view, computed once per (world, resolved names, options,
+ * backend): a pass plans and diffs every Route and policy of a batch against the same world, and each of
+ * them needs the whole compiled table. Pure (the inputs are immutable snapshots), so reusing is exact.
+ */
+export function desiredForPass(world: World, resolved: ReadonlyMap<string, NameResolution>, opts: Omit<DesiredOptions, 'keep'>, shape: FirewallShape): { compiled: VmFirewall[]; view: FirewallView } {
+  let byResolved = passMemo.get(world);
+  if (!byResolved) passMemo.set(world, (byResolved = new WeakMap()));
+  let byOpts = byResolved.get(resolved);
+  if (!byOpts) byResolved.set(resolved, (byOpts = new Map()));
+  const key = `${opts.prefix}|${opts.dnscryptAvailable}`;
+  let entry = byOpts.get(key);
+  if (!entry) byOpts.set(key, (entry = { compiled: desiredFirewall(world, resolved, opts), views: new WeakMap() }));
+  let view = entry.views.get(shape);
+  if (!view) entry.views.set(shape, (view = shape.desiredView(entry.compiled)));
+  return { compiled: entry.compiled, view };
+}
+
 /** The earliest future rule expiry among these VMs, in ms from `now`, if any. */
 export function msUntilExpiry(compiled: readonly VmFirewall[], vms: readonly string[] | 'all', now: number): number | undefined {
   const times = compiled.filter((c) => vms === 'all' || vms.includes(c.vm)).flatMap((c) => (c.nextExpiry ? [Date.parse(c.nextExpiry)] : []));

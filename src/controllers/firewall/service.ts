@@ -10,7 +10,7 @@ import type { NameResolution } from '../../firewall/compile.ts';
 import { resolveNames, systemResolver, type NameResolver } from '../../firewall/resolve.ts';
 import type { VmFirewall } from '../../firewall/ir.ts';
 import { outboundAccepts } from '../../firewall/evaluate.ts';
-import { deleteFlow, listFlowsFrom, type ConntrackFlow } from '../../drivers/conntrack.ts';
+import { deleteFlow, listFlows, type ConntrackFlow } from '../../drivers/conntrack.ts';
 import { chooseBackend, type FirewallBackend, type FirewallView } from './backend.ts';
 import { desiredFirewall, worldNames, type DesiredOptions } from './desired.ts';
 
@@ -111,8 +111,9 @@ export class FirewallService {
     const layout = this.settings.hostNetns ? { hostNetns: this.settings.hostNetns } : {};
     const cut: string[] = [];
     try {
+      const flows = await listFlows(layout);
       for (const c of changed) {
-        for (const f of await listFlowsFrom(layout, c.vmAddress)) {
+        for (const f of flows.filter((x) => x.src === c.vmAddress)) {
           if (f.dst === c.gateway) continue; // to the host itself: its input chain, not the forward rules
           const flow = { src: f.src, dst: f.dst, proto: f.proto, ...(f.dport !== undefined ? { dport: f.dport } : {}), ...(f.icmpType !== undefined ? { icmpType: f.icmpType } : {}) };
           if (!outboundAccepts(c, flow) && (await deleteFlow(layout, f))) cut.push(describeFlow(c.vm, f));

@@ -9,7 +9,7 @@ import { derivedNames } from '../../drivers/netns.ts';
 import { keyOf } from '../../resources/keys.ts';
 import type { StoredResource } from '../../store/store.ts';
 import type { ObservedBackstop } from '../../drivers/policyroute.ts';
-import { desiredFirewall, dnsServed, vmFirewallDrift } from '../firewall/desired.ts';
+import { desiredForPass, dnsServed, vmFirewallDrift } from '../firewall/desired.ts';
 import type { FirewallObservation } from '../firewall/service.ts';
 import { gatewayMode, type GatewayHealth } from './gateway.ts';
 
@@ -54,8 +54,8 @@ export function planRouteFirewall(prefix: string, route: StoredResource<'Route'>
   const deleting = Boolean(route.deletionRequestedAt);
   const { vm, mode } = route.spec;
   const hostIf = derivedNames(prefix, vm).hostIf;
-  const compiled = desiredFirewall(world, fw.resolved, { prefix, dnscryptAvailable: fw.dnscryptAvailable });
-  const drift = vmFirewallDrift(fw.backend, fw.backend.desiredView(compiled), fw.view, vm, hostIf, true);
+  const { view: desired } = desiredForPass(world, fw.resolved, { prefix, dnscryptAvailable: fw.dnscryptAvailable }, fw.backend);
+  const drift = vmFirewallDrift(fw.backend, desired, fw.view, vm, hostIf, true);
   const present = backstopParts(actual?.backstop);
   const wantsGateway = !deleting && gatewayMode(mode);
   if (wantsGateway && present.length < 4) {
