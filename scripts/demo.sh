@@ -149,7 +149,9 @@ YAML
 qwamos sign -k keys/demo.key https-only.yaml > /dev/null
 run apply --wait -f https-only.yaml
 for port in 443 80; do ip netns exec "${prefix}_inet" timeout 120 python3 -m http.server --bind 203.0.113.1 "$port" > /dev/null 2>&1 & done
-sleep 1
+for _ in $(seq 100); do [ "$(ip netns exec "${prefix}_inet" ss -ltnH | grep -cE '203\.0\.113\.1:(443|80) ')" = 2 ] && break; sleep 0.1; done
+echo "\$ ip netns exec ${prefix}_inet ss -ltn    # both web servers listen"
+ip netns exec "${prefix}_inet" ss -ltn | grep -E '203\.0\.113\.1|State' || true
 probe_as dev 10.8.0.4/24
 tcp dev 203.0.113.1 443; tcp dev 203.0.113.1 80
 handle=$(ip netns exec "${prefix}_host" nft -a list chain inet "${prefix}_fw" out_dev | awk '/comment "rule 1"/ {print $NF}')
