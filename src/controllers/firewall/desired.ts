@@ -105,22 +105,29 @@ export function desiredFirewall(world: World, resolved: ReadonlyMap<string, Name
   return compileFirewall(inputs, { now: new Date(world.now), resolved });
 }
 
-type PassMemo = Map<string, { compiled: VmFirewall[]; views: WeakMap<FirewallShape, FirewallView> }>;
-const passMemo = new WeakMap<World, WeakMap<ReadonlyMap<string, NameResolution>, PassMemo>>();
+type PassMemo = Map<string, { compiled: VmFirewall[]; validUntil: number; views: WeakMap<FirewallShape, FirewallView> }>;
+const passMemo = new WeakMap<readonly StoredResource[], WeakMap<ReadonlyMap<string, NameResolution>, PassMemo>>();
 
 /**
- * desiredFirewall and the backend's desired view, computed once per (world, resolved names, options,
- * backend): a pass plans and diffs every Route and policy of a batch against the same world, and each of
- * them needs the whole compiled table. Pure (the inputs are immutable snapshots), so reusing is exact.
+ * desiredFirewall and the backend's desired view, computed once per (records, resolved names, options,
+ * backend): a pass plans and diffs every Route and policy of a batch against the same records and names
+ * (the engine hands each call a world with a fresh `now` but the same `all` until the records change,
+ * and an observation resolves names once), and each needs the whole compiled table. `now` only matters
+ * through rule expiry, so a result is reused until the earliest expiry it contains: exactly what a
+ * fresh compile would give.
  */
 export function desiredForPass(world: World, resolved: ReadonlyMap<string, NameResolution>, opts: Omit<DesiredOptions, 'keep'>, shape: FirewallShape): { compiled: VmFirewall[]; view: FirewallView } {
-  let byResolved = passMemo.get(world);
-  if (!byResolved) passMemo.set(world, (byResolved = new WeakMap()));
+  let byResolved = passMemo.get(world.all);
+  if (!byResolved) passMemo.set(world.all, (byResolved = new WeakMap()));
   let byOpts = byResolved.get(resolved);
   if (!byOpts) byResolved.set(resolved, (byOpts = new Map()));
   const key = `${opts.prefix}|${opts.dnscryptAvailable}`;
   let entry = byOpts.get(key);
-  if (!entry) byOpts.set(key, (entry = { compiled: desiredFirewall(world, resolved, opts), views: new WeakMap() }));
+  if (!entry || world.now >= entry.validUntil) {
+    const compiled = desiredFirewall(world, resolved, opts);
+    const next = msUntilExpiry(compiled, 'all', world.now);
+    byOpts.set(key, (entry = { compiled, validUntil: next === undefined ? Infinity : world.now + next, views: new WeakMap() }));
+  }
   let view = entry.views.get(shape);
   if (!view) entry.views.set(shape, (view = shape.desiredView(entry.compiled)));
   return { compiled: entry.compiled, view };
