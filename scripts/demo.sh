@@ -109,12 +109,13 @@ others() {
   ip netns exec "${prefix}_g$1" sh -c 'echo probe > /dev/udp/203.0.113.1/9999; echo probe > /dev/udp/203.0.113.1/53' 2>/dev/null || true
   if ip netns exec "${prefix}_g$1" busybox ping -c1 -W1 203.0.113.1 >/dev/null 2>&1; then echo "   $1 -> ping 203.0.113.1: answered"; else echo "   $1 -> ping 203.0.113.1: no answer"; fi
 }
-# What leaves the host netns forwarded from a VM's link (counted after every filter and route decision).
+# What the host netns forwards from a VM's link to the uplink (counted after every filter and route
+# decision; the uplink is the only way to the fake internet).
 ip netns exec "${prefix}_host" nft -f - <<NFT
 table inet ${prefix}_demo {
   chain post { type filter hook postrouting priority 300; policy accept;
-    iifname "${prefix}h-browser" counter comment "browser"
-    iifname "${prefix}h-message" counter comment "message"
+    iifname "${prefix}h-browser" oifname "${prefix}up" counter comment "browser"
+    iifname "${prefix}h-message" oifname "${prefix}up" counter comment "message"
   }
 }
 NFT
@@ -122,12 +123,12 @@ left() { ip netns exec "${prefix}_host" nft list chain inet "${prefix}_demo" pos
 echo "\$ probes from the Tor VM's address (10.8.0.2); nothing listens on 203.0.113.1:9999"
 probe_as browser 10.8.0.2/24
 tcp browser 203.0.113.1 9999; others browser
-echo "   -> the handshake is Tor's TransPort; forwarded out of ${prefix}h-browser: $(left browser)"
+echo "   -> the handshake is Tor's TransPort; forwarded from ${prefix}h-browser to the uplink: $(left browser)"
 probe_done browser 10.8.0.2/24
 echo "\$ probes from the I2P VM's address (10.8.0.3)"
 probe_as message 10.8.0.3/24
 tcp message 10.8.0.1 4444; tcp message 10.8.0.1 4447; tcp message 10.8.0.1 9040; tcp message 203.0.113.1 9999; others message
-echo "   -> only i2pd's HTTP and SOCKS proxies; forwarded out of ${prefix}h-message: $(left message)"
+echo "   -> only i2pd's HTTP and SOCKS proxies; forwarded from ${prefix}h-message to the uplink: $(left message)"
 probe_done message 10.8.0.3/24
 ip netns exec "${prefix}_host" nft delete table inet "${prefix}_demo"
 
