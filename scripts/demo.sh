@@ -163,6 +163,9 @@ echo "\$ qwamos reconcile firewallpolicy/dev"
 qwamos reconcile firewallpolicy/dev > /dev/null || true
 echo "\$ qwamos drift --all | grep FirewallPolicy/dev"
 qwamos drift --all | grep -E "FirewallPolicy/dev" || true
+echo "(that pass also unplugged the fake guest from dev's bridge: a foreign port on a VM's cable is drift; plugged in again)"
+probe_done dev 10.8.0.4/24
+probe_as dev 10.8.0.4/24
 tcp dev 203.0.113.1 443
 probe_done dev 10.8.0.4/24
 run apply --wait -f manifests/firewall.yaml > /dev/null
