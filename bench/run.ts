@@ -1,4 +1,5 @@
 // npm run bench [name...]: runs the benches, each printing a table and writing bench/results/NAME.json.
+import { benchFirewall } from './firewall.ts';
 import { benchGitConverge, benchGitSource } from './gitsource.ts';
 import { benchRoutes } from './routes.ts';
 import { benchValidate } from './validate.ts';
@@ -10,6 +11,7 @@ const benches: Record<string, () => Promise<void>> = {
   vms: benchVms,
   gitsource: benchGitSource,
   'git-converge': benchGitConverge,
+  firewall: benchFirewall,
 };
 
 const wanted = process.argv.slice(2);

@@ -94,6 +94,81 @@ echo "\$ ip netns exec ${prefix}_host ss -ltn    # Tor (TransPort, DNSPort) and 
 ip netns exec "${prefix}_host" ss -ltn | grep -E '10\.8\.0\.1|State' || true
 echo "\$ ip rule (in ${prefix}_host)    # the routing backstop: a tor/i2p VM stays closed even without the firewall table"
 ip -n "${prefix}_host" rule show | grep -E "${prefix}h-(browser|message)" || true
+# Probes from a fake guest that borrows a running VM's address (scripts/sandbox-host.sh guest): while it
+# probes, the host's neighbour entry for that address points at the fake guest; then both are removed.
+probe_as() {
+  bash "$repo/scripts/sandbox-host.sh" guest "$prefix" "$1" "$2" 10.8.0.1
+  local mac; mac=$(ip -n "${prefix}_g$1" -br link show eth0 | awk '{print $3}')
+  ip -n "${prefix}_host" neigh replace "${2%/*}" lladdr "$mac" dev "${prefix}h-$1" nud permanent
+}
+probe_done() { ip -n "${prefix}_host" neigh del "${2%/*}" dev "${prefix}h-$1" 2>/dev/null || true; ip netns del "${prefix}_g$1"; }
+tcp() {
+  if ip netns exec "${prefix}_g$1" timeout 3 bash -c "exec 3<>/dev/tcp/$2/$3" 2>/dev/null; then echo "   $1 -> tcp $2:$3: connected"; else echo "   $1 -> tcp $2:$3: refused"; fi
+}
+others() {
+  ip netns exec "${prefix}_g$1" sh -c 'echo probe > /dev/udp/203.0.113.1/9999; echo probe > /dev/udp/203.0.113.1/53' 2>/dev/null || true
+  if ip netns exec "${prefix}_g$1" busybox ping -c1 -W1 203.0.113.1 >/dev/null 2>&1; then echo "   $1 -> ping 203.0.113.1: answered"; else echo "   $1 -> ping 203.0.113.1: no answer"; fi
+}
+# What the host netns forwards from a VM's link to the uplink (counted after every filter and route
+# decision; the uplink is the only way to the fake internet).
+ip netns exec "${prefix}_host" nft -f - <<NFT
+table inet ${prefix}_demo {
+  chain post { type filter hook postrouting priority 300; policy accept;
+    iifname "${prefix}h-browser" oifname "${prefix}up" counter comment "browser"
+    iifname "${prefix}h-message" oifname "${prefix}up" counter comment "message"
+  }
+}
+NFT
+left() { ip netns exec "${prefix}_host" nft list chain inet "${prefix}_demo" post | grep "comment \"$1\"" | grep -o 'packets [0-9]*' | tr -d '\n'; }
+echo "\$ probes from the Tor VM's address (10.8.0.2); nothing listens on 203.0.113.1:9999"
+probe_as browser 10.8.0.2/24
+tcp browser 203.0.113.1 9999; others browser
+echo "   -> the handshake is Tor's TransPort; forwarded from ${prefix}h-browser to the uplink: $(left browser)"
+probe_done browser 10.8.0.2/24
+echo "\$ probes from the I2P VM's address (10.8.0.3)"
+probe_as message 10.8.0.3/24
+tcp message 10.8.0.1 4444; tcp message 10.8.0.1 4447; tcp message 10.8.0.1 9040; tcp message 203.0.113.1 9999; others message
+echo "   -> only i2pd's HTTP and SOCKS proxies; forwarded from ${prefix}h-message to the uplink: $(left message)"
+probe_done message 10.8.0.3/24
+ip netns exec "${prefix}_host" nft delete table inet "${prefix}_demo"
+
+echo "(a FirewallPolicy for dev allowing HTTPS and refusing the rest; web servers on 203.0.113.1:443 and :80)"
+cat > https-only.yaml <<'YAML'
+apiVersion: qwamos.io/v1alpha1
+kind: FirewallPolicy
+metadata:
+  name: dev
+spec:
+  vms: [dev]
+  defaultAction: reject
+  rules:
+    - action: accept
+      proto: tcp
+      dstPorts: "443"
+      comment: HTTPS
+YAML
+qwamos sign -k keys/demo.key https-only.yaml > /dev/null
+run apply --wait -f https-only.yaml
+for port in 443 80; do ip netns exec "${prefix}_inet" timeout 120 python3 -m http.server --bind 203.0.113.1 "$port" > /dev/null 2>&1 & done
+for _ in $(seq 100); do [ "$(ip netns exec "${prefix}_inet" ss -ltnH | grep -cE '203\.0\.113\.1:(443|80) ')" = 2 ] && break; sleep 0.1; done
+echo "\$ ip netns exec ${prefix}_inet ss -ltn    # both web servers listen"
+ip netns exec "${prefix}_inet" ss -ltn | grep -E '203\.0\.113\.1|State' || true
+probe_as dev 10.8.0.4/24
+tcp dev 203.0.113.1 443; tcp dev 203.0.113.1 80
+handle=$(ip netns exec "${prefix}_host" nft -a list chain inet "${prefix}_fw" out_dev | awk '/comment "rule 1"/ {print $NF}')
+echo "\$ nft delete rule inet ${prefix}_fw out_dev handle $handle    # someone deletes the HTTPS accept by hand"
+ip netns exec "${prefix}_host" nft delete rule inet "${prefix}_fw" out_dev handle "$handle"
+tcp dev 203.0.113.1 443
+echo "\$ qwamos reconcile firewallpolicy/dev"
+qwamos reconcile firewallpolicy/dev > /dev/null || true
+echo "\$ qwamos drift --all | grep FirewallPolicy/dev"
+qwamos drift --all | grep -E "FirewallPolicy/dev" || true
+echo "(that pass also unplugged the fake guest from dev's bridge: a foreign port on a VM's cable is drift; plugged in again)"
+probe_done dev 10.8.0.4/24
+probe_as dev 10.8.0.4/24
+tcp dev 203.0.113.1 443
+probe_done dev 10.8.0.4/24
+run apply --wait -f manifests/firewall.yaml > /dev/null
 
 step "7. The controller daemon heals drift: QEMU killed, a VM's namespace deleted"
 node "$repo/bin/qwamos.js" controller > controller.log 2>&1 &

@@ -117,3 +117,8 @@ export function i2pdPid(g: I2pGateway): Promise<number | undefined> {
 export async function stopI2pd(g: I2pGateway): Promise<void> {
   await stopProcess(spec(g));
 }
+
+/** Stop the i2pd whose files are in `dir` (pid file + its config in the command line), whatever its Route was. */
+export async function stopI2pdIn(dir: string): Promise<void> {
+  await stopProcess({ pidFile: path.join(dir, 'i2pd.pid'), marker: path.join(dir, 'i2pd.conf') });
+}

@@ -115,3 +115,64 @@ export async function removeIpt(layout: IptLayout): Promise<void> {
   }
   await run(['sh', '-c', script.join('\n')], opts(layout));
 }
+
+// ------------------------------------------------------------------------------------ Docker's DOCKER-USER
+// Docker sets the filter FORWARD policy to DROP and jumps from FORWARD to DOCKER-USER, the chain it
+// leaves to the user. On the nftables backend qwamos' own table cannot undo that drop (an accept in one
+// table does not bypass another table's drop), so direct VMs get ACCEPTs there, marked with a comment
+// naming the prefix. Only those lines are ever added or deleted: the user's rules are never flushed,
+// rewritten or reordered, and the chain is never created.
+
+export const DOCKER_USER = 'DOCKER-USER';
+
+export interface ObservedDockerUser {
+  exists: boolean;
+  /** The chain's lines carrying exactly `comment` (iptables-save form), sorted. */
+  ours: string[];
+}
+
+/** Pure: DOCKER-USER as `iptables-save -t filter` prints it. */
+export function parseDockerUser(save: string, comment: string): ObservedDockerUser {
+  const mark = comment.includes(' ') ? `--comment "${comment}"` : `--comment ${comment}`;
+  const lines = save.split('\n').map((l) => l.trim());
+  return {
+    exists: lines.some((l) => l.startsWith(`:${DOCKER_USER} `)),
+    ours: lines.filter((l) => l.startsWith(`-A ${DOCKER_USER} `) && (l.includes(` ${mark} `) || l.endsWith(` ${mark}`))).sort(),
+  };
+}
+
+/** Pure: the accepts a direct VM's host link needs in DOCKER-USER (both directions), iptables-save form. */
+export function dockerUserLines(hostIfs: readonly string[], comment: string): string[] {
+  if (!/^[A-Za-z0-9 ._-]{1,64}$/.test(comment)) throw new Error(`unsafe iptables comment ${JSON.stringify(comment)}`);
+  const mark = comment.includes(' ') ? `-m comment --comment "${comment}"` : `-m comment --comment ${comment}`;
+  return hostIfs.flatMap((h) => [`-A ${DOCKER_USER} -i ${h} ${mark} -j ACCEPT`, `-A ${DOCKER_USER} -o ${h} ${mark} -j ACCEPT`]).sort();
+}
+
+export async function observeDockerUser(layout: IptLayout, comment: string): Promise<ObservedDockerUser> {
+  return parseDockerUser(await run(['iptables-save', '-t', 'filter'], opts(layout)), comment);
+}
+
+/** argv words of a save line, for `iptables -I/-D` (the quoted comment is one word). */
+function words(line: string): string[] {
+  return [...line.matchAll(/"([^"]*)"|(\S+)/g)].map((m) => m[1] ?? m[2]!);
+}
+
+/**
+ * Make qwamos' lines in DOCKER-USER exactly `desired` (when the chain exists): stale ones deleted one by
+ * one, missing ones inserted at the top (before a trailing RETURN of older Docker versions).
+ */
+export async function syncDockerUser(layout: IptLayout, desired: readonly string[], comment: string): Promise<{ added: string[]; removed: string[] }> {
+  const seen = await observeDockerUser(layout, comment);
+  if (!seen.exists) return { added: [], removed: [] };
+  // A line that is not wanted, or a second copy of one that is (never duplicated), goes.
+  const kept = new Set<string>();
+  const removed = seen.ours.filter((l) => {
+    if (!desired.includes(l) || kept.has(l)) return true;
+    kept.add(l);
+    return false;
+  });
+  const added = desired.filter((l) => !kept.has(l));
+  for (const l of removed) await run(['iptables', '-D', ...words(l).slice(1)], opts(layout));
+  for (const l of added) await run(['iptables', '-I', DOCKER_USER, '1', ...words(l).slice(2)], opts(layout));
+  return { added, removed };
+}

@@ -98,3 +98,17 @@ export async function removeBackstop(layout: BackstopLayout, b: Backstop): Promi
   ].join('\n');
   await run(['sh', '-c', script], opts(layout));
 }
+
+/**
+ * Every backstop rule (IPv4 or IPv6) whose input interface starts with `ifPrefix` and whose priority is
+ * its table's number (the shape ensureBackstop writes), one entry per interface and table.
+ */
+export async function listBackstops(layout: BackstopLayout, ifPrefix: string): Promise<Backstop[]> {
+  const [r4, r6] = await Promise.all([json<RuleJson>(layout, ['-4', 'rule', 'show']), json<RuleJson>(layout, ['-6', 'rule', 'show'])]);
+  const found = new Map<string, Backstop>();
+  for (const r of [...r4, ...r6]) {
+    if (!r.iif?.startsWith(ifPrefix) || r.priority === undefined || r.table !== String(r.priority)) continue;
+    found.set(`${r.iif} ${r.priority}`, { hostIf: r.iif, table: r.priority });
+  }
+  return [...found.values()];
+}

@@ -90,3 +90,8 @@ export function torPid(g: TorGateway): Promise<number | undefined> {
 export async function stopTor(g: TorGateway): Promise<void> {
   await stopProcess(spec(g));
 }
+
+/** Stop the tor whose files are in `dir` (pid file + its torrc in the command line), whatever its Route was. */
+export async function stopTorIn(dir: string): Promise<void> {
+  await stopProcess({ pidFile: path.join(dir, 'tor.pid'), marker: path.join(dir, 'torrc') });
+}

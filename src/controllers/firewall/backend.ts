@@ -3,8 +3,8 @@
 // compiled table (the drivers write only the chains that differ, in one checked transaction). Shared by
 // the Route and FirewallPolicy controllers; syncs are serialised so two passes never interleave.
 import { deleteNftTable, observeNftTable, syncNftTable } from '../../drivers/nftables.ts';
-import { observeIpt, removeIpt, syncIpt } from '../../drivers/iptables.ts';
-import { runResult } from '../../drivers/exec.ts';
+import { dockerUserLines, observeDockerUser, observeIpt, removeIpt, syncDockerUser, syncIpt } from '../../drivers/iptables.ts';
+import { CommandError, runResult } from '../../drivers/exec.ts';
 import type { VmFirewall } from '../../firewall/ir.ts';
 import { buildIptTables, iptVmChains, IPT_JUMPS, IP6T_JUMPS, type IptTables } from '../../firewall/iptables.ts';
 import { buildNftTable, firewallTableName, vmChains, type NftChain, type NftRule } from '../../firewall/nft.ts';
@@ -15,6 +15,11 @@ export interface FirewallView {
   /** nftables: the table exists; iptables: always true. */
   present: boolean;
   chains: Map<string, string[]>;
+  /**
+   * Docker's DOCKER-USER chain (nftables backend): `present` when it exists (its qwamos lines are the
+   * view's `docker-user` chain), or why it could not be read (direct VMs may then be dropped by Docker).
+   */
+  dockerUser?: { present: true } | { error: string };
 }
 
 export type BackendName = 'nftables' | 'iptables';
@@ -49,15 +54,31 @@ function nftView(present: boolean, chains: readonly NftChain[]): FirewallView {
   return { present, chains: new Map(chains.map((c) => [c.name, [...(c.base ? [`base ${JSON.stringify(c.base)}`] : []), ...c.rules.map(nftLine)]])) };
 }
 
+/** Marks qwamos' lines in Docker's DOCKER-USER chain (one comment per prefix). */
+export const dockerUserComment = (prefix: string): string => `qwamos ${prefix}`;
+
+/** The accepts direct VMs need in DOCKER-USER (nftables backend; see drivers/iptables.ts). */
+function dockerUserWanted(prefix: string, compiled: readonly VmFirewall[]): string[] {
+  return dockerUserLines(compiled.filter((c) => c.mode === 'direct').map((c) => c.hostIf), dockerUserComment(prefix));
+}
+
+/** The `docker-user` view chain: only compared when DOCKER-USER exists (see vmFirewallDrift). */
+export const DOCKER_USER_VIEW = 'docker-user';
+
 export function nftShape(prefix: string): FirewallShape & { table: string } {
   const table = firewallTableName(prefix);
   return {
     name: 'nftables',
     table,
     // No VM to filter: sync removes the table.
-    desiredView: (compiled) => (compiled.length ? nftView(true, buildNftTable(table, compiled, { guardPattern: guardPattern(prefix) }).chains) : { present: false, chains: new Map() }),
+    desiredView: (compiled) => {
+      if (!compiled.length) return { present: false, chains: new Map() };
+      const view = nftView(true, buildNftTable(table, compiled, { guardPattern: guardPattern(prefix) }).chains);
+      view.chains.set(DOCKER_USER_VIEW, dockerUserWanted(prefix, compiled));
+      return view;
+    },
     vmChainNames: (vm) => Object.values(vmChains(vm)),
-    baseChainNames: ['forward', 'input', 'prerouting'],
+    baseChainNames: ['forward', 'input', 'prerouting', DOCKER_USER_VIEW],
   };
 }
 
@@ -83,6 +104,8 @@ export function iptShape(prefix: string): FirewallShape {
   };
 }
 
+const oneLine = (err: unknown): string => (err instanceof Error ? err.message : String(err)).split('\n')[0]!;
+
 function serialised(): <T>(job: () => Promise<T>) => Promise<T> {
   let tail: Promise<unknown> = Promise.resolve();
   return (job) => {
@@ -96,19 +119,30 @@ export function nftBackend(s: FirewallLayoutSettings): FirewallBackend {
   const shape = nftShape(s.prefix);
   const layout = { table: shape.table, ...(s.hostNetns ? { hostNetns: s.hostNetns } : {}) };
   const serial = serialised();
+  const ipt = s.hostNetns ? { hostNetns: s.hostNetns } : {};
+  const comment = dockerUserComment(s.prefix);
   return {
     ...shape,
     async observe() {
-      const o = await observeNftTable(layout);
-      return nftView(o.exists, o.chains);
+      const [o, docker] = await Promise.all([observeNftTable(layout), observeDockerUser(ipt, comment).catch((err: unknown) => ({ error: oneLine(err) }))]);
+      const view = nftView(o.exists, o.chains);
+      if ('error' in docker) view.dockerUser = docker;
+      else if (docker.exists) {
+        view.dockerUser = { present: true };
+        view.chains.set(DOCKER_USER_VIEW, docker.ours);
+      }
+      return view;
     },
     sync: (compiled) =>
       serial(async () => {
         if (compiled.length === 0) {
           if ((await observeNftTable(layout)).exists) await deleteNftTable(layout);
-          return;
-        }
-        await syncNftTable(layout, buildNftTable(shape.table, compiled, { guardPattern: guardPattern(s.prefix) }));
+        } else await syncNftTable(layout, buildNftTable(shape.table, compiled, { guardPattern: guardPattern(s.prefix) }));
+        // After the table: a direct VM is let through Docker's drop only once qwamos' chains judge it.
+        await syncDockerUser(ipt, dockerUserWanted(s.prefix, compiled), comment).catch((err: unknown) => {
+          // No iptables tool: no Docker chain qwamos could see either; status says so (view.dockerUser).
+          if (!(err instanceof CommandError && err.exitCode === undefined)) throw err;
+        });
       }),
   };
 }

@@ -6,7 +6,7 @@ import { compileFirewall, namesToResolve, type NameResolution, type PolicyRule, 
 import type { VmFirewall } from '../../firewall/ir.ts';
 import { derivedNames } from '../../drivers/netns.ts';
 import type { StoredResource } from '../../store/store.ts';
-import type { FirewallShape, FirewallView } from './backend.ts';
+import { DOCKER_USER_VIEW, type FirewallShape, type FirewallView } from './backend.ts';
 
 /** Tor's listeners on a tor Route's gateway address. */
 export const TOR_PORTS = { transPort: 9040, dnsPort: 5353 } as const;
@@ -105,6 +105,34 @@ export function desiredFirewall(world: World, resolved: ReadonlyMap<string, Name
   return compileFirewall(inputs, { now: new Date(world.now), resolved });
 }
 
+type PassMemo = Map<string, { compiled: VmFirewall[]; validUntil: number; views: WeakMap<FirewallShape, FirewallView> }>;
+const passMemo = new WeakMap<readonly StoredResource[], WeakMap<ReadonlyMap<string, NameResolution>, PassMemo>>();
+
+/**
+ * desiredFirewall and the backend's desired view, computed once per (records, resolved names, options,
+ * backend): a pass plans and diffs every Route and policy of a batch against the same records and names
+ * (the engine hands each call a world with a fresh `now` but the same `all` until the records change,
+ * and an observation resolves names once), and each needs the whole compiled table. `now` only matters
+ * through rule expiry, so a result is reused until the earliest expiry it contains: exactly what a
+ * fresh compile would give.
+ */
+export function desiredForPass(world: World, resolved: ReadonlyMap<string, NameResolution>, opts: Omit<DesiredOptions, 'keep'>, shape: FirewallShape): { compiled: VmFirewall[]; view: FirewallView } {
+  let byResolved = passMemo.get(world.all);
+  if (!byResolved) passMemo.set(world.all, (byResolved = new WeakMap()));
+  let byOpts = byResolved.get(resolved);
+  if (!byOpts) byResolved.set(resolved, (byOpts = new Map()));
+  const key = `${opts.prefix}|${opts.dnscryptAvailable}`;
+  let entry = byOpts.get(key);
+  if (!entry || world.now >= entry.validUntil) {
+    const compiled = desiredFirewall(world, resolved, opts);
+    const next = msUntilExpiry(compiled, 'all', world.now);
+    byOpts.set(key, (entry = { compiled, validUntil: next === undefined ? Infinity : world.now + next, views: new WeakMap() }));
+  }
+  let view = entry.views.get(shape);
+  if (!view) entry.views.set(shape, (view = shape.desiredView(entry.compiled)));
+  return { compiled: entry.compiled, view };
+}
+
 /** The earliest future rule expiry among these VMs, in ms from `now`, if any. */
 export function msUntilExpiry(compiled: readonly VmFirewall[], vms: readonly string[] | 'all', now: number): number | undefined {
   const times = compiled.filter((c) => vms === 'all' || vms.includes(c.vm)).flatMap((c) => (c.nextExpiry ? [Date.parse(c.nextExpiry)] : []));
@@ -136,6 +164,8 @@ export function vmFirewallDrift(shape: FirewallShape, desired: FirewallView, obs
     for (const name of shape.baseChainNames) {
       const want = desired.chains.get(name);
       const have = observed.chains.get(name);
+      // Docker's DOCKER-USER is compared only where it exists (the observed view has it then).
+      if (name === DOCKER_USER_VIEW && !have) continue;
       if (name === 'jumps') {
         const missing = (want ?? []).filter((l) => !(have ?? []).includes(l));
         if (wantsAny && missing.length) problems.push(`jumps missing: ${missing.join(', ')}`);

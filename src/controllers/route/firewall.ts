@@ -9,7 +9,7 @@ import { derivedNames } from '../../drivers/netns.ts';
 import { keyOf } from '../../resources/keys.ts';
 import type { StoredResource } from '../../store/store.ts';
 import type { ObservedBackstop } from '../../drivers/policyroute.ts';
-import { desiredFirewall, dnsServed, vmFirewallDrift } from '../firewall/desired.ts';
+import { desiredForPass, dnsServed, vmFirewallDrift } from '../firewall/desired.ts';
 import type { FirewallObservation } from '../firewall/service.ts';
 import { gatewayMode, type GatewayHealth } from './gateway.ts';
 
@@ -54,8 +54,8 @@ export function planRouteFirewall(prefix: string, route: StoredResource<'Route'>
   const deleting = Boolean(route.deletionRequestedAt);
   const { vm, mode } = route.spec;
   const hostIf = derivedNames(prefix, vm).hostIf;
-  const compiled = desiredFirewall(world, fw.resolved, { prefix, dnscryptAvailable: fw.dnscryptAvailable });
-  const drift = vmFirewallDrift(fw.backend, fw.backend.desiredView(compiled), fw.view, vm, hostIf, true);
+  const { view: desired } = desiredForPass(world, fw.resolved, { prefix, dnscryptAvailable: fw.dnscryptAvailable }, fw.backend);
+  const drift = vmFirewallDrift(fw.backend, desired, fw.view, vm, hostIf, true);
   const present = backstopParts(actual?.backstop);
   const wantsGateway = !deleting && gatewayMode(mode);
   if (wantsGateway && present.length < 4) {
@@ -79,6 +79,13 @@ export function planRouteFirewall(prefix: string, route: StoredResource<'Route'>
   return out;
 }
 
+/** Docker's DOCKER-USER as it concerns a direct VM (nftables backend), or nothing without Docker. */
+function dockerUserStatus(d: FirewallObservation['view']['dockerUser']): string | undefined {
+  if (!d) return undefined;
+  if ('error' in d) return `cannot read Docker's DOCKER-USER chain (${d.error}): if Docker's FORWARD policy is DROP, this VM's forwarded traffic is dropped`;
+  return 'accepted in DOCKER-USER (Docker present)';
+}
+
 /** Status fields: the gateway's health and why the VM has no DNS, if it has none. */
 export function reportRouteFirewall(route: StoredResource<'Route'>, actual: RouteGatewayActual | undefined): Record<string, unknown> {
   const dns = dnsServed(route, actual?.fw?.dnscryptAvailable ?? false);
@@ -86,5 +93,6 @@ export function reportRouteFirewall(route: StoredResource<'Route'>, actual: Rout
     gateway: actual?.gateway ? { kind: actual.gateway.kind, pid: actual.gateway.pid, healthy: actual.gateway.healthy, detail: actual.gateway.detail } : undefined,
     dns: route.spec.mode !== 'isolated' && !dns.served ? dns.why : undefined,
     firewallBackend: actual?.fw?.backend.name,
+    dockerUser: route.spec.mode === 'direct' ? dockerUserStatus(actual?.fw?.view.dockerUser) : undefined,
   };
 }

@@ -77,7 +77,7 @@ export class RouteController implements Controller<'Route', RouteActual, RouteAc
   }
 
   collectGarbage(world: World): Promise<string[]> {
-    return collectRouteGarbage(this.layout, world, this.uplink);
+    return collectRouteGarbage(this.layout, world, this.uplink, this.gateways);
   }
 
   /** `ip monitor` and /run/netns: a route whose links or namespace change is re-checked at once. */
