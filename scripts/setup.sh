@@ -26,7 +26,10 @@ fi
 # npm ci only when the lockfile changed since the last install.
 stamp=node_modules/.qwamos-lock.sha256
 want=$(sha256sum package-lock.json | cut -d' ' -f1)
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+if [ -L node_modules ]; then
+  # A work tree sharing another checkout's install: npm ci would empty that one through the link.
+  [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] || echo "setup: node_modules is a link to a shared install older than package-lock.json; not touching it" >&2
+elif [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: npm ci" >&2
   npm ci --no-audit --no-fund --loglevel=error >/dev/null
   echo "$want" > "$stamp"
