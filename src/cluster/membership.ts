@@ -1,0 +1,275 @@
+// Cluster membership: this node's key in etcd, bound to its own lease, kept alive by our own keepalive
+// loop with a deadline (never by the client's `lost` event, which fires ~2×TTL too late).
+//
+// Deadline = send time of the last acknowledged keepalive + TTL − 1 s: etcd cannot have expired the lease
+// before it (it renewed the lease to TTL no earlier than we sent), and the 1 s margin covers etcd's 500 ms
+// expiry check. The deadline and lease id are kept in <state>/cluster/lease.json (0600), for the fencer
+// (who kills this node's VMs once the deadline passes) and for a restart within the TTL to re-attach to
+// the same lease without touching the VMs. Once the deadline passed, the lease is given up for good: the
+// node rejoins only with a new lease (its run/ claims die with the old one).
+import path from 'node:path';
+import { EtcdClient } from '../drivers/etcd.ts';
+import { oneLine } from '../errors.ts';
+import { ensureDir, readJsonFile, removeFile, writeFileAtomic } from '../store/atomic.ts';
+import { clusterKeys, parseNodeRecord, type ClusterKeys, type NodeRecord } from './keys.ts';
+
+export const LEASE_TTL_SECONDS = 5;
+export const KEEPALIVE_INTERVAL_MS = 1700;
+/** Margin below the TTL the deadline keeps (etcd checks expiry every 500 ms). */
+export const DEADLINE_MARGIN_MS = 1000;
+
+/** <state>/cluster/lease.json: what the fencer and a restarted daemon read. */
+export interface LeaseFile {
+  node: string;
+  leaseId: string;
+  ttlSeconds: number;
+  endpoints: string[];
+  prefix: string;
+  /** Epoch ms: send time of the last acknowledged keepalive + TTL − 1 s. */
+  deadline: number;
+  /** Epoch ms: when the last acknowledged keepalive was sent. */
+  lastAckSentAt: number;
+  /** The daemon that keeps it alive. */
+  pid: number;
+}
+
+export function leaseFilePath(stateDir: string): string {
+  return path.join(stateDir, 'cluster', 'lease.json');
+}
+
+export async function readLeaseFile(stateDir: string): Promise<LeaseFile | undefined> {
+  return readJsonFile<LeaseFile>(leaseFilePath(stateDir));
+}
+
+export interface MembershipOptions {
+  client: EtcdClient;
+  /** What this node publishes (joinedAt is set on joining). */
+  record: Omit<NodeRecord, 'joinedAt'>;
+  stateDir: string;
+  prefix?: string;
+  ttlSeconds?: number;
+  keepaliveMs?: number;
+  log?: (line: string) => void;
+}
+
+export type MembershipEvent =
+  | { type: 'joined'; leaseId: string; reattached: boolean }
+  | { type: 'lost'; leaseId: string; reason: string };
+
+export class Membership {
+  private readonly client: EtcdClient;
+  private readonly keys: ClusterKeys;
+  private readonly prefix: string;
+  private readonly ttlSeconds: number;
+  private readonly keepaliveMs: number;
+  private readonly log: (line: string) => void;
+  private record: NodeRecord;
+  private lease: { id: string; deadline: number; lastAckSentAt: number } | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private running = false;
+  private round: Promise<void> = Promise.resolve();
+  private readonly listeners: Array<(e: MembershipEvent) => void> = [];
+
+  private constructor(private readonly opts: MembershipOptions) {
+    this.client = opts.client;
+    this.prefix = opts.prefix ?? 'qwamos/';
+    this.keys = clusterKeys(this.prefix);
+    this.ttlSeconds = opts.ttlSeconds ?? LEASE_TTL_SECONDS;
+    this.keepaliveMs = opts.keepaliveMs ?? KEEPALIVE_INTERVAL_MS;
+    this.log = opts.log ?? (() => {});
+    this.record = { ...opts.record, joinedAt: new Date().toISOString() };
+  }
+
+  /** Joins (or re-attaches to the lease of a restart within the TTL) and starts the keepalive loop. */
+  static async join(opts: MembershipOptions): Promise<Membership> {
+    const m = new Membership(opts);
+    await m.attach();
+    m.running = true;
+    m.schedule();
+    return m;
+  }
+
+  get leaseId(): string | undefined {
+    return this.lease?.id;
+  }
+
+  /** Epoch ms after which this node must consider its lease lost (undefined while it has none). */
+  get deadline(): number | undefined {
+    return this.lease?.deadline;
+  }
+
+  get name(): string {
+    return this.record.name;
+  }
+
+  on(listener: (e: MembershipEvent) => void): void {
+    this.listeners.push(listener);
+  }
+
+  /** Publishes the desired-state revision this node applies. */
+  async setRevision(revision: string | undefined): Promise<void> {
+    if (this.record.revision === revision) return;
+    const { revision: _old, ...rest } = this.record;
+    this.record = { ...rest, ...(revision !== undefined ? { revision } : {}) };
+    if (this.lease) await this.publish(this.lease.id);
+  }
+
+  /** Stops the keepalive loop and keeps the lease: a restart within the TTL re-attaches to it. */
+  async stop(): Promise<void> {
+    this.running = false;
+    clearTimeout(this.timer);
+    await this.round;
+  }
+
+  /** Leaves the cluster: stops, revokes the lease (the node key and its run/ claims go with it). */
+  async leave(): Promise<void> {
+    await this.stop();
+    if (this.lease) await this.client.revokeLease(this.lease.id);
+    this.lease = undefined;
+    await removeFile(leaseFilePath(this.opts.stateDir));
+  }
+
+  private emit(e: MembershipEvent): void {
+    for (const l of this.listeners) l(e);
+  }
+
+  private async attach(): Promise<void> {
+    const saved = await readLeaseFile(this.opts.stateDir);
+    if (saved && saved.node === this.record.name && saved.prefix === this.prefix && Date.now() < saved.deadline) {
+      const sentAt = Date.now();
+      const ttl = await this.client.keepaliveOnce(saved.leaseId, 1000).catch(() => 0);
+      if (ttl > 0) {
+        this.lease = { id: saved.leaseId, lastAckSentAt: sentAt, deadline: sentAt + ttl * 1000 - DEADLINE_MARGIN_MS };
+        await this.saveLeaseFile();
+        await this.publish(saved.leaseId, true);
+        this.log(`cluster: node ${this.record.name} re-attached to lease ${hex(saved.leaseId)}`);
+        this.emit({ type: 'joined', leaseId: saved.leaseId, reattached: true });
+        return;
+      }
+    }
+    await this.joinWithNewLease();
+  }
+
+  private async joinWithNewLease(): Promise<void> {
+    const sentAt = Date.now();
+    const granted = await this.client.grantLease(this.ttlSeconds);
+    this.lease = { id: granted.id, lastAckSentAt: sentAt, deadline: sentAt + granted.ttl * 1000 - DEADLINE_MARGIN_MS };
+    // The lease file first: a crash after the node key exists can still re-attach.
+    await this.saveLeaseFile();
+    this.record = { ...this.record, joinedAt: new Date().toISOString() };
+    try {
+      await this.publish(granted.id, true);
+    } catch (err) {
+      await this.client.revokeLease(granted.id).catch(() => {});
+      this.lease = undefined;
+      await removeFile(leaseFilePath(this.opts.stateDir));
+      throw err;
+    }
+    this.log(`cluster: node ${this.record.name} joined with lease ${hex(granted.id)} (TTL ${granted.ttl}s)`);
+    this.emit({ type: 'joined', leaseId: granted.id, reattached: false });
+  }
+
+  /**
+   * Writes the node key under `leaseId`: only if it is absent or already ours. Joining waits up to one TTL
+   * for a key another lease holds (an earlier run of this node whose lease has not expired yet).
+   */
+  private async publish(leaseId: string, joining = false): Promise<void> {
+    const key = this.keys.node(this.record.name);
+    const value = JSON.stringify(this.record);
+    const give = Date.now() + (joining ? (this.ttlSeconds + 2) * 1000 : 0);
+    for (;;) {
+      const mine = await this.client.txn([{ key, lease: leaseId }], [{ put: key, value, lease: leaseId }]);
+      if (mine.succeeded) return;
+      const created = await this.client.txn([{ key, absent: true }], [{ put: key, value, lease: leaseId }]);
+      if (created.succeeded) return;
+      if (Date.now() >= give) {
+        const holder = await this.client.get(key);
+        throw new Error(`node ${this.record.name} is already in the cluster under another lease (${hex(holder?.lease ?? '?')}): another controller runs with --node ${this.record.name}`);
+      }
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+
+  private async saveLeaseFile(): Promise<void> {
+    if (!this.lease) return;
+    const file: LeaseFile = {
+      node: this.record.name,
+      leaseId: this.lease.id,
+      ttlSeconds: this.ttlSeconds,
+      endpoints: [...this.client.endpoints],
+      prefix: this.prefix,
+      deadline: this.lease.deadline,
+      lastAckSentAt: this.lease.lastAckSentAt,
+      pid: process.pid,
+    };
+    await ensureDir(path.dirname(leaseFilePath(this.opts.stateDir)));
+    await writeFileAtomic(leaseFilePath(this.opts.stateDir), `${JSON.stringify(file)}\n`);
+  }
+
+  private schedule(): void {
+    if (!this.running) return;
+    this.timer = setTimeout(() => {
+      this.round = this.keepaliveRound().catch((err) => this.log(`cluster: keepalive error: ${oneLine(err)}`));
+      void this.round.then(() => this.schedule());
+    }, this.keepaliveMs);
+  }
+
+  private async keepaliveRound(): Promise<void> {
+    if (!this.lease) {
+      await this.joinWithNewLease();
+      return;
+    }
+    const lease = this.lease;
+    const sentAt = Date.now();
+    // Past the deadline: the fencer has killed (or is killing) this node's VMs. Never keep that lease.
+    if (sentAt >= lease.deadline) return this.lose(lease.id, 'the lease deadline passed without an acknowledged keepalive');
+    let ttl: number;
+    try {
+      ttl = await this.client.keepaliveOnce(lease.id, Math.max(200, Math.min(this.keepaliveMs, lease.deadline - sentAt)));
+    } catch (err) {
+      this.log(`cluster: keepalive unanswered (deadline in ${lease.deadline - Date.now()} ms): ${oneLine(err)}`);
+      if (Date.now() >= lease.deadline) await this.lose(lease.id, 'the lease deadline passed without an acknowledged keepalive');
+      return;
+    }
+    if (ttl === 0) return this.lose(lease.id, 'etcd says the lease expired');
+    lease.lastAckSentAt = sentAt;
+    lease.deadline = sentAt + ttl * 1000 - DEADLINE_MARGIN_MS;
+    await this.saveLeaseFile();
+    const key = await this.client.get(this.keys.node(this.record.name)).catch(() => undefined);
+    if (key && key.lease !== lease.id) return this.lose(lease.id, `the node key is held by another lease (${hex(key.lease)})`);
+    if (!key) {
+      // Gone while the lease lives: deleted by hand or by an operator. Put it back (only if absent).
+      await this.publish(lease.id).catch((err) => this.log(`cluster: cannot restore the node key: ${oneLine(err)}`));
+    }
+  }
+
+  private async lose(leaseId: string, reason: string): Promise<void> {
+    this.log(`cluster: node ${this.record.name} lost lease ${hex(leaseId)}: ${reason}; rejoining with a new lease`);
+    this.lease = undefined;
+    await this.client.revokeLease(leaseId).catch(() => {});
+    this.emit({ type: 'lost', leaseId, reason });
+  }
+}
+
+/** Lease ids as etcdctl prints them. */
+export function hex(id: string): string {
+  try {
+    return BigInt(id).toString(16);
+  } catch {
+    return id;
+  }
+}
+
+/** The node records of the cluster at one revision, with each lease's remaining TTL. */
+export async function readNodes(client: EtcdClient, prefix = 'qwamos/'): Promise<{ revision: string; nodes: Array<{ record: NodeRecord; lease: string; ttl?: { ttl: number; grantedTtl: number } }> }> {
+  const keys = clusterKeys(prefix);
+  const { revision, entries } = await client.list(keys.nodes);
+  const nodes = [];
+  for (const e of entries) {
+    const record = parseNodeRecord(e.value);
+    if (!record) continue;
+    const ttl = await client.leaseTimeToLive(e.lease).catch(() => undefined);
+    nodes.push({ record, lease: e.lease, ...(ttl ? { ttl } : {}) });
+  }
+  return { revision, nodes };
+}
