@@ -11,12 +11,15 @@ import type { PassResult } from './engine/engine.ts';
 import { notifySocketPath } from './git/notify.ts';
 import { MAX_SOCKET_PATH } from './names.ts';
 import { DAEMON_LEASE, RECONCILER_LEASE, createEngine, openStore, waitForLease } from './runtime.ts';
+import { joinCluster, type ClusterMember, type ClusterOptions } from './cluster/node.ts';
 
 export interface DaemonOptions {
   resyncMs: number;
   log: (line: string) => void;
   /** Resolves when the daemon should stop (e.g. on SIGTERM). */
   stopSignal: Promise<void>;
+  /** Join this etcd cluster as this node (membership only, so far: placement is not applied yet). */
+  cluster?: ClusterOptions;
 }
 
 export async function runDaemon(opts: DaemonOptions): Promise<void> {
@@ -38,6 +41,17 @@ export async function runDaemon(opts: DaemonOptions): Promise<void> {
   if (!reconcilerLease) {
     await daemonLease.release();
     return;
+  }
+
+  let cluster: ClusterMember | undefined;
+  if (opts.cluster) {
+    try {
+      cluster = await joinCluster(store, opts.cluster, opts.log);
+    } catch (err) {
+      await reconcilerLease.release();
+      await daemonLease.release();
+      throw new UserError(`cannot join the cluster at ${opts.cluster.endpoints.join(',')} as node ${opts.cluster.node}: ${oneLine(err)}`);
+    }
   }
 
   const lastState = new Map<string, string>();
@@ -62,6 +76,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<void> {
       engine.enqueue(changed);
       for (const keys of await store.takeRequests()) engine.enqueue(keys.length ? keys : engine.resources().map((r) => keyOf(r)));
       if (all) {
+        await cluster?.refresh().catch((err: unknown) => opts.log(`cluster: cannot publish the revision: ${oneLine(err)}`));
         engine.enqueueAll();
         // What qwamos created and nothing declares any more (a record lost by hand or by a crash).
         await engine.collectGarbage();
@@ -112,6 +127,8 @@ export async function runDaemon(opts: DaemonOptions): Promise<void> {
   await watcher.close();
   await syncing;
   await engine.stop();
+  // The etcd lease is kept: a restart within its TTL re-attaches to it without touching the VMs.
+  await cluster?.stop();
   await reconcilerLease.release();
   await daemonLease.release();
   opts.log('controller stopped');

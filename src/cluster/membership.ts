@@ -114,11 +114,23 @@ export class Membership {
     if (this.lease) await this.publish(this.lease.id);
   }
 
-  /** Stops the keepalive loop and keeps the lease: a restart within the TTL re-attaches to it. */
+  /**
+   * Stops the keepalive loop and keeps the lease: a restart within the TTL re-attaches to it. One last
+   * keepalive first, so the restart gets a whole TTL − 1 s from now.
+   */
   async stop(): Promise<void> {
     this.running = false;
     clearTimeout(this.timer);
     await this.round;
+    const lease = this.lease;
+    if (!lease || Date.now() >= lease.deadline) return;
+    const sentAt = Date.now();
+    const ttl = await this.client.keepaliveOnce(lease.id, Math.min(1000, lease.deadline - sentAt)).catch(() => 0);
+    if (ttl > 0) {
+      lease.lastAckSentAt = sentAt;
+      lease.deadline = sentAt + ttl * 1000 - DEADLINE_MARGIN_MS;
+      await this.saveLeaseFile();
+    }
   }
 
   /** Leaves the cluster: stops, revokes the lease (the node key and its run/ claims go with it). */
@@ -135,10 +147,17 @@ export class Membership {
 
   private async attach(): Promise<void> {
     const saved = await readLeaseFile(this.opts.stateDir);
-    if (saved && saved.node === this.record.name && saved.prefix === this.prefix && Date.now() < saved.deadline) {
+    const mine = saved && saved.node === this.record.name && saved.prefix === this.prefix ? saved : undefined;
+    // Past its deadline the fencer has killed (or is killing) the VMs that ran under it: never re-attach.
+    if (mine && Date.now() >= mine.deadline) {
+      this.log(`cluster: lease ${hex(mine.leaseId)} of an earlier run passed its deadline ${Date.now() - mine.deadline} ms ago; joining with a new lease`);
+      await this.client.revokeLease(mine.leaseId).catch(() => {});
+    }
+    if (mine && Date.now() < mine.deadline) {
+      const saved = mine;
       const sentAt = Date.now();
-      const ttl = await this.client.keepaliveOnce(saved.leaseId, 1000).catch(() => 0);
-      if (ttl > 0) {
+      const ttl = await this.client.keepaliveOnce(saved.leaseId, Math.min(1000, Math.max(100, saved.deadline - sentAt))).catch(() => 0);
+      if (ttl > 0 && sentAt < saved.deadline) {
         this.lease = { id: saved.leaseId, lastAckSentAt: sentAt, deadline: sentAt + ttl * 1000 - DEADLINE_MARGIN_MS };
         await this.saveLeaseFile();
         await this.publish(saved.leaseId, true);

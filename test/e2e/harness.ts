@@ -24,8 +24,8 @@ export interface Sandbox {
   manifest(name: string, text: string, opts?: { sign?: boolean }): Promise<string>;
   /** Writes many manifests and signs them with one `qwamos sign`. */
   manifests_(files: Record<string, string>): Promise<string[]>;
-  /** Starts the daemon; resolves once it logged that it started. */
-  startDaemon(): Promise<ChildProcess>;
+  /** Starts the daemon (with extra `qwamos controller` flags); resolves once it logged that it started. */
+  startDaemon(args?: string[]): Promise<ChildProcess>;
   cleanup(): Promise<void>;
 }
 
@@ -81,8 +81,8 @@ export async function createSandbox(): Promise<Sandbox> {
       if (r.exitCode !== 0) throw new Error(`sign failed: ${r.stderr}`);
       return paths;
     },
-    startDaemon() {
-      const child = spawn('node', [bin, 'controller'], { env, cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+    startDaemon(args = []) {
+      const child = spawn('node', [bin, 'controller', ...args], { env, cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
       daemons.push(child);
       return new Promise((resolve, reject) => {
         let out = '';

@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { runDaemon } from '../../daemon.ts';
 import { resyncDefault } from '../../config.ts';
 import { printable } from '../../errors.ts';
+import { parseClusterFlags } from '../../cluster/node.ts';
 import type { CliCommand } from '../command.ts';
 import { parseDuration } from '../duration.ts';
 import { EXIT } from '../exit.ts';
@@ -27,10 +28,14 @@ export const controllerCommand: CliCommand = {
   define: (cmd: Command) =>
     cmd
       .description('run the controller daemon: reconcile continuously, follow the store and the host, report drift')
-      .option('--resync <duration>', 'periodic full resync interval', resyncDefault()),
+      .option('--resync <duration>', 'periodic full resync interval', resyncDefault())
+      .option('--node <name>', 'join the cluster as this node (with --etcd)')
+      .option('--etcd <urls>', 'etcd client URLs, comma-separated: join that cluster (without it: one host, as before)')
+      .option('--gpu-levels <names>', 'GPU trust levels this node can provide, comma-separated (with --etcd)'),
 
-  async run(flags: { resync: string }) {
+  async run(flags: { resync: string; node?: string; etcd?: string; gpuLevels?: string }) {
     const resyncMs = parseDuration(flags.resync);
+    const cluster = parseClusterFlags(flags);
     const stdoutOpen = survivePipeClose(process.stdout);
     survivePipeClose(process.stderr);
     const stopSignal = new Promise<void>((resolve) => {
@@ -40,6 +45,7 @@ export const controllerCommand: CliCommand = {
     await runDaemon({
       resyncMs,
       stopSignal,
+      ...(cluster ? { cluster } : {}),
       // Log lines can quote state files and host output: escape them.
       log: (line) => {
         if (stdoutOpen()) process.stdout.write(`${new Date().toISOString()} ${printable(line)}\n`);
