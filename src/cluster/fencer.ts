@@ -6,8 +6,11 @@
 //  - the lease file names another lease (the daemon rejoined: the old claims are gone) or was removed.
 // While the guarded lease is fenced, any VM process that appears is killed too, until a live new lease
 // shows up in the lease file.
+import { readdir } from 'node:fs/promises';
 import path from 'node:path';
+import { vmPaths } from '../controllers/vm/context.ts';
 import type { EtcdClient } from '../drivers/etcd.ts';
+import { scanQemuProcesses, vmProcesses } from '../drivers/qemu.ts';
 import { oneLine } from '../errors.ts';
 import { processAlive } from '../proc.ts';
 import { ensureDir, writeFileAtomic } from '../store/atomic.ts';
@@ -150,4 +153,17 @@ export class Fencer {
       }
     }
   }
+}
+
+/**
+ * This node's QEMU processes: for every VM with a state directory, the live QEMUs of its run directory
+ * (found by command line, as the VM controller finds them: a missing or stale pidfile hides nothing).
+ */
+export async function qemuVmProcesses(stateDir: string, runRoot?: string): Promise<VmProcess[]> {
+  const names = await readdir(path.join(stateDir, 'vms')).catch(() => [] as string[]);
+  if (names.length === 0) return [];
+  const procs = await scanQemuProcesses();
+  return names.flatMap((vm) =>
+    vmProcesses(procs, vmPaths({ stateDir, ...(runRoot ? { runRoot } : {}) }, vm).runDir, vm).map((q) => ({ vm, pid: q.pid, start: String(q.startTicks) })),
+  );
 }

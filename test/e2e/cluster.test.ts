@@ -3,12 +3,17 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { after, before, describe, test } from 'node:test';
-import type { ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { vmPaths } from '../../src/controllers/vm/context.ts';
+import { repo } from './harness.ts';
 import { EtcdClient } from '../../src/drivers/etcd.ts';
 import { clusterKeys, parseNodeRecord } from '../../src/cluster/keys.ts';
 import { hex } from '../../src/cluster/membership.ts';
 import { freePort, startEtcd, type EtcdCluster } from '../helpers/etcd.ts';
-import { createSandbox, type Sandbox } from './harness.ts';
+import { createSandbox, until, type Sandbox } from './harness.ts';
 
 const keys = clusterKeys();
 const output = (d: ChildProcess) => (d as unknown as { output: () => string }).output();
@@ -110,5 +115,50 @@ describe('cluster membership from the CLI', () => {
     assert.match(down.stderr, new RegExp(`^error: cannot join the cluster at ${nobody} as node n3: `));
     assert.equal(down.stderr.trim().split('\n').length, 1, down.stderr);
     assert.equal(await client.get(keys.node('n3')), undefined);
+  });
+
+  test('qwamos fencer kills the node\'s QEMUs (found by command line) once the daemon is killed -9, within 4.5 s', async () => {
+    // Stand-in QEMUs: processes whose command line is that of the VM's QEMU (argv0 qemu-system-x86_64,
+    // the VM's QMP socket and -name), as the VM controller and the fencer find them.
+    const standIns: Array<{ vm: string; child: ChildProcess; exitedAt?: number }> = [];
+    const startStandIn = async (vm: string) => {
+      await mkdir(path.join(sb.stateDir, 'vms', vm), { recursive: true });
+      const runDir = vmPaths({ stateDir: sb.stateDir }, vm).runDir;
+      const child = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1e6)', '--', '-qmp', `unix:${runDir}/qmp.sock,server=on,wait=off`, '-name', `guest=${vm},debug-threads=on`], {
+        argv0: 'qemu-system-x86_64',
+        stdio: 'ignore',
+      });
+      const entry: { vm: string; child: ChildProcess; exitedAt?: number } = { vm, child };
+      child.once('exit', () => (entry.exitedAt = Date.now()));
+      standIns.push(entry);
+    };
+    const fencerOut: string[] = [];
+    let fencer: ChildProcess | undefined;
+    const daemon = await sb.startDaemon(['--node', 'n4', '--etcd', etcd.endpoints.join(',')]);
+    try {
+      fencer = spawn('node', [path.join(repo, 'bin/qwamos.js'), 'fencer'], { env: sb.env, stdio: ['ignore', 'pipe', 'pipe'] });
+      fencer.stdout!.on('data', (c) => fencerOut.push(String(c)));
+      fencer.stderr!.on('data', (c) => fencerOut.push(String(c)));
+      await until('the fencer to start', () => fencerOut.join('').includes('fencer started'), 20_000);
+      await startStandIn('a');
+      await startStandIn('b');
+      await sleep(2500);
+      assert.deepEqual(standIns.map((s) => s.exitedAt), [undefined, undefined], 'nothing is killed while the node holds its lease');
+
+      daemon.kill('SIGKILL');
+      const killedAt = Date.now();
+      await until('the stand-in QEMUs to be killed', () => standIns.every((s) => s.exitedAt !== undefined), 8000);
+      for (const s of standIns) assert.ok(s.exitedAt! - killedAt <= 4500, `${s.vm} dead ${s.exitedAt! - killedAt} ms after the daemon`);
+      await until('the fence in the log', () => /fencer: fenced lease \d+: the lease deadline passed/.test(fencerOut.join('')), 2000);
+      assert.match(fencerOut.join(''), /killed (a|b) \(pid \d+\), (a|b) \(pid \d+\)/);
+    } finally {
+      for (const s of standIns) if (s.exitedAt === undefined) s.child.kill('SIGKILL');
+      if (fencer && fencer.exitCode === null) {
+        fencer.kill('SIGTERM');
+        const [code] = await once(fencer, 'exit');
+        assert.equal(code, 0, fencerOut.join(''));
+      }
+      if (daemon.exitCode === null && daemon.signalCode === null) daemon.kill('SIGKILL');
+    }
   });
 });
