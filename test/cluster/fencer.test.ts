@@ -181,3 +181,36 @@ describe('fencer', () => {
     assert.equal(vms.ledger.length, 2, 'nothing restarted the stand-ins behind the fencer');
   });
 });
+
+describe('fencer on three etcd members', () => {
+  it('fences nothing and keeps the lease when the etcd leader is killed (TTL 5 s)', async () => {
+    const etcd = await startEtcd({ members: 3 });
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'qwamos-fencer3-'));
+    const stateDir = path.join(dir, 'n1');
+    const member = await startMember(etcd.endpoints, stateDir, 'n1');
+    const vms = new FakeVms();
+    const fences: FenceRecord[] = [];
+    const fencerClient = new EtcdClient(etcd.endpoints, { callTimeoutMs: 1000 });
+    const fencer = new Fencer({ stateDir, client: fencerClient, vms: vms.list, onFence: (r) => fences.push(r) });
+    const client = new EtcdClient(etcd.endpoints);
+    fencer.start();
+    try {
+      vms.start('a');
+      await sleep(1000);
+      await etcd.kill(await etcd.leader());
+      await sleep(15_000);
+      assert.deepEqual(fences, []);
+      assert.equal(vms.running().length, 1);
+      assert.equal((await client.get(keys.node('n1')))?.lease, member.lease, 'the same lease throughout');
+      assert.equal((await readLeaseFile(stateDir))?.leaseId, member.lease);
+    } finally {
+      await fencer.stop();
+      fencerClient.close();
+      client.close();
+      member.child.kill('SIGKILL');
+      await vms.killAll();
+      await etcd.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
