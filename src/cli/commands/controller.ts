@@ -38,9 +38,12 @@ export const controllerCommand: CliCommand = {
     const cluster = parseClusterFlags(flags);
     const stdoutOpen = survivePipeClose(process.stdout);
     survivePipeClose(process.stderr);
+    // `on`, not `once`: execa's signal-exit re-raises a signal it finds no other listener for, and a
+    // `once` listener is already removed when signal-exit looks (the daemon then died of its own SIGTERM
+    // whenever a host tool was running at that moment).
     const stopSignal = new Promise<void>((resolve) => {
-      process.once('SIGTERM', () => resolve());
-      process.once('SIGINT', () => resolve());
+      process.on('SIGTERM', () => resolve());
+      process.on('SIGINT', () => resolve());
     });
     await runDaemon({
       resyncMs,

@@ -32,8 +32,9 @@ export const fencerCommand: CliCommand = {
         stopping = true;
         resolve();
       };
-      process.once('SIGTERM', stop);
-      process.once('SIGINT', stop);
+      // `on`, not `once` (see the controller command: execa's signal-exit).
+      process.on('SIGTERM', stop);
+      process.on('SIGINT', stop);
     });
     let endpoints = flags.etcd !== undefined ? parseEndpoints(flags.etcd) : undefined;
     while (!endpoints && !stopping) {
