@@ -44,9 +44,9 @@ export async function releaseRun(client: EtcdClient, keys: ClusterKeys, claim: R
   return res.succeeded;
 }
 
-/** Every VM's current owner, read at one revision (placement's `owners` input). */
-export async function readOwners(client: EtcdClient, keys: ClusterKeys): Promise<{ revision: string; owners: Map<string, RunClaim> }> {
-  const { revision, entries } = await client.list(keys.runs);
+/** Every VM's current owner (or as of `atRevision`), read at one revision (placement's `owners` input). */
+export async function readOwners(client: EtcdClient, keys: ClusterKeys, atRevision?: string): Promise<{ revision: string; owners: Map<string, RunClaim> }> {
+  const { revision, entries } = await client.list(keys.runs, atRevision);
   const owners = new Map<string, RunClaim>();
   for (const e of entries) {
     const vm = e.key.slice(keys.runs.length);

@@ -103,10 +103,17 @@ export class EtcdClient {
     return res.kvs[0] ? entryOf(res.kvs[0]) : undefined;
   }
 
-  /** Every key under `prefix`, all read at one revision (returned with them). */
-  async list(prefix: string): Promise<{ revision: string; entries: EtcdEntry[] }> {
-    const res = await this.client.kv.range({ key: Buffer.from(prefix), range_end: prefixEnd(Buffer.from(prefix)) });
-    return { revision: String(res.header.revision), entries: res.kvs.map(entryOf) };
+  /**
+   * Every key under `prefix`, all read at one revision (returned with them): the current one, or `atRevision`
+   * (to read several prefixes as of one moment).
+   */
+  async list(prefix: string, atRevision?: string): Promise<{ revision: string; entries: EtcdEntry[] }> {
+    const res = await this.client.kv.range({
+      key: Buffer.from(prefix),
+      range_end: prefixEnd(Buffer.from(prefix)),
+      ...(atRevision !== undefined ? { revision: atRevision } : {}),
+    });
+    return { revision: atRevision ?? String(res.header.revision), entries: res.kvs.map(entryOf) };
   }
 
   /**

@@ -75,6 +75,10 @@ describe('etcd driver', () => {
     assert.ok(Number(revision) >= Number(entries[1]!.modRevision));
     await client.revokeLease(lease.id);
     assert.equal(await client.get('p/a'), undefined, 'a revoked lease takes its keys along');
+    // As of the earlier revision, p/a is still there.
+    const past = await client.list('p/', revision);
+    assert.equal(past.revision, revision);
+    assert.deepEqual(past.entries.map((e) => e.key), ['p/a', 'p/b']);
   });
 
   it('keeps a lease alive with keepaliveOnce; once it expired the answer is 0 and its key is gone', async () => {
