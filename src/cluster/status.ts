@@ -1,7 +1,9 @@
 // The cluster's nodes as `qwamos get nodes` shows them: every node key in etcd (Ready: its lease lives),
 // plus every declared ClusterNode that has no key (NotReady).
 import type { EtcdClient } from '../drivers/etcd.ts';
+import { clusterKeys } from './keys.ts';
 import { hex, readNodes, type LeaseFile } from './membership.ts';
+import { readOwners } from './ownership.ts';
 
 export interface NodeView {
   name: string;
@@ -18,6 +20,8 @@ export interface NodeView {
   memoryMiB?: number;
   labels?: Record<string, string>;
   gpuLevels?: string[];
+  /** The VMs whose run/ claim it holds. */
+  vms: string[];
   /** Whether a ClusterNode declares it. */
   declared: boolean;
 }
@@ -28,6 +32,8 @@ export async function clusterNodeViews(
 ): Promise<{ revision: string; nodes: NodeView[] }> {
   const now = opts.now ?? Date.now();
   const { revision, nodes } = await readNodes(client, opts.prefix);
+  const { owners } = await readOwners(client, clusterKeys(opts.prefix), revision);
+  const vmsOf = (node: string) => [...owners.values()].filter((c) => c.node === node).map((c) => c.vm).sort();
   const views: NodeView[] = nodes.map(({ record, lease, ttl }) => {
     const local = opts.local && opts.local.node === record.name && opts.local.leaseId === lease ? opts.local : undefined;
     const lastKeepalive = local ? local.lastAckSentAt : ttl ? now - (ttl.grantedTtl - ttl.ttl) * 1000 : undefined;
@@ -43,11 +49,12 @@ export async function clusterNodeViews(
       memoryMiB: record.capacity.memoryMiB,
       labels: record.labels,
       gpuLevels: record.gpuLevels,
+      vms: vmsOf(record.name),
       declared: opts.declared.includes(record.name),
     };
   });
   for (const name of opts.declared) {
-    if (!views.some((v) => v.name === name)) views.push({ name, ready: false, declared: true });
+    if (!views.some((v) => v.name === name)) views.push({ name, ready: false, vms: [], declared: true });
   }
   views.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   return { revision, nodes: views };

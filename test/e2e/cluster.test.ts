@@ -12,6 +12,7 @@ import { repo } from './harness.ts';
 import { EtcdClient } from '../../src/drivers/etcd.ts';
 import { clusterKeys, parseNodeRecord } from '../../src/cluster/keys.ts';
 import { hex } from '../../src/cluster/membership.ts';
+import { claimRun, releaseRun } from '../../src/cluster/ownership.ts';
 import { freePort, startEtcd, type EtcdCluster } from '../helpers/etcd.ts';
 import { createSandbox, until, type Sandbox } from './harness.ts';
 
@@ -74,6 +75,15 @@ describe('cluster membership from the CLI', () => {
       const n1 = view.nodes.find((n) => n.name === 'n1');
       assert.equal(n1?.ready, true);
       assert.ok(n1?.lastKeepalive && Date.now() - n1.lastKeepalive < 3000, 'a keepalive went out within ~1.7 s');
+
+      // -o wide: size, GPU levels, labels and the VMs whose run/ claim the node holds.
+      const claim = await claimRun(client, keys, 'web', { name: 'n1', lease: entry.lease });
+      assert.ok(claim.claimed);
+      const wide = await sb.qwamos(['get', 'nodes', '-o', 'wide']);
+      assert.equal(wide.exitCode, 0, wide.stderr);
+      assert.match(wide.stdout.split('\n')[0]!, /CPUS\s+MEMORY\s+GPU LEVELS\s+LABELS\s+VMS$/);
+      assert.match(wide.stdout.split('\n')[1]!, /\s3\s+2048Mi\s+low,medium\s+zone=a\s+web$/);
+      assert.ok(await releaseRun(client, keys, claim.claim));
 
       // A restart within the TTL re-attaches to the same lease. (The stopping daemon sends a last
       // keepalive; the new one has TTL − 1 s = 4 s to come up. Under tsx on a loaded machine it may not:

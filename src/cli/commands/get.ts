@@ -221,7 +221,7 @@ async function showClusterNodes(store: Store | undefined, opts: { output?: Outpu
       const now = Date.now();
       const wide = opts.output === 'wide';
       const header = ['NAME', 'READY', 'ROLE', 'LEASE', 'LAST KEEPALIVE', 'REVISION'];
-      if (wide) header.push('CPUS', 'MEMORY', 'GPU LEVELS', 'LABELS');
+      if (wide) header.push('CPUS', 'MEMORY', 'GPU LEVELS', 'LABELS', 'VMS');
       const rows = view.nodes.map((n: NodeView) => {
         const row = [
           n.name,
@@ -237,6 +237,7 @@ async function showClusterNodes(store: Store | undefined, opts: { output?: Outpu
             n.memoryMiB !== undefined ? `${n.memoryMiB}Mi` : '-',
             n.gpuLevels?.length ? n.gpuLevels.join(',') : '-',
             Object.entries(n.labels ?? {}).map(([k, v]) => `${k}=${v}`).join(',') || '-',
+            n.vms.join(',') || '-',
           );
         }
         return row;
