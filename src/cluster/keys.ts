@@ -9,6 +9,8 @@ export function clusterKeys(prefix: string = DEFAULT_CLUSTER_PREFIX) {
     node: (name: string) => `${prefix}nodes/${name}`,
     runs: `${prefix}run/`,
     run: (vm: string) => `${prefix}run/${vm}`,
+    /** The desired-state revision the cluster agreed on. */
+    revision: `${prefix}revision`,
   };
 }
 

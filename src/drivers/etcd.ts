@@ -19,7 +19,8 @@ export interface EtcdEntry {
 export type EtcdGuard =
   | { key: string; absent: true }
   | { key: string; lease: string }
-  | { key: string; createRevision: string };
+  | { key: string; createRevision: string }
+  | { key: string; modRevision: string };
 
 export type EtcdOp =
   | { put: string; value: string; lease?: string }
@@ -153,6 +154,7 @@ function compareOf(guard: EtcdGuard): ICompare {
   const key = Buffer.from(guard.key);
   if ('absent' in guard) return { key, target: 'Create', result: 'Equal', create_revision: 0 };
   if ('lease' in guard) return { key, target: 'Lease', result: 'Equal', lease: guard.lease };
+  if ('modRevision' in guard) return { key, target: 'Mod', result: 'Equal', mod_revision: guard.modRevision };
   return { key, target: 'Create', result: 'Equal', create_revision: guard.createRevision };
 }
 
