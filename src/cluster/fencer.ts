@@ -113,7 +113,9 @@ export class Fencer {
     if (guarded && !this.fenced && now >= guarded.deadline) {
       await this.fenceNow(guarded.leaseId, `the lease deadline passed ${now - guarded.deadline} ms ago without an acknowledged keepalive`);
     }
-    if (guarded && !this.fenced && now - this.lastEtcdCheck >= (this.opts.etcdCheckMs ?? 500)) {
+    // Only once the daemon put its node key under this lease (the lease file says so): between a new
+    // lease and its key, an absent key means nothing.
+    if (guarded && !this.fenced && guarded.published !== false && now - this.lastEtcdCheck >= (this.opts.etcdCheckMs ?? 500)) {
       this.lastEtcdCheck = now;
       const key = clusterKeys(guarded.prefix).node(guarded.node);
       // Unreachable etcd decides nothing here: the deadline covers it.
@@ -123,7 +125,7 @@ export class Fencer {
       );
       // Re-read: the daemon may have rejoined while we asked.
       const current = await readLeaseFile(this.opts.stateDir).catch(() => guarded);
-      if (entry.ok && current?.leaseId === guarded.leaseId && !this.fenced) {
+      if (entry.ok && current?.leaseId === guarded.leaseId && current.published !== false && !this.fenced) {
         if (!entry.e) await this.fenceNow(guarded.leaseId, `the node key ${key} vanished`);
         else if (entry.e.lease !== guarded.leaseId) await this.fenceNow(guarded.leaseId, `the node key ${key} carries another lease (${entry.e.lease})`);
       }

@@ -15,6 +15,10 @@ import { clusterKeys, parseNodeRecord, type ClusterKeys, type NodeRecord } from 
 
 export const LEASE_TTL_SECONDS = 5;
 export const KEEPALIVE_INTERVAL_MS = 1700;
+/** After an unanswered keepalive: try again this soon (another etcd member may answer), until the deadline. */
+export const KEEPALIVE_RETRY_MS = 250;
+/** Longest wait for one keepalive answer. */
+const KEEPALIVE_TIMEOUT_MS = 1000;
 /** Margin below the TTL the deadline keeps (etcd checks expiry every 500 ms). */
 export const DEADLINE_MARGIN_MS = 1000;
 
@@ -31,6 +35,8 @@ export interface LeaseFile {
   lastAckSentAt: number;
   /** The daemon that keeps it alive. */
   pid: number;
+  /** False between taking a new lease and putting the node key under it (the fencer ignores the key then). */
+  published: boolean;
 }
 
 export function leaseFilePath(stateDir: string): string {
@@ -67,7 +73,11 @@ export class Membership {
   private lease: { id: string; deadline: number; lastAckSentAt: number } | undefined;
   private timer: NodeJS.Timeout | undefined;
   private running = false;
-  private round: Promise<void> = Promise.resolve();
+  private round: Promise<number> = Promise.resolve(0);
+  private published = false;
+  private checkingKey = false;
+  /** Leases this process gave up: a node key still under one of them is ours to clear. */
+  private readonly givenUp = new Set<string>();
   private readonly listeners: Array<(e: MembershipEvent) => void> = [];
 
   private constructor(private readonly opts: MembershipOptions) {
@@ -85,7 +95,7 @@ export class Membership {
     const m = new Membership(opts);
     await m.attach();
     m.running = true;
-    m.schedule();
+    m.schedule(m.keepaliveMs);
     return m;
   }
 
@@ -151,6 +161,7 @@ export class Membership {
     // Past its deadline the fencer has killed (or is killing) the VMs that ran under it: never re-attach.
     if (mine && Date.now() >= mine.deadline) {
       this.log(`cluster: lease ${hex(mine.leaseId)} of an earlier run passed its deadline ${Date.now() - mine.deadline} ms ago; joining with a new lease`);
+      this.givenUp.add(mine.leaseId);
       await this.client.revokeLease(mine.leaseId).catch(() => {});
     }
     if (mine && Date.now() < mine.deadline) {
@@ -159,8 +170,11 @@ export class Membership {
       const ttl = await this.client.keepaliveOnce(saved.leaseId, Math.min(1000, Math.max(100, saved.deadline - sentAt))).catch(() => 0);
       if (ttl > 0 && sentAt < saved.deadline) {
         this.lease = { id: saved.leaseId, lastAckSentAt: sentAt, deadline: sentAt + ttl * 1000 - DEADLINE_MARGIN_MS };
+        this.published = saved.published !== false;
         await this.saveLeaseFile();
-        await this.publish(saved.leaseId, true);
+        await this.publish(saved.leaseId);
+        this.published = true;
+        await this.saveLeaseFile();
         this.log(`cluster: node ${this.record.name} re-attached to lease ${hex(saved.leaseId)}`);
         this.emit({ type: 'joined', leaseId: saved.leaseId, reattached: true });
         return;
@@ -170,14 +184,19 @@ export class Membership {
   }
 
   private async joinWithNewLease(): Promise<void> {
+    // Before the new lease exists, so that waiting cannot eat into its deadline.
+    await this.waitForNodeKeyFree();
     const sentAt = Date.now();
     const granted = await this.client.grantLease(this.ttlSeconds);
     this.lease = { id: granted.id, lastAckSentAt: sentAt, deadline: sentAt + granted.ttl * 1000 - DEADLINE_MARGIN_MS };
     // The lease file first: a crash after the node key exists can still re-attach.
+    this.published = false;
     await this.saveLeaseFile();
     this.record = { ...this.record, joinedAt: new Date().toISOString() };
     try {
-      await this.publish(granted.id, true);
+      await this.publish(granted.id);
+      this.published = true;
+      await this.saveLeaseFile();
     } catch (err) {
       await this.client.revokeLease(granted.id).catch(() => {});
       this.lease = undefined;
@@ -188,25 +207,35 @@ export class Membership {
     this.emit({ type: 'joined', leaseId: granted.id, reattached: false });
   }
 
-  /**
-   * Writes the node key under `leaseId`: only if it is absent or already ours. Joining waits up to one TTL
-   * for a key another lease holds (an earlier run of this node whose lease has not expired yet).
-   */
-  private async publish(leaseId: string, joining = false): Promise<void> {
+  /** Writes the node key under `leaseId`: only if it is absent or already ours. */
+  private async publish(leaseId: string): Promise<void> {
     const key = this.keys.node(this.record.name);
     const value = JSON.stringify(this.record);
-    const give = Date.now() + (joining ? (this.ttlSeconds + 2) * 1000 : 0);
+    const mine = await this.client.txn([{ key, lease: leaseId }], [{ put: key, value, lease: leaseId }]);
+    if (mine.succeeded) return;
+    const created = await this.client.txn([{ key, absent: true }], [{ put: key, value, lease: leaseId }]);
+    if (created.succeeded) return;
+    throw this.takenError((await this.client.get(key))?.lease);
+  }
+
+  /**
+   * Waits up to one TTL (+2 s) for a node key another lease holds to go (an earlier run of this node whose
+   * lease has not expired yet); a lease this process gave up is revoked again (etcd may not have heard).
+   */
+  private async waitForNodeKeyFree(): Promise<void> {
+    const key = this.keys.node(this.record.name);
+    const give = Date.now() + (this.ttlSeconds + 2) * 1000;
     for (;;) {
-      const mine = await this.client.txn([{ key, lease: leaseId }], [{ put: key, value, lease: leaseId }]);
-      if (mine.succeeded) return;
-      const created = await this.client.txn([{ key, absent: true }], [{ put: key, value, lease: leaseId }]);
-      if (created.succeeded) return;
-      if (Date.now() >= give) {
-        const holder = await this.client.get(key);
-        throw new Error(`node ${this.record.name} is already in the cluster under another lease (${hex(holder?.lease ?? '?')}): another controller runs with --node ${this.record.name}`);
-      }
+      const holder = await this.client.get(key);
+      if (!holder) return;
+      if (this.givenUp.has(holder.lease)) await this.client.revokeLease(holder.lease).catch(() => {});
+      else if (Date.now() >= give) throw this.takenError(holder.lease);
       await new Promise((r) => setTimeout(r, 250));
     }
+  }
+
+  private takenError(lease: string | undefined): Error {
+    return new Error(`node ${this.record.name} is already in the cluster under another lease (${hex(lease ?? '?')}): another controller runs with --node ${this.record.name}`);
   }
 
   private async saveLeaseFile(): Promise<void> {
@@ -220,49 +249,76 @@ export class Membership {
       deadline: this.lease.deadline,
       lastAckSentAt: this.lease.lastAckSentAt,
       pid: process.pid,
+      published: this.published,
     };
     await ensureDir(path.dirname(leaseFilePath(this.opts.stateDir)));
     await writeFileAtomic(leaseFilePath(this.opts.stateDir), `${JSON.stringify(file)}\n`);
   }
 
-  private schedule(): void {
+  private schedule(delayMs: number): void {
     if (!this.running) return;
     this.timer = setTimeout(() => {
-      this.round = this.keepaliveRound().catch((err) => this.log(`cluster: keepalive error: ${oneLine(err)}`));
-      void this.round.then(() => this.schedule());
-    }, this.keepaliveMs);
+      this.round = this.keepaliveRound().catch((err) => {
+        this.log(`cluster: ${oneLine(err)}`);
+        return KEEPALIVE_RETRY_MS;
+      });
+      void this.round.then((next) => this.schedule(next));
+    }, delayMs);
   }
 
-  private async keepaliveRound(): Promise<void> {
+  /** One keepalive (or a join without a lease); resolves to the delay until the next one. */
+  private async keepaliveRound(): Promise<number> {
     if (!this.lease) {
       await this.joinWithNewLease();
-      return;
+      return this.keepaliveMs;
     }
     const lease = this.lease;
     const sentAt = Date.now();
     // Past the deadline: the fencer has killed (or is killing) this node's VMs. Never keep that lease.
-    if (sentAt >= lease.deadline) return this.lose(lease.id, 'the lease deadline passed without an acknowledged keepalive');
+    if (sentAt >= lease.deadline) {
+      await this.lose(lease.id, 'the lease deadline passed without an acknowledged keepalive');
+      return KEEPALIVE_RETRY_MS;
+    }
     let ttl: number;
     try {
-      ttl = await this.client.keepaliveOnce(lease.id, Math.max(200, Math.min(this.keepaliveMs, lease.deadline - sentAt)));
+      ttl = await this.client.keepaliveOnce(lease.id, Math.max(200, Math.min(KEEPALIVE_TIMEOUT_MS, lease.deadline - sentAt)));
     } catch (err) {
       this.log(`cluster: keepalive unanswered (deadline in ${lease.deadline - Date.now()} ms): ${oneLine(err)}`);
-      if (Date.now() >= lease.deadline) await this.lose(lease.id, 'the lease deadline passed without an acknowledged keepalive');
-      return;
+      return KEEPALIVE_RETRY_MS;
     }
-    if (ttl === 0) return this.lose(lease.id, 'etcd says the lease expired');
+    if (ttl === 0) {
+      await this.lose(lease.id, 'etcd says the lease expired');
+      return KEEPALIVE_RETRY_MS;
+    }
     lease.lastAckSentAt = sentAt;
     lease.deadline = sentAt + ttl * 1000 - DEADLINE_MARGIN_MS;
     await this.saveLeaseFile();
-    const key = await this.client.get(this.keys.node(this.record.name)).catch(() => undefined);
-    if (key && key.lease !== lease.id) return this.lose(lease.id, `the node key is held by another lease (${hex(key.lease)})`);
-    if (!key) {
+    // Not awaited: a slow read must not delay the next keepalive.
+    void this.checkNodeKey(lease.id);
+    return this.keepaliveMs;
+  }
+
+  /** The node key must carry our lease: restore it if it was deleted, give the lease up if another holds it. */
+  private async checkNodeKey(leaseId: string): Promise<void> {
+    if (this.checkingKey) return;
+    this.checkingKey = true;
+    try {
+      const key = await this.client.get(this.keys.node(this.record.name));
+      if (this.lease?.id !== leaseId) return;
+      if (key && key.lease !== leaseId) await this.lose(leaseId, `the node key is held by another lease (${hex(key.lease)})`);
       // Gone while the lease lives: deleted by hand or by an operator. Put it back (only if absent).
-      await this.publish(lease.id).catch((err) => this.log(`cluster: cannot restore the node key: ${oneLine(err)}`));
+      else if (!key) await this.publish(leaseId);
+    } catch (err) {
+      // Unreachable etcd: the keepalive loop and its deadline decide.
+      this.log(`cluster: cannot check the node key: ${oneLine(err)}`);
+    } finally {
+      this.checkingKey = false;
     }
   }
 
   private async lose(leaseId: string, reason: string): Promise<void> {
+    if (this.lease?.id !== leaseId) return; // already given up
+    this.givenUp.add(leaseId);
     this.log(`cluster: node ${this.record.name} lost lease ${hex(leaseId)}: ${reason}; rejoining with a new lease`);
     this.lease = undefined;
     await this.client.revokeLease(leaseId).catch(() => {});

@@ -52,7 +52,7 @@ class FakeVms {
   }
 }
 
-async function startMember(endpoints: string[], stateDir: string, node: string): Promise<{ child: ChildProcess; lease: string }> {
+async function startMember(endpoints: string[], stateDir: string, node: string): Promise<{ child: ChildProcess; lease: string; output: () => string }> {
   const child = spawn(process.execPath, ['--import', 'tsx', memberScript, endpoints.join(','), stateDir, node], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   child.stdout!.on('data', (c) => (out += String(c)));
@@ -61,7 +61,7 @@ async function startMember(endpoints: string[], stateDir: string, node: string):
     if (child.exitCode !== null) throw new Error(`member exited: ${out}`);
     return /joined (\d+)/.test(out);
   }, 20_000);
-  return { child, lease: /joined (\d+)/.exec(out)![1]! };
+  return { child, lease: /joined (\d+)/.exec(out)![1]!, output: () => out };
 }
 
 describe('fencer', () => {
@@ -199,7 +199,7 @@ describe('fencer on three etcd members', () => {
       await sleep(1000);
       await etcd.kill(await etcd.leader());
       await sleep(15_000);
-      assert.deepEqual(fences, []);
+      assert.deepEqual(fences, [], member.output());
       assert.equal(vms.running().length, 1);
       assert.equal((await client.get(keys.node('n1')))?.lease, member.lease, 'the same lease throughout');
       assert.equal((await readLeaseFile(stateDir))?.leaseId, member.lease);
