@@ -12,6 +12,7 @@ import { notifySocketPath } from './git/notify.ts';
 import { readWebhookSecret, startWebhookServer, type WebhookServer } from './git/webhook.ts';
 import { MAX_SOCKET_PATH } from './names.ts';
 import { DAEMON_LEASE, RECONCILER_LEASE, createEngine, openStore, waitForLease } from './runtime.ts';
+import { joinCluster, type ClusterMember, type ClusterOptions } from './cluster/node.ts';
 
 export interface DaemonOptions {
   resyncMs: number;
@@ -20,6 +21,8 @@ export interface DaemonOptions {
   stopSignal: Promise<void>;
   /** The loopback HTTP webhook (off without it): its port on 127.0.0.1 and its 0600 secret file. */
   webhook?: { port: number; secretFile: string };
+  /** Join this etcd cluster as this node (membership only, so far: placement is not applied yet). */
+  cluster?: ClusterOptions;
 }
 
 export async function runDaemon(opts: DaemonOptions): Promise<void> {
@@ -43,6 +46,17 @@ export async function runDaemon(opts: DaemonOptions): Promise<void> {
   if (!reconcilerLease) {
     await daemonLease.release();
     return;
+  }
+
+  let cluster: ClusterMember | undefined;
+  if (opts.cluster) {
+    try {
+      cluster = await joinCluster(store, opts.cluster, opts.log);
+    } catch (err) {
+      await reconcilerLease.release();
+      await daemonLease.release();
+      throw new UserError(`cannot join the cluster at ${opts.cluster.endpoints.join(',')} as node ${opts.cluster.node}: ${oneLine(err)}`);
+    }
   }
 
   const lastState = new Map<string, string>();
@@ -97,6 +111,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<void> {
       engine.enqueue(changed);
       for (const keys of await store.takeRequests()) engine.enqueue(keys.length ? keys : engine.resources().map((r) => keyOf(r)));
       if (all) {
+        await cluster?.refresh().catch((err: unknown) => opts.log(`cluster: cannot publish the revision: ${oneLine(err)}`));
         engine.enqueueAll();
         // What qwamos created and nothing declares any more (a record lost by hand or by a crash).
         await engine.collectGarbage();
@@ -138,6 +153,8 @@ export async function runDaemon(opts: DaemonOptions): Promise<void> {
   await watcher.close();
   await syncing;
   await engine.stop();
+  // The etcd lease is kept: a restart within its TTL re-attaches to it without touching the VMs.
+  await cluster?.stop();
   await reconcilerLease.release();
   await daemonLease.release();
   opts.log('controller stopped');

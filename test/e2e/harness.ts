@@ -24,8 +24,7 @@ export interface Sandbox {
   manifest(name: string, text: string, opts?: { sign?: boolean }): Promise<string>;
   /** Writes many manifests and signs them with one `qwamos sign`. */
   manifests_(files: Record<string, string>): Promise<string[]>;
-  /** Starts the daemon; resolves once it logged that it started. */
-  /** Starts `qwamos controller ...args` and resolves once it says it started. */
+  /** Starts `qwamos controller ...args` and resolves once it logged that it started. */
   startDaemon(args?: string[]): Promise<ChildProcess>;
   cleanup(): Promise<void>;
 }

@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { runDaemon } from '../../daemon.ts';
 import { resyncDefault } from '../../config.ts';
 import { UsageError, printable } from '../../errors.ts';
+import { parseClusterFlags } from '../../cluster/node.ts';
 import type { CliCommand } from '../command.ts';
 import { parseDuration } from '../duration.ts';
 import { EXIT } from '../exit.ts';
@@ -29,9 +30,12 @@ export const controllerCommand: CliCommand = {
       .description('run the controller daemon: reconcile continuously, follow the store and the host, report drift')
       .option('--resync <duration>', 'periodic full resync interval', resyncDefault())
       .option('--webhook-port <port>', 'serve git source webhooks on 127.0.0.1:PORT (POST /hooks/gitsource/NAME, X-Hub-Signature-256)')
-      .option('--webhook-secret-file <file>', 'the webhooks\' shared HMAC secret (a 0600 file); needed with --webhook-port'),
+      .option('--webhook-secret-file <file>', 'the webhooks\' shared HMAC secret (a 0600 file); needed with --webhook-port')
+      .option('--node <name>', 'join the cluster as this node (with --etcd)')
+      .option('--etcd <urls>', 'etcd client URLs, comma-separated: join that cluster (without it: one host, as before)')
+      .option('--gpu-levels <names>', 'GPU trust levels this node can provide, comma-separated (with --etcd)'),
 
-  async run(flags: { resync: string; webhookPort?: string; webhookSecretFile?: string }) {
+  async run(flags: { resync: string; webhookPort?: string; webhookSecretFile?: string; node?: string; etcd?: string; gpuLevels?: string }) {
     const resyncMs = parseDuration(flags.resync);
     if ((flags.webhookPort === undefined) !== (flags.webhookSecretFile === undefined)) {
       throw new UsageError('--webhook-port and --webhook-secret-file go together');
@@ -40,16 +44,21 @@ export const controllerCommand: CliCommand = {
     if (port !== undefined && (!/^\d+$/.test(flags.webhookPort!) || port < 1 || port > 65535)) {
       throw new UsageError(`--webhook-port must be a TCP port 1-65535 (got ${JSON.stringify(flags.webhookPort)})`);
     }
+    const cluster = parseClusterFlags(flags);
     const stdoutOpen = survivePipeClose(process.stdout);
     survivePipeClose(process.stderr);
+    // `on`, not `once`: execa's signal-exit re-raises a signal it finds no other listener for, and a
+    // `once` listener is already removed when signal-exit looks (the daemon then died of its own SIGTERM
+    // whenever a host tool was running at that moment).
     const stopSignal = new Promise<void>((resolve) => {
-      process.once('SIGTERM', () => resolve());
-      process.once('SIGINT', () => resolve());
+      process.on('SIGTERM', () => resolve());
+      process.on('SIGINT', () => resolve());
     });
     await runDaemon({
       resyncMs,
       ...(port !== undefined ? { webhook: { port, secretFile: flags.webhookSecretFile! } } : {}),
       stopSignal,
+      ...(cluster ? { cluster } : {}),
       // Log lines can quote state files and host output: escape them.
       log: (line) => {
         if (stdoutOpen()) process.stdout.write(`${new Date().toISOString()} ${printable(line)}\n`);

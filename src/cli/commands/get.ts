@@ -2,7 +2,7 @@
 // Exit 0 (also when there is nothing to list), 1 when a named resource does not exist, 2 on usage errors.
 import { keyOf } from '../../resources/keys.ts';
 import { Option } from 'commander';
-import { UsageError, UserError, printable } from '../../errors.ts';
+import { UsageError, UserError, oneLine, printable } from '../../errors.ts';
 import { gitSourceOf } from '../../git/owner.ts';
 import { assertName, type ResourceStatus, type Store, type StoredResource } from '../../store/store.ts';
 import type { CliCommand } from '../command.ts';
@@ -20,6 +20,10 @@ import {
   toYaml,
 } from '../format.ts';
 import { openStoreForRead } from '../state-read.ts';
+import { DEFAULT_CLUSTER_PREFIX } from '../../cluster/keys.ts';
+import { readLeaseFile } from '../../cluster/membership.ts';
+import { parseEndpoints } from '../../cluster/node.ts';
+import { clusterNodeViews, type NodeView } from '../../cluster/status.ts';
 
 type Output = 'wide' | 'json' | 'yaml' | 'name';
 
@@ -133,11 +137,18 @@ export const getCommand: CliCommand = {
       .description(
         'list resources and their status; KIND is a kind, its short name (vm, rt, fw, gpu, node), a comma-separated list, or all (the default); also KIND/NAME',
       )
-      .addOption(new Option('-o, --output <format>', 'output format').choices(['wide', 'json', 'yaml', 'name'])),
+      .addOption(new Option('-o, --output <format>', 'output format').choices(['wide', 'json', 'yaml', 'name']))
+      .option('--etcd <urls>', 'get nodes: ask this etcd cluster (default: the one this host\'s controller joined)'),
 
-  async run(first: string | undefined, second: string | undefined, opts: { output?: Output }) {
+  async run(first: string | undefined, second: string | undefined, opts: { output?: Output; etcd?: string }) {
     const ref = splitRef(first, second);
     const store = await openStoreForRead();
+    if (ref.name === undefined && ref.kind !== undefined && parseKinds(ref.kind).join() === 'ClusterNode') {
+      const shown = await showClusterNodes(store, opts);
+      if (shown !== undefined) return shown;
+    } else if (opts.etcd !== undefined) {
+      throw new UsageError('--etcd only goes with get nodes');
+    }
     let entries: Entry[];
     let single = false;
     if (ref.name !== undefined) {
@@ -171,6 +182,71 @@ export const getCommand: CliCommand = {
     }
   },
 };
+
+/**
+ * `get nodes` on a cluster: the nodes as etcd sees them (and declared ones it does not know). Undefined
+ * when no cluster is known (no --etcd, this host never joined one): then the stored ClusterNodes are listed.
+ */
+async function showClusterNodes(store: Store | undefined, opts: { output?: Output; etcd?: string }): Promise<number | undefined> {
+  // A damaged lease file only means this host's own node shows less precisely.
+  const local = store ? await readLeaseFile(store.dir).catch(() => undefined) : undefined;
+  const endpoints = opts.etcd !== undefined ? parseEndpoints(opts.etcd) : local?.endpoints;
+  if (!endpoints) return undefined;
+  const declared = store ? (await store.listResources('ClusterNode')).map((r) => r.metadata.name) : [];
+  const { EtcdClient } = await import('../../drivers/etcd.ts'); // gRPC: loaded only for a cluster
+  const client = new EtcdClient(endpoints);
+  let view: Awaited<ReturnType<typeof clusterNodeViews>>;
+  try {
+    view = await clusterNodeViews(client, { prefix: local?.prefix ?? DEFAULT_CLUSTER_PREFIX, declared, ...(local ? { local } : {}) });
+  } catch (err) {
+    throw new UserError(`cannot read the cluster's nodes from etcd at ${endpoints.join(',')}: ${oneLine(err)}`);
+  } finally {
+    client.close();
+  }
+  switch (opts.output) {
+    case 'json':
+      process.stdout.write(toJson({ revision: view.revision, nodes: view.nodes }));
+      return EXIT.ok;
+    case 'yaml':
+      process.stdout.write(toYaml({ revision: view.revision, nodes: view.nodes }));
+      return EXIT.ok;
+    case 'name':
+      process.stdout.write(view.nodes.map((n) => `ClusterNode/${printable(n.name)}\n`).join(''));
+      return EXIT.ok;
+    default: {
+      if (view.nodes.length === 0) {
+        process.stderr.write('No nodes found.\n');
+        return EXIT.ok;
+      }
+      const now = Date.now();
+      const wide = opts.output === 'wide';
+      const header = ['NAME', 'READY', 'ROLE', 'LEASE', 'LAST KEEPALIVE', 'REVISION'];
+      if (wide) header.push('CPUS', 'MEMORY', 'GPU LEVELS', 'LABELS', 'VMS');
+      const rows = view.nodes.map((n: NodeView) => {
+        const row = [
+          n.name,
+          n.ready ? 'True' : 'False',
+          n.role ?? '-',
+          n.lease ?? '-',
+          n.lastKeepalive !== undefined ? `${Math.max(0, Math.round((now - n.lastKeepalive) / 100) / 10)}s ago` : '-',
+          n.revision ?? '-',
+        ];
+        if (wide) {
+          row.push(
+            n.cpus !== undefined ? String(n.cpus) : '-',
+            n.memoryMiB !== undefined ? `${n.memoryMiB}Mi` : '-',
+            n.gpuLevels?.length ? n.gpuLevels.join(',') : '-',
+            Object.entries(n.labels ?? {}).map(([k, v]) => `${k}=${v}`).join(',') || '-',
+            n.vms.join(',') || '-',
+          );
+        }
+        return row;
+      });
+      process.stdout.write(renderTable(header, rows));
+      return EXIT.ok;
+    }
+  }
+}
 
 function renderNames(entries: Entry[]): string {
   // Names and kinds passed the store's checks, but the files may have been edited by hand.

@@ -1,0 +1,171 @@
+// The fencer: a small process beside the daemon (not the daemon itself: a frozen or killed daemon cannot
+// fence) that kills this node's VMs, by PID, as soon as the node may no longer hold its run/ claims:
+//  - the lease deadline in <state>/cluster/lease.json passed (send time of the last acknowledged
+//    keepalive + TTL − 1 s: before etcd can expire the lease, so before another node can claim a VM);
+//  - the node key vanished from etcd or carries another lease (revoked, deleted);
+//  - the lease file names another lease (the daemon rejoined: the old claims are gone) or was removed.
+// While the guarded lease is fenced, any VM process that appears is killed too, until a live new lease
+// shows up in the lease file.
+import { readdir } from 'node:fs/promises';
+import path from 'node:path';
+import { vmPaths } from '../controllers/vm/context.ts';
+import type { EtcdClient } from '../drivers/etcd.ts';
+import { scanQemuProcesses, vmProcesses } from '../drivers/qemu.ts';
+import { oneLine } from '../errors.ts';
+import { processAlive } from '../proc.ts';
+import { ensureDir, writeFileAtomic } from '../store/atomic.ts';
+import { clusterKeys } from './keys.ts';
+import { readLeaseFile, type LeaseFile } from './membership.ts';
+
+export interface VmProcess {
+  vm: string;
+  pid: number;
+  /** Start time from /proc (field 22), so a reused PID is never killed. */
+  start?: string;
+}
+
+export interface FenceRecord {
+  leaseId: string;
+  since: string;
+  reason: string;
+  killed: Array<{ vm: string; pid: number }>;
+}
+
+export interface FencerOptions {
+  stateDir: string;
+  /** Its own etcd connection (the daemon's may be the thing that hangs). */
+  client: EtcdClient;
+  /** This node's VM processes right now. */
+  vms: () => Promise<VmProcess[]>;
+  /** How often the lease file is read (ms). */
+  pollMs?: number;
+  /** How often etcd is asked for the node key (ms). */
+  etcdCheckMs?: number;
+  log?: (line: string) => void;
+  /** Called after each fence (tests, status). */
+  onFence?: (record: FenceRecord) => void;
+}
+
+export function fenceFilePath(stateDir: string): string {
+  return path.join(stateDir, 'cluster', 'fenced.json');
+}
+
+export class Fencer {
+  private guarded: LeaseFile | undefined;
+  private fenced: FenceRecord | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private running = false;
+  private lastEtcdCheck = 0;
+  private tick: Promise<void> = Promise.resolve();
+  private readonly log: (line: string) => void;
+
+  constructor(private readonly opts: FencerOptions) {
+    this.log = opts.log ?? (() => {});
+  }
+
+  start(): void {
+    this.running = true;
+    const loop = () => {
+      if (!this.running) return;
+      this.tick = this.check().catch((err) => this.log(`fencer: ${oneLine(err)}`));
+      void this.tick.then(() => {
+        if (this.running) this.timer = setTimeout(loop, this.opts.pollMs ?? 100);
+      });
+    };
+    loop();
+  }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    clearTimeout(this.timer);
+    await this.tick;
+  }
+
+  /** The fence in force (the guarded lease may not be used), if any. */
+  get fence(): FenceRecord | undefined {
+    return this.fenced;
+  }
+
+  /** One round: exposed for tests that step it by hand. */
+  async check(): Promise<void> {
+    const now = Date.now();
+    let file: LeaseFile | undefined;
+    try {
+      file = await readLeaseFile(this.opts.stateDir);
+    } catch (err) {
+      // Half-written cannot happen (atomic writes); a damaged file: keep guarding what we had.
+      this.log(`fencer: cannot read the lease file: ${oneLine(err)}`);
+      file = this.guarded;
+    }
+
+    if (file && file.leaseId !== this.guarded?.leaseId) {
+      if (this.guarded && !this.fenced) await this.fenceNow(this.guarded.leaseId, `the node rejoined with lease ${file.leaseId}; the claims of lease ${this.guarded.leaseId} are gone`);
+      this.guarded = file;
+      if (now < file.deadline) this.fenced = undefined; // a live new lease: VMs may run under its claims
+    } else if (file) {
+      this.guarded = file;
+    } else if (this.guarded) {
+      if (!this.fenced) await this.fenceNow(this.guarded.leaseId, 'the node left the cluster (its lease file was removed)');
+      this.guarded = undefined;
+    }
+
+    const guarded = this.guarded;
+    if (guarded && !this.fenced && now >= guarded.deadline) {
+      await this.fenceNow(guarded.leaseId, `the lease deadline passed ${now - guarded.deadline} ms ago without an acknowledged keepalive`);
+    }
+    // Only once the daemon put its node key under this lease (the lease file says so): between a new
+    // lease and its key, an absent key means nothing.
+    if (guarded && !this.fenced && guarded.published !== false && now - this.lastEtcdCheck >= (this.opts.etcdCheckMs ?? 500)) {
+      this.lastEtcdCheck = now;
+      const key = clusterKeys(guarded.prefix).node(guarded.node);
+      // Unreachable etcd decides nothing here: the deadline covers it.
+      const entry = await this.opts.client.get(key).then(
+        (e) => ({ ok: true as const, e }),
+        () => ({ ok: false as const }),
+      );
+      // Re-read: the daemon may have rejoined while we asked.
+      const current = await readLeaseFile(this.opts.stateDir).catch(() => guarded);
+      if (entry.ok && current?.leaseId === guarded.leaseId && current.published !== false && !this.fenced) {
+        if (!entry.e) await this.fenceNow(guarded.leaseId, `the node key ${key} vanished`);
+        else if (entry.e.lease !== guarded.leaseId) await this.fenceNow(guarded.leaseId, `the node key ${key} carries another lease (${entry.e.lease})`);
+      }
+    }
+    // Fenced: nothing may run until a live new lease appears.
+    if (this.fenced) await this.killAll(this.fenced);
+  }
+
+  private async fenceNow(leaseId: string, reason: string): Promise<void> {
+    const record: FenceRecord = { leaseId, since: new Date().toISOString(), reason, killed: [] };
+    this.fenced = record;
+    await this.killAll(record);
+    this.log(`fencer: fenced lease ${leaseId}: ${reason}; killed ${record.killed.map((k) => `${k.vm} (pid ${k.pid})`).join(', ') || 'nothing'}`);
+    await ensureDir(path.dirname(fenceFilePath(this.opts.stateDir)));
+    await writeFileAtomic(fenceFilePath(this.opts.stateDir), `${JSON.stringify(record)}\n`).catch((err) => this.log(`fencer: cannot record the fence: ${oneLine(err)}`));
+    this.opts.onFence?.(record);
+  }
+
+  private async killAll(record: FenceRecord): Promise<void> {
+    for (const p of await this.opts.vms()) {
+      if (!processAlive(p.pid, p.start)) continue;
+      try {
+        process.kill(p.pid, 'SIGKILL');
+        record.killed.push({ vm: p.vm, pid: p.pid });
+      } catch {
+        // exited meanwhile
+      }
+    }
+  }
+}
+
+/**
+ * This node's QEMU processes: for every VM with a state directory, the live QEMUs of its run directory
+ * (found by command line, as the VM controller finds them: a missing or stale pidfile hides nothing).
+ */
+export async function qemuVmProcesses(stateDir: string, runRoot?: string): Promise<VmProcess[]> {
+  const names = await readdir(path.join(stateDir, 'vms')).catch(() => [] as string[]);
+  if (names.length === 0) return [];
+  const procs = await scanQemuProcesses();
+  return names.flatMap((vm) =>
+    vmProcesses(procs, vmPaths({ stateDir, ...(runRoot ? { runRoot } : {}) }, vm).runDir, vm).map((q) => ({ vm, pid: q.pid, start: String(q.startTicks) })),
+  );
+}

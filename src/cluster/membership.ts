@@ -1,0 +1,350 @@
+// Cluster membership: this node's key in etcd, bound to its own lease, kept alive by our own keepalive
+// loop with a deadline (never by the client's `lost` event, which fires ~2×TTL too late).
+//
+// Deadline = send time of the last acknowledged keepalive + TTL − 1 s: etcd cannot have expired the lease
+// before it (it renewed the lease to TTL no earlier than we sent), and the 1 s margin covers etcd's 500 ms
+// expiry check. The deadline and lease id are kept in <state>/cluster/lease.json (0600), for the fencer
+// (who kills this node's VMs once the deadline passes) and for a restart within the TTL to re-attach to
+// the same lease without touching the VMs. Once the deadline passed, the lease is given up for good: the
+// node rejoins only with a new lease (its run/ claims die with the old one).
+import path from 'node:path';
+import type { EtcdClient } from '../drivers/etcd.ts';
+import { oneLine } from '../errors.ts';
+import { ensureDir, readJsonFile, removeFile, writeFileAtomic } from '../store/atomic.ts';
+import { clusterKeys, parseNodeRecord, type ClusterKeys, type NodeRecord } from './keys.ts';
+
+export const LEASE_TTL_SECONDS = 5;
+export const KEEPALIVE_INTERVAL_MS = 1700;
+/** After an unanswered keepalive: try again this soon (another etcd member may answer), until the deadline. */
+export const KEEPALIVE_RETRY_MS = 250;
+/** Longest wait for one keepalive answer. */
+const KEEPALIVE_TIMEOUT_MS = 1000;
+/** Margin below the TTL the deadline keeps (etcd checks expiry every 500 ms). */
+export const DEADLINE_MARGIN_MS = 1000;
+
+/** <state>/cluster/lease.json: what the fencer and a restarted daemon read. */
+export interface LeaseFile {
+  node: string;
+  leaseId: string;
+  ttlSeconds: number;
+  endpoints: string[];
+  prefix: string;
+  /** Epoch ms: send time of the last acknowledged keepalive + TTL − 1 s. */
+  deadline: number;
+  /** Epoch ms: when the last acknowledged keepalive was sent. */
+  lastAckSentAt: number;
+  /** The daemon that keeps it alive. */
+  pid: number;
+  /** False between taking a new lease and putting the node key under it (the fencer ignores the key then). */
+  published: boolean;
+}
+
+export function leaseFilePath(stateDir: string): string {
+  return path.join(stateDir, 'cluster', 'lease.json');
+}
+
+export async function readLeaseFile(stateDir: string): Promise<LeaseFile | undefined> {
+  return readJsonFile<LeaseFile>(leaseFilePath(stateDir));
+}
+
+export interface MembershipOptions {
+  client: EtcdClient;
+  /** What this node publishes (joinedAt is set on joining). */
+  record: Omit<NodeRecord, 'joinedAt'>;
+  stateDir: string;
+  prefix?: string;
+  ttlSeconds?: number;
+  keepaliveMs?: number;
+  log?: (line: string) => void;
+}
+
+export type MembershipEvent =
+  | { type: 'joined'; leaseId: string; reattached: boolean }
+  | { type: 'lost'; leaseId: string; reason: string };
+
+export class Membership {
+  private readonly client: EtcdClient;
+  private readonly keys: ClusterKeys;
+  private readonly prefix: string;
+  private readonly ttlSeconds: number;
+  private readonly keepaliveMs: number;
+  private readonly log: (line: string) => void;
+  private record: NodeRecord;
+  private lease: { id: string; deadline: number; lastAckSentAt: number } | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private running = false;
+  private round: Promise<number> = Promise.resolve(0);
+  private published = false;
+  private checkingKey = false;
+  /** Leases this process gave up: a node key still under one of them is ours to clear. */
+  private readonly givenUp = new Set<string>();
+  private readonly listeners: Array<(e: MembershipEvent) => void> = [];
+
+  private constructor(private readonly opts: MembershipOptions) {
+    this.client = opts.client;
+    this.prefix = opts.prefix ?? 'qwamos/';
+    this.keys = clusterKeys(this.prefix);
+    this.ttlSeconds = opts.ttlSeconds ?? LEASE_TTL_SECONDS;
+    this.keepaliveMs = opts.keepaliveMs ?? KEEPALIVE_INTERVAL_MS;
+    this.log = opts.log ?? (() => {});
+    this.record = { ...opts.record, joinedAt: new Date().toISOString() };
+  }
+
+  /** Joins (or re-attaches to the lease of a restart within the TTL) and starts the keepalive loop. */
+  static async join(opts: MembershipOptions): Promise<Membership> {
+    const m = new Membership(opts);
+    await m.attach();
+    m.running = true;
+    m.schedule(m.keepaliveMs);
+    return m;
+  }
+
+  get leaseId(): string | undefined {
+    return this.lease?.id;
+  }
+
+  /** Epoch ms after which this node must consider its lease lost (undefined while it has none). */
+  get deadline(): number | undefined {
+    return this.lease?.deadline;
+  }
+
+  get name(): string {
+    return this.record.name;
+  }
+
+  on(listener: (e: MembershipEvent) => void): void {
+    this.listeners.push(listener);
+  }
+
+  /** Publishes the desired-state revision this node applies. */
+  async setRevision(revision: string | undefined): Promise<void> {
+    if (this.record.revision === revision) return;
+    const { revision: _old, ...rest } = this.record;
+    this.record = { ...rest, ...(revision !== undefined ? { revision } : {}) };
+    if (this.lease) await this.publish(this.lease.id);
+  }
+
+  /**
+   * Stops the keepalive loop and keeps the lease: a restart within the TTL re-attaches to it. One last
+   * keepalive first, so the restart gets a whole TTL − 1 s from now.
+   */
+  async stop(): Promise<void> {
+    this.running = false;
+    clearTimeout(this.timer);
+    await this.round;
+    const lease = this.lease;
+    if (!lease || Date.now() >= lease.deadline) return;
+    const sentAt = Date.now();
+    const ttl = await this.client.keepaliveOnce(lease.id, Math.min(1000, lease.deadline - sentAt)).catch(() => 0);
+    if (ttl > 0) {
+      lease.lastAckSentAt = sentAt;
+      lease.deadline = sentAt + ttl * 1000 - DEADLINE_MARGIN_MS;
+      await this.saveLeaseFile();
+    }
+  }
+
+  /** Leaves the cluster: stops, revokes the lease (the node key and its run/ claims go with it). */
+  async leave(): Promise<void> {
+    await this.stop();
+    if (this.lease) await this.client.revokeLease(this.lease.id);
+    this.lease = undefined;
+    await removeFile(leaseFilePath(this.opts.stateDir));
+  }
+
+  private emit(e: MembershipEvent): void {
+    for (const l of this.listeners) l(e);
+  }
+
+  private async attach(): Promise<void> {
+    const saved = await readLeaseFile(this.opts.stateDir);
+    const mine = saved && saved.node === this.record.name && saved.prefix === this.prefix ? saved : undefined;
+    // Past its deadline the fencer has killed (or is killing) the VMs that ran under it: never re-attach.
+    if (mine && Date.now() >= mine.deadline) {
+      this.log(`cluster: lease ${hex(mine.leaseId)} of an earlier run passed its deadline ${Date.now() - mine.deadline} ms ago; joining with a new lease`);
+      this.givenUp.add(mine.leaseId);
+      await this.client.revokeLease(mine.leaseId).catch(() => {});
+    }
+    if (mine && Date.now() < mine.deadline) {
+      const saved = mine;
+      const sentAt = Date.now();
+      const ttl = await this.client.keepaliveOnce(saved.leaseId, Math.min(1000, Math.max(100, saved.deadline - sentAt))).catch(() => 0);
+      if (ttl > 0 && sentAt < saved.deadline) {
+        this.lease = { id: saved.leaseId, lastAckSentAt: sentAt, deadline: sentAt + ttl * 1000 - DEADLINE_MARGIN_MS };
+        this.published = saved.published !== false;
+        await this.saveLeaseFile();
+        await this.publish(saved.leaseId);
+        this.published = true;
+        await this.saveLeaseFile();
+        this.log(`cluster: node ${this.record.name} re-attached to lease ${hex(saved.leaseId)}`);
+        this.emit({ type: 'joined', leaseId: saved.leaseId, reattached: true });
+        return;
+      }
+    }
+    await this.joinWithNewLease();
+  }
+
+  private async joinWithNewLease(): Promise<void> {
+    // Before the new lease exists, so that waiting cannot eat into its deadline.
+    await this.waitForNodeKeyFree();
+    const sentAt = Date.now();
+    const granted = await this.client.grantLease(this.ttlSeconds);
+    this.lease = { id: granted.id, lastAckSentAt: sentAt, deadline: sentAt + granted.ttl * 1000 - DEADLINE_MARGIN_MS };
+    // The lease file first: a crash after the node key exists can still re-attach.
+    this.published = false;
+    await this.saveLeaseFile();
+    this.record = { ...this.record, joinedAt: new Date().toISOString() };
+    try {
+      await this.publish(granted.id);
+      this.published = true;
+      await this.saveLeaseFile();
+    } catch (err) {
+      await this.client.revokeLease(granted.id).catch(() => {});
+      this.lease = undefined;
+      await removeFile(leaseFilePath(this.opts.stateDir));
+      throw err;
+    }
+    this.log(`cluster: node ${this.record.name} joined with lease ${hex(granted.id)} (TTL ${granted.ttl}s)`);
+    this.emit({ type: 'joined', leaseId: granted.id, reattached: false });
+  }
+
+  /** Writes the node key under `leaseId`: only if it is absent or already ours. */
+  private async publish(leaseId: string): Promise<void> {
+    const key = this.keys.node(this.record.name);
+    const value = JSON.stringify(this.record);
+    const mine = await this.client.txn([{ key, lease: leaseId }], [{ put: key, value, lease: leaseId }]);
+    if (mine.succeeded) return;
+    const created = await this.client.txn([{ key, absent: true }], [{ put: key, value, lease: leaseId }]);
+    if (created.succeeded) return;
+    throw this.takenError((await this.client.get(key))?.lease);
+  }
+
+  /**
+   * Waits up to one TTL (+2 s) for a node key another lease holds to go (an earlier run of this node whose
+   * lease has not expired yet); a lease this process gave up is revoked again (etcd may not have heard).
+   */
+  private async waitForNodeKeyFree(): Promise<void> {
+    const key = this.keys.node(this.record.name);
+    const give = Date.now() + (this.ttlSeconds + 2) * 1000;
+    for (;;) {
+      const holder = await this.client.get(key);
+      if (!holder) return;
+      if (this.givenUp.has(holder.lease)) await this.client.revokeLease(holder.lease).catch(() => {});
+      else if (Date.now() >= give) throw this.takenError(holder.lease);
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+
+  private takenError(lease: string | undefined): Error {
+    return new Error(`node ${this.record.name} is already in the cluster under another lease (${hex(lease ?? '?')}): another controller runs with --node ${this.record.name}`);
+  }
+
+  private async saveLeaseFile(): Promise<void> {
+    if (!this.lease) return;
+    const file: LeaseFile = {
+      node: this.record.name,
+      leaseId: this.lease.id,
+      ttlSeconds: this.ttlSeconds,
+      endpoints: [...this.client.endpoints],
+      prefix: this.prefix,
+      deadline: this.lease.deadline,
+      lastAckSentAt: this.lease.lastAckSentAt,
+      pid: process.pid,
+      published: this.published,
+    };
+    await ensureDir(path.dirname(leaseFilePath(this.opts.stateDir)));
+    await writeFileAtomic(leaseFilePath(this.opts.stateDir), `${JSON.stringify(file)}\n`);
+  }
+
+  private schedule(delayMs: number): void {
+    if (!this.running) return;
+    this.timer = setTimeout(() => {
+      this.round = this.keepaliveRound().catch((err) => {
+        this.log(`cluster: ${oneLine(err)}`);
+        return KEEPALIVE_RETRY_MS;
+      });
+      void this.round.then((next) => this.schedule(next));
+    }, delayMs);
+  }
+
+  /** One keepalive (or a join without a lease); resolves to the delay until the next one. */
+  private async keepaliveRound(): Promise<number> {
+    if (!this.lease) {
+      await this.joinWithNewLease();
+      return this.keepaliveMs;
+    }
+    const lease = this.lease;
+    const sentAt = Date.now();
+    // Past the deadline: the fencer has killed (or is killing) this node's VMs. Never keep that lease.
+    if (sentAt >= lease.deadline) {
+      await this.lose(lease.id, 'the lease deadline passed without an acknowledged keepalive');
+      return KEEPALIVE_RETRY_MS;
+    }
+    let ttl: number;
+    try {
+      ttl = await this.client.keepaliveOnce(lease.id, Math.max(200, Math.min(KEEPALIVE_TIMEOUT_MS, lease.deadline - sentAt)));
+    } catch (err) {
+      this.log(`cluster: keepalive unanswered (deadline in ${lease.deadline - Date.now()} ms): ${oneLine(err)}`);
+      return KEEPALIVE_RETRY_MS;
+    }
+    if (ttl === 0) {
+      await this.lose(lease.id, 'etcd says the lease expired');
+      return KEEPALIVE_RETRY_MS;
+    }
+    lease.lastAckSentAt = sentAt;
+    lease.deadline = sentAt + ttl * 1000 - DEADLINE_MARGIN_MS;
+    await this.saveLeaseFile();
+    // Not awaited: a slow read must not delay the next keepalive.
+    void this.checkNodeKey(lease.id);
+    return this.keepaliveMs;
+  }
+
+  /** The node key must carry our lease: restore it if it was deleted, give the lease up if another holds it. */
+  private async checkNodeKey(leaseId: string): Promise<void> {
+    if (this.checkingKey) return;
+    this.checkingKey = true;
+    try {
+      const key = await this.client.get(this.keys.node(this.record.name));
+      if (this.lease?.id !== leaseId) return;
+      if (key && key.lease !== leaseId) await this.lose(leaseId, `the node key is held by another lease (${hex(key.lease)})`);
+      // Gone while the lease lives: deleted by hand or by an operator. Put it back (only if absent).
+      else if (!key) await this.publish(leaseId);
+    } catch (err) {
+      // Unreachable etcd: the keepalive loop and its deadline decide.
+      this.log(`cluster: cannot check the node key: ${oneLine(err)}`);
+    } finally {
+      this.checkingKey = false;
+    }
+  }
+
+  private async lose(leaseId: string, reason: string): Promise<void> {
+    if (this.lease?.id !== leaseId) return; // already given up
+    this.givenUp.add(leaseId);
+    this.log(`cluster: node ${this.record.name} lost lease ${hex(leaseId)}: ${reason}; rejoining with a new lease`);
+    this.lease = undefined;
+    await this.client.revokeLease(leaseId).catch(() => {});
+    this.emit({ type: 'lost', leaseId, reason });
+  }
+}
+
+/** Lease ids as etcdctl prints them. */
+export function hex(id: string): string {
+  try {
+    return BigInt(id).toString(16);
+  } catch {
+    return id;
+  }
+}
+
+/** The node records of the cluster at one revision, with each lease's remaining TTL. */
+export async function readNodes(client: EtcdClient, prefix = 'qwamos/'): Promise<{ revision: string; nodes: Array<{ record: NodeRecord; lease: string; ttl?: { ttl: number; grantedTtl: number } }> }> {
+  const keys = clusterKeys(prefix);
+  const { revision, entries } = await client.list(keys.nodes);
+  const nodes = [];
+  for (const e of entries) {
+    const record = parseNodeRecord(e.value);
+    if (!record) continue;
+    const ttl = await client.leaseTimeToLive(e.lease).catch(() => undefined);
+    nodes.push({ record, lease: e.lease, ...(ttl ? { ttl } : {}) });
+  }
+  return { revision, nodes };
+}
