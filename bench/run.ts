@@ -1,14 +1,16 @@
 // npm run bench [name...]: runs the benches, each printing a table and writing bench/results/NAME.json.
 import { benchGitSource } from './gitsource.ts';
 import { benchRoutes } from './routes.ts';
+import { benchScale } from './scale.ts';
 import { benchValidate } from './validate.ts';
 import { benchVms } from './vms.ts';
 
-const benches: Record<string, () => Promise<void>> = {
+const benches: Record<string, () => Promise<unknown>> = {
   validate: benchValidate,
   routes: benchRoutes,
   vms: benchVms,
   gitsource: benchGitSource,
+  scale: benchScale,
 };
 
 const wanted = process.argv.slice(2);
