@@ -556,21 +556,43 @@ export class Store {
    * controller can act on it, and otherwise nothing could ever clear it.
    */
   async markForDeletion(kind: string, name: string): Promise<'marked' | 'removed' | false> {
-    const file = this.resourceFile(kind, name);
-    return this.mutate(file, async () => {
-      let r: StoredResource | undefined;
-      try {
-        r = await this.readResource(kind, name);
-      } catch (err) {
-        if (!(err instanceof CorruptStateError)) throw err;
-        await removeFile(this.statusFile(kind, name));
-        await removeFile(this.driftFile(kind, name));
-        await removeFile(file);
-        return 'removed';
+    return (await this.markManyForDeletion([{ kind, name }]))[0]!;
+  }
+
+  /**
+   * markForDeletion for many records in ONE locked section, each directory fsynced once (not once per
+   * record: `delete -f` of a thousand resources spent seconds on it). In order, what happened to each.
+   */
+  async markManyForDeletion(items: readonly { kind: string; name: string }[]): Promise<('marked' | 'removed' | false)[]> {
+    if (items.length === 0) return [];
+    return this.withLock(async () => {
+      const dirs = new Set<string>();
+      const outcomes: ('marked' | 'removed' | false)[] = [];
+      for (const { kind, name } of items) {
+        const file = this.resourceFile(kind, name);
+        outcomes.push(
+          await this.queued(file, async () => {
+            let r: StoredResource | undefined;
+            try {
+              r = await this.readResource(kind, name);
+            } catch (err) {
+              if (!(err instanceof CorruptStateError)) throw err;
+              await removeFile(this.statusFile(kind, name));
+              await removeFile(this.driftFile(kind, name));
+              await removeFile(file);
+              return 'removed';
+            }
+            if (!r) return false;
+            if (!r.deletionRequestedAt) {
+              await writeFileAtomic(file, toJson({ ...r, deletionRequestedAt: now() }), { syncDir: false });
+              dirs.add(path.dirname(file));
+            }
+            return 'marked';
+          }),
+        );
       }
-      if (!r) return false;
-      if (!r.deletionRequestedAt) await writeFileAtomic(file, toJson({ ...r, deletionRequestedAt: now() }));
-      return 'marked';
+      for (const dir of dirs) await fsyncDir(dir);
+      return outcomes;
     });
   }
 
