@@ -446,7 +446,9 @@ EOB
     echo "@@sysrc $?"
   fi
   if [ -n "$buf" ]; then
-    ip -force -n "$ns" -batch - 2>&1 <<EOB
+    # Through nsenter, not ip -n: ip -n copies the mount table (every /run/netns mount) into a new mount
+    # namespace each time, which grows with the number of netns.
+    inns "$ns" ip -force -batch - 2>&1 <<EOB
 $buf
 EOB
     echo "@@rc $?"
