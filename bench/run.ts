@@ -2,16 +2,18 @@
 import { benchFirewall } from './firewall.ts';
 import { benchGitConverge, benchGitSource } from './gitsource.ts';
 import { benchRoutes } from './routes.ts';
+import { benchScale } from './scale.ts';
 import { benchValidate } from './validate.ts';
 import { benchVms } from './vms.ts';
 
-const benches: Record<string, () => Promise<void>> = {
+const benches: Record<string, () => Promise<unknown>> = {
   validate: benchValidate,
   routes: benchRoutes,
   vms: benchVms,
   gitsource: benchGitSource,
   'git-converge': benchGitConverge,
   firewall: benchFirewall,
+  scale: benchScale,
 };
 
 const wanted = process.argv.slice(2);

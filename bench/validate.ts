@@ -35,7 +35,15 @@ function manifest(i: number): string {
   ].join('\n');
 }
 
-export async function benchValidate(): Promise<void> {
+export interface ValidateResult {
+  manifests: number;
+  oneCorePerSecond: number;
+  poolColdPerSecond: number;
+  cacheColdPerSecond: number;
+  cacheWarmPerSecond: number;
+}
+
+export async function benchValidate(): Promise<ValidateResult> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'qwamos-bench-'));
   try {
     const keys = await generateKey('bench', 'ml-dsa-65', path.join(dir, 'keys'));
@@ -114,6 +122,7 @@ export async function benchValidate(): Promise<void> {
       ratioToRaw: ratio,
     });
     console.log(`wrote ${out}`);
+    return { manifests: COUNT, oneCorePerSecond: (COUNT / whole.ms) * 1000, poolColdPerSecond: (COUNT / poolRun.ms) * 1000, cacheColdPerSecond: (COUNT / cold.ms) * 1000, cacheWarmPerSecond: (COUNT / warm.ms) * 1000 };
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

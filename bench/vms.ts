@@ -38,7 +38,12 @@ async function waitQmpRunning(sock: string): Promise<void> {
   }
 }
 
-export async function benchVms(): Promise<void> {
+export interface VmsResult {
+  controllerMs: number;
+  handMs: number;
+}
+
+export async function benchVms(): Promise<VmsResult> {
   const build = await execa('bash', [path.join(repo, 'scripts/build-guest.sh'), GUEST], { reject: false });
   if (build.exitCode !== 0) throw new Error(`build-guest.sh failed: ${build.stderr}`);
   const host = await createTestHost();
@@ -120,6 +125,7 @@ export async function benchVms(): Promise<void> {
     ];
     printTable('VirtualMachines (microvm, TCG, tiny guest)', rows);
     console.log(`wrote ${await writeResult('vms', { runs: RUNS, controllerMs: controller, handMs: hand, ratio: median(controller) / median(hand), fourVmApplyMs: four.ms, fourVmBootedMs: four.ms + booted.ms })}`);
+    return { controllerMs: median(controller), handMs: median(hand) };
   } finally {
     await engine.stop();
     await killQemusIn(dir); // whatever is still running was started here

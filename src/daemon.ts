@@ -11,6 +11,7 @@ import type { PassResult } from './engine/engine.ts';
 import { notifySocketPath } from './git/notify.ts';
 import { readWebhookSecret, startWebhookServer, type WebhookServer } from './git/webhook.ts';
 import { MAX_SOCKET_PATH } from './names.ts';
+import { oneWaiting } from './concurrency.ts';
 import { DAEMON_LEASE, RECONCILER_LEASE, createEngine, openStore, waitForLease } from './runtime.ts';
 import { joinCluster, type ClusterMember, type ClusterOptions } from './cluster/node.ts';
 
@@ -103,10 +104,13 @@ export async function runDaemon(opts: DaemonOptions): Promise<void> {
 
   opts.log(`controller started (pid ${process.pid}), ${engine.resources().length} resources, resync every ${Math.round(opts.resyncMs / 1000)}s`);
 
-  // Store changes: re-read it, reconcile what changed, and serve reconcile requests.
+  // Store changes: re-read it, reconcile what changed, and serve reconcile requests. At most one run waits
+  // behind the one in progress (asked again meanwhile, it only widens to a full resync): a full resync
+  // slower than the interval (garbage collection observes every netns) must not pile up a backlog that
+  // grows memory and that stopping would have to work through.
   let syncing = Promise.resolve();
-  const resync = (all: boolean) => {
-    syncing = syncing.then(async () => {
+  const syncStore = oneWaiting(async (all) => {
+    try {
       const changed = await engine.sync();
       engine.enqueue(changed);
       for (const keys of await store.takeRequests()) engine.enqueue(keys.length ? keys : engine.resources().map((r) => keyOf(r)));
@@ -116,9 +120,11 @@ export async function runDaemon(opts: DaemonOptions): Promise<void> {
         // What qwamos created and nothing declares any more (a record lost by hand or by a crash).
         await engine.collectGarbage();
       }
-    }).catch((err) => opts.log(`error reading the store: ${oneLine(err)}`));
-    return syncing;
-  };
+    } catch (err) {
+      opts.log(`error reading the store: ${oneLine(err)}`);
+    }
+  });
+  const resync = (all: boolean) => (syncing = syncStore(all));
   let storeTimer: NodeJS.Timeout | undefined;
   const watcher = watchFiles([path.join(store.dir, 'resources'), path.join(store.dir, 'requests')], {
     ignoreInitial: true,

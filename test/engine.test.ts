@@ -283,6 +283,44 @@ test('resources reconciling together share observe and apply calls', async (t) =
   }
 });
 
+test('passes ending together are written with a few store calls, not a lock round and fsyncs per resource', async (t) => {
+  const { store, newEngine } = await harness(t);
+  const keys: string[] = [];
+  for (let i = 0; i < 50; i++) {
+    await put(store, `w${i}`, { value: `v${i}` });
+    keys.push(`Fake/w${i}`);
+  }
+  // Count the store calls the engine makes from here on.
+  const calls = new Map<string, number>();
+  for (const method of ['commit', 'deleteResources', 'updateStatus', 'appendEvent', 'deleteResource', 'recordDrifts', 'resolveDrift'] as const) {
+    const original = (store as any)[method].bind(store);
+    (store as any)[method] = (...args: unknown[]) => {
+      calls.set(method, (calls.get(method) ?? 0) + 1);
+      return original(...args);
+    };
+  }
+  const engine = newEngine({ concurrency: 64 });
+  try {
+    await startAndSettle(engine, keys);
+    assert.equal((await store.listStatuses()).filter((st) => st.phase === 'Ready').length, 50);
+    assert.equal((await store.listEvents({ limit: 1000 })).filter((e) => e.reason === 'Applied').length, 50);
+    for (const single of ['updateStatus', 'appendEvent', 'deleteResource', 'recordDrifts', 'resolveDrift']) assert.equal(calls.get(single) ?? 0, 0, `${single} called per resource`);
+    assert.ok((calls.get('commit') ?? 0) <= 6, `50 resources written with ${calls.get('commit')} commits`);
+
+    calls.clear();
+    for (const k of keys) await store.markForDeletion('Fake', k.slice('Fake/'.length));
+    await engine.sync();
+    await pass(engine, keys);
+    assert.deepEqual(await store.listResources(), []);
+    assert.deepEqual(await store.listStatuses(), []);
+    assert.equal((await store.listEvents({ limit: 1000 })).filter((e) => e.reason === 'Deleted').length, 50);
+    assert.equal(calls.get('deleteResource') ?? 0, 0, 'records removed one by one');
+    assert.ok((calls.get('deleteResources') ?? 0) <= 3, `50 records removed with ${calls.get('deleteResources')} calls`);
+  } finally {
+    await engine.stop();
+  }
+});
+
 test('drift is recorded, healed and marked healed', async (t) => {
   const { store, fake, newEngine } = await harness(t);
   await put(store, 'a', { value: 'one' });

@@ -71,6 +71,29 @@ describe('unusable state files', () => {
     await assert.rejects(fs.stat(bad), { code: 'ENOENT' });
   });
 
+  test('many records are marked for deletion in one call: marked, already marked, missing and unreadable each answered', async () => {
+    const { store } = await openStore();
+    for (const n of ['m1', 'm2', 'm3']) await store.putResource(route(n), src(n));
+    assert.equal(await store.markForDeletion('Route', 'm2'), 'marked');
+    const firstMark = (await store.getResource('Route', 'm2'))!.deletionRequestedAt;
+    const bad = path.join(store.dir, 'resources', 'Route', 'm3.json');
+    await fs.writeFile(bad, '{');
+    const outcomes = await store.markManyForDeletion([
+      { kind: 'Route', name: 'm1' },
+      { kind: 'Route', name: 'm2' },
+      { kind: 'Route', name: 'm3' },
+      { kind: 'Route', name: 'nope' },
+    ]);
+    assert.deepEqual(outcomes, ['marked', 'marked', 'removed', false]);
+    assert.ok((await store.getResource('Route', 'm1'))!.deletionRequestedAt);
+    assert.equal((await store.getResource('Route', 'm2'))!.deletionRequestedAt, firstMark, 'an earlier mark is kept');
+    await assert.rejects(fs.stat(bad), { code: 'ENOENT' });
+    // Removing tombstoned records in one call: only the tombstone named.
+    const m1 = (await store.getResource('Route', 'm1'))!.deletionRequestedAt!;
+    assert.deepEqual(await store.deleteResources([{ kind: 'Route', name: 'm1', ifDeletionRequestedAt: m1 }, { kind: 'Route', name: 'm2', ifDeletionRequestedAt: 'another time' }]), [true, false]);
+    assert.deepEqual((await store.listResources()).map((r) => r.metadata.name), ['m2']);
+  });
+
   test('wrong-shaped JSON in every kind of state file gives errors naming the file, never a TypeError', async () => {
     const { store, warnings } = await openStore();
     await store.putResource(route('r1'), src('r1'));

@@ -77,10 +77,11 @@ describe('verification pool', () => {
     assert.deepEqual(statuses(expected), [
       ...Array<string>(VERIFIED).fill('verified'), 'tampered', 'unsigned', 'untrusted', 'malformed', 'malformed', 'malformed',
     ]);
-    let split = { workerBatches: 0, fallbackBatches: -1 };
+    let split = { workerBatches: 0, hereBatches: 0, fallbackBatches: -1 };
     const { outcomes, checked } = await verifySignedFiles(files, store, { pool: { size: 2, inProcessMax: 0, onDone: (s) => (split = s) } });
     assert.deepEqual(outcomes, expected);
-    assert.ok(split.workerBatches > 0 && split.fallbackBatches === 0, `every batch answered by a worker: ${JSON.stringify(split)}`);
+    // 14 checks in batches of 2: each answered once, by a worker or this thread.
+    assert.equal(split.workerBatches + split.hereBatches + split.fallbackBatches, 7, JSON.stringify(split));
     assert.equal(checked, files.length - 2); // the unsigned and the non-UTF-8 .sig need no check
   });
 
@@ -92,9 +93,24 @@ describe('verification pool', () => {
     });
     const expected = jobs.map((j) => verifyBytes(j.bytes, j.sigText, store));
     assert.ok(expected.some((o) => o.status === 'tampered') && expected.some((o) => o.status === 'untrusted'));
-    let split = { workerBatches: 0, fallbackBatches: -1 };
+    let split = { workerBatches: 0, hereBatches: 0, fallbackBatches: -1 };
     assert.deepEqual(await verifyInPool(jobs, store, { size: 3, inProcessMax: 0, onDone: (s) => (split = s) }), expected);
-    assert.deepEqual(split, { workerBatches: 10, fallbackBatches: 0 });
+    // 40 jobs for 3 threads: batches of 2, shared by this thread and two workers.
+    assert.equal(split.workerBatches + split.hereBatches + split.fallbackBatches, 20);
+  });
+
+  test('this thread verifies alongside the workers, so a pool is never slower than this thread alone', async () => {
+    const jobs = Array.from({ length: 24 }, (_, i) => ({ bytes: manifest(i), sigText: signBytes(manifest(i), signer65) }));
+    // A worker that never answers: this thread alone verifies everything, and the call still returns.
+    const script = path.join(tmp, 'worker-silent.mjs');
+    await fs.writeFile(script, "import { parentPort } from 'node:worker_threads'; parentPort.on('message', () => {});");
+    let split = { workerBatches: -1, hereBatches: 0, fallbackBatches: -1 };
+    const silent = verifyInPool(jobs, store, { size: 2, inProcessMax: 0, workerScript: new URL(`file://${script}`), onDone: (s) => (split = s) });
+    const outcomes = await Promise.race([silent, new Promise<'hung'>((r) => setTimeout(() => r('hung'), 20_000))]);
+    assert.notEqual(outcomes, 'hung');
+    assert.deepEqual(outcomes, jobs.map((j) => verifyBytes(j.bytes, j.sigText, store)));
+    assert.equal(split.workerBatches, 0);
+    assert.ok(split.hereBatches > 0);
   });
 
   test('a worker that exits, throws on load or answers nonsense hands its files back to this thread', async () => {
@@ -108,12 +124,12 @@ describe('verification pool', () => {
     for (const [name, code] of Object.entries(scripts)) {
       const script = path.join(tmp, `worker-${name}.mjs`);
       if (code) await fs.writeFile(script, code);
-      let split = { workerBatches: -1, fallbackBatches: 0 };
+      let split = { workerBatches: -1, hereBatches: 0, fallbackBatches: 0 };
       const pool = { size: 2, inProcessMax: 0, workerScript: new URL(`file://${script}`), onDone: (s: typeof split) => (split = s) };
       const { outcomes } = await verifySignedFiles(files, store, { pool });
       assert.deepEqual(outcomes, expected, name);
       assert.equal(split.workerBatches, 0, name);
-      assert.ok(split.fallbackBatches > 0, name);
+      assert.ok(split.hereBatches + split.fallbackBatches > 0, name);
     }
   });
 });

@@ -3,7 +3,7 @@ import type { Config } from '../config.ts';
 import type { AnyController } from '../engine/contract.ts';
 import type { Store } from '../store/store.ts';
 import { declarationController } from './declaration.ts';
-import { GitSourceController } from './gitsource/index.ts';
+import { LazyGitSourceController } from './gitsource-lazy.ts';
 import { RouteController } from './route/index.ts';
 import { VmController } from './vm/index.ts';
 import { FirewallPolicyController, FirewallService } from './firewall/index.ts';
@@ -26,7 +26,7 @@ export function createControllers(config: Config, store?: Store): AnyController[
     declarationController('GpuTrustLevel'),
     declarationController('ClusterNode'),
     store
-      ? new GitSourceController({ stateDir: config.stateDir, trustDir: config.trustDir, imageRoot: config.imageRoot, prefix: config.prefix, store })
+      ? new LazyGitSourceController({ stateDir: config.stateDir, trustDir: config.trustDir, imageRoot: config.imageRoot, prefix: config.prefix, store })
       : declarationController('GitSource'),
   ];
 }

@@ -1,8 +1,9 @@
-// The one place host drivers start processes. A small typed wrapper around execa: optional network
+// The one place host drivers start processes. A small typed wrapper around node's spawn: optional network
 // namespace (`ip netns exec NS ...`), optional stdin, stdout back as a string, failures as an Error with a
 // one-line message (the command and the first line of its stderr). Every spawn is counted so a bench can
-// report how many processes a pass cost.
-import { execa, ExecaError } from 'execa';
+// report how many processes a pass cost. (Not execa: it costs ~15 MB of resident memory in the daemon
+// and copies the whole environment on every call, which showed in profiles of a thousand resources.)
+import { spawn } from 'node:child_process';
 
 export interface RunOptions {
   /** Run the command inside this named network namespace (`ip netns exec NS cmd...`). */
@@ -55,30 +56,59 @@ export function firstLine(text: string): string {
   );
 }
 
+/** The environment of every command: ours, with the C locale so output parses the same everywhere. */
+let commandEnv: NodeJS.ProcessEnv | undefined;
+
+/** After a timeout's SIGTERM, SIGKILL if the command is still there this much later. */
+const FORCE_KILL_MS = 5_000;
+
 /** Run a command, return everything; never throws for a non-zero exit (only when it cannot start). */
 export async function runResult(argv: readonly string[], opts: RunOptions = {}): Promise<RunResult> {
   const full = fullArgv(argv, opts.netns);
   spawned++;
-  try {
-    const r = await execa(full[0]!, full.slice(1), {
-      input: opts.input ?? '',
-      reject: false,
-      timeout: opts.timeoutMs ?? 30_000,
-      stripFinalNewline: false,
-      env: { LC_ALL: 'C' },
-      extendEnv: true,
-    });
-    if (r.failed && r.exitCode === undefined) {
-      // Did not start, or was killed (timeout, signal).
-      const why = r.timedOut ? 'timed out' : r.signal ? `killed by ${r.signal}` : firstLine(r.shortMessage ?? r.message ?? 'failed');
-      throw new CommandError(`${shortCommand(full)}: ${why}`, full, undefined, String(r.stderr ?? ''), String(r.stdout ?? ''));
+  commandEnv ??= { ...process.env, LC_ALL: 'C' };
+  const timeoutMs = opts.timeoutMs ?? 30_000;
+  return new Promise<RunResult>((resolve, reject) => {
+    let child;
+    try {
+      child = spawn(full[0]!, full.slice(1), { env: commandEnv, stdio: ['pipe', 'pipe', 'pipe'] });
+    } catch (err) {
+      reject(new CommandError(`${full.join(' ')}: ${firstLine(err instanceof Error ? err.message : String(err))}`, full, undefined, '', ''));
+      return;
     }
-    return { stdout: String(r.stdout ?? ''), stderr: String(r.stderr ?? ''), exitCode: r.exitCode ?? 0 };
-  } catch (err) {
-    if (err instanceof CommandError) throw err;
-    const msg = err instanceof ExecaError ? err.shortMessage : err instanceof Error ? err.message : String(err);
-    throw new CommandError(`${full.join(' ')}: ${firstLine(msg)}`, full, undefined, '', '');
-  }
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    let timedOut = false;
+    let forceKill: NodeJS.Timeout | undefined;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill('SIGTERM');
+      forceKill = setTimeout(() => child.kill('SIGKILL'), FORCE_KILL_MS);
+      forceKill.unref();
+    }, timeoutMs);
+    child.stdout.on('data', (c: Buffer) => out.push(c));
+    child.stderr.on('data', (c: Buffer) => err.push(c));
+    // A command that exits without reading its input closes the pipe: not an error of ours.
+    child.stdin.on('error', () => {});
+    child.stdin.end(opts.input ?? '');
+    let failedToStart: Error | undefined;
+    child.on('error', (e) => (failedToStart = e));
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      clearTimeout(forceKill);
+      const stdout = Buffer.concat(out).toString('utf8');
+      const stderr = Buffer.concat(err).toString('utf8');
+      if (failedToStart) {
+        reject(new CommandError(`${shortCommand(full)}: ${firstLine(failedToStart.message)}`, full, undefined, stderr, stdout));
+      } else if (code === null) {
+        // Killed (timeout, signal).
+        const why = timedOut ? `timed out after ${timeoutMs} ms` : `killed by ${signal ?? 'a signal'}`;
+        reject(new CommandError(`${shortCommand(full)}: ${why}`, full, undefined, stderr, stdout));
+      } else {
+        resolve({ stdout, stderr, exitCode: code });
+      }
+    });
+  });
 }
 
 /** Run a command and return its stdout; a non-zero exit throws a CommandError with a one-line message. */

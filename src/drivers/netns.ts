@@ -420,9 +420,11 @@ function batchErrors(lines: IpLine[], stderr: string, exitCode: number): string[
 
 // Runs `ip -force -n NS -batch -` for many namespaces in ONE spawned process. stdin: "@@ns NAME" lines,
 // each followed by that namespace's batch lines, and "@@ipv6-off" to disable IPv6 in it first (written
-// inside the netns through nsenter, or `ip netns exec` where there is none). stdout: "@@ns NAME", then
-// "@@sysrc N" after the sysctl writes, ip's messages, "@@rc N".
+// inside the netns through nsenter, or `ip netns exec` where there is none; with batch lines too, the same
+// process chain then execs ip there). stdout: "@@ns NAME", then "@@sysrc N" after the sysctl writes,
+// ip's messages, "@@rc N".
 const MULTI_BATCH_SCRIPT = `
+V6OFF='echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6 && echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6'
 if command -v nsenter >/dev/null 2>&1; then
   inns() { f=$1; shift; nsenter --net="/run/netns/$f" "$@"; }
 else
@@ -431,12 +433,22 @@ fi
 run() {
   [ -n "$ns" ] || return 0
   echo "@@ns $ns"
+  if [ -n "$v6off" ] && [ -n "$buf" ]; then
+    # One process chain for both: the sysctls, then exec ip inside the same netns.
+    inns "$ns" sh -c "$V6OFF"'; echo "@@sysrc $?"; exec ip -force -batch -' 2>&1 <<EOB
+$buf
+EOB
+    echo "@@rc $?"
+    return 0
+  fi
   if [ -n "$v6off" ]; then
-    inns "$ns" sh -c 'echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6 && echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6' </dev/null 2>&1
+    inns "$ns" sh -c "$V6OFF" </dev/null 2>&1
     echo "@@sysrc $?"
   fi
   if [ -n "$buf" ]; then
-    ip -force -n "$ns" -batch - 2>&1 <<EOB
+    # Through nsenter, not ip -n: ip -n copies the mount table (every /run/netns mount) into a new mount
+    # namespace each time, which grows with the number of netns.
+    inns "$ns" ip -force -batch - 2>&1 <<EOB
 $buf
 EOB
     echo "@@rc $?"

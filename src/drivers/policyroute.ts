@@ -55,16 +55,34 @@ async function json<T>(layout: BackstopLayout, args: string[]): Promise<T[]> {
 
 /** What exists of one VM's backstop (rules matched by iif, table and priority). */
 export async function observeBackstop(layout: BackstopLayout, b: Backstop): Promise<ObservedBackstop> {
-  check(b);
+  return (await observeBackstops(layout, [b]))[0]!;
+}
+
+interface TableRouteJson extends RouteJson {
+  table?: string;
+}
+
+/**
+ * What exists of many VMs' backstops, in order: four `ip` processes whatever their number (the rules,
+ * and the routes of every table, per family), so observing a thousand Routes does not start thousands.
+ */
+export async function observeBackstops(layout: BackstopLayout, backstops: readonly Backstop[]): Promise<ObservedBackstop[]> {
+  backstops.forEach(check);
+  if (backstops.length === 0) return [];
   const [r4, r6, t4, t6] = await Promise.all([
     json<RuleJson>(layout, ['-4', 'rule', 'show']),
     json<RuleJson>(layout, ['-6', 'rule', 'show']),
-    json<RouteJson>(layout, ['-4', 'route', 'show', 'table', String(b.table)]).catch(() => []),
-    json<RouteJson>(layout, ['-6', 'route', 'show', 'table', String(b.table)]).catch(() => []),
+    json<TableRouteJson>(layout, ['-4', 'route', 'show', 'table', 'all']),
+    json<TableRouteJson>(layout, ['-6', 'route', 'show', 'table', 'all']),
   ]);
-  const ours = (r: RuleJson) => r.iif === b.hostIf && r.priority === b.table && r.table === String(b.table);
-  const unreachable = (rs: RouteJson[]) => rs.some((r) => r.dst === 'default' && r.type === 'unreachable');
-  return { hostIf: b.hostIf, table: b.table, v4Rule: r4.some(ours), v6Rule: r6.some(ours), v4Unreachable: unreachable(t4), v6Unreachable: unreachable(t6) };
+  const rules = (rs: RuleJson[]) => new Set(rs.filter((r) => r.table === String(r.priority)).map((r) => `${r.iif}/${r.priority}`));
+  const unreachable = (rs: TableRouteJson[]) => new Set(rs.filter((r) => r.dst === 'default' && r.type === 'unreachable').map((r) => r.table));
+  const [rule4, rule6, unr4, unr6] = [rules(r4), rules(r6), unreachable(t4), unreachable(t6)];
+  return backstops.map((b) => {
+    const rule = `${b.hostIf}/${b.table}`;
+    const table = String(b.table);
+    return { hostIf: b.hostIf, table: b.table, v4Rule: rule4.has(rule), v6Rule: rule6.has(rule), v4Unreachable: unr4.has(table), v6Unreachable: unr6.has(table) };
+  });
 }
 
 export function backstopComplete(o: ObservedBackstop): boolean {

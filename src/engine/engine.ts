@@ -6,7 +6,7 @@
 import { createActor, waitFor, type SnapshotFrom } from 'xstate';
 import { OutcomeError, makeWorld, stalled, type Action, type AnyController, type World } from './contract.ts';
 import { keyOf, type ObjectKey } from '../resources/keys.ts';
-import type { ConditionPatch, ResourceStatus, StatusPatch, Store, StoredResource } from '../store/store.ts';
+import type { ConditionPatch, ResourceStatus, StatusPatch, Store, StoreBatch, StoredResource } from '../store/store.ts';
 import { Batcher, fulfilled } from './batcher.ts';
 import { CONVERGED_PHASES, isPhase, type Phase } from './phase.ts';
 import { WorkQueue, type QueueOptions } from './queue.ts';
@@ -84,13 +84,7 @@ export class Engine {
     this.store = opts.store;
     this.queue = new WorkQueue(opts.queue);
     for (const c of opts.controllers) this.controllers.set(c.kind, c);
-    this.recorder = new Batcher((passes) =>
-      this.store.withLock(async () => {
-        const results: PromiseSettledResult<RecordResult>[] = [];
-        for (const p of passes) results.push(await this.write(p).then(fulfilled, (reason: unknown) => ({ status: 'rejected' as const, reason })));
-        return results;
-      }),
-    );
+    this.recorder = new Batcher((passes) => this.writeAll(passes));
   }
 
   /** Reads the store; creates actors, hands them their new records, drops the gone. Returns the keys that changed. */
@@ -416,83 +410,111 @@ export class Engine {
   // ---- recording --------------------------------------------------------------------------------
 
   /** Writes the outcome of one pass (called under the store lock, with the passes finishing with it). */
-  private async write(pass: PassRecord): Promise<RecordResult> {
-    const { key, target, end, applied, drifted } = pass;
-    const { kind, name } = { kind: target.kind, name: target.metadata.name };
-    if (end.phase === 'Deleted') {
-      // Only the tombstone this pass acted on: a record applied again meanwhile stays.
-      const removed = await this.store.deleteResource(kind, name, target.deletionRequestedAt ? { ifDeletionRequestedAt: target.deletionRequestedAt } : {});
-      if (removed) {
-        const what = applied.length ? applied.map((a) => a.describe).join('; ') : 'nothing left on the host';
-        await this.store.appendEvent({ resource: key, type: 'Normal', reason: 'Deleted', message: what });
+  /**
+   * Writes the outcomes of passes that ended together with a few store calls whatever their number:
+   * the records of deleted resources removed in one locked section, drift in one commit, then statuses
+   * and events in one commit (one fsync per file and directory, one events.log append). Per-pass calls
+   * cost a lock round and several fsyncs each: most of the time of 1,000 resources converging.
+   */
+  private async writeAll(passes: PassRecord[]): Promise<PromiseSettledResult<RecordResult>[]> {
+    const results = new Array<PromiseSettledResult<RecordResult>>(passes.length);
+    const settle = async (indexes: number[], write: () => Promise<RecordResult[]>) => {
+      if (indexes.length === 0) return;
+      try {
+        const written = await write();
+        indexes.forEach((i, j) => (results[i] = fulfilled(written[j]!)));
+      } catch (reason) {
+        for (const i of indexes) results[i] = { status: 'rejected', reason };
+      }
+    };
+    const deleted = passes.flatMap((p, i) => (p.end.phase === 'Deleted' ? [i] : []));
+    const kept = passes.flatMap((p, i) => (p.end.phase === 'Deleted' ? [] : [i]));
+
+    await settle(deleted, async () => {
+      const targets = deleted.map((i) => passes[i]!.target);
+      // Only the tombstone each pass acted on: a record applied again meanwhile stays.
+      const removed = await this.store.deleteResources(
+        targets.map((t) => ({ kind: t.kind, name: t.metadata.name, ...(t.deletionRequestedAt ? { ifDeletionRequestedAt: t.deletionRequestedAt } : {}) })),
+      );
+      const events = deleted.flatMap((i, j) => {
+        const { key, applied } = passes[i]!;
+        if (!removed[j]) return [];
         this.lastStatus.delete(key);
-      }
-      return { removed };
-    }
-    if (applied.length > 0) {
-      await this.store.appendEvent({ resource: key, type: 'Normal', reason: drifted ? 'DriftHealed' : 'Applied', message: applied.map((a) => a.describe).join('; ') });
-    }
-    // Drift records are history: a failed drift write (a malformed file, a full disk) is reported and
-    // the pass still records its outcome.
-    let driftClosed = false;
-    try {
-      if (pass.diffs.length) await this.store.recordDrifts(key, pass.diffs, end.phase === 'Drifted' ? 'warn' : 'heal');
-      // In sync: no difference is open any more, whoever put the host right.
-      if (end.phase === 'Ready' && (drifted || pass.driftMayBeOpen)) {
-        await this.store.resolveDrift(key);
-        driftClosed = true;
-      }
-    } catch (err) {
-      this.warn(`drift:${key}`, `${key}: could not write its drift records: ${firstLine(err)}`);
-    }
-    const message = messageOf(end, applied);
-    switch (end.phase) {
-      case 'Failed':
-        await this.store.appendEvent({ resource: key, type: 'Warning', reason: 'ReconcileFailed', message: `${end.reason}: ${message} (retry ${pass.failures})` });
-        break;
-      case 'Stalled':
-        if (pass.endChanged) await this.store.appendEvent({ resource: key, type: 'Warning', reason: 'Stalled', message: `${end.reason}: ${message}` });
-        break;
-      case 'Drifted':
-        if (pass.endChanged || pass.diffs.length) await this.store.appendEvent({ resource: key, type: 'Warning', reason: 'DriftDetected', message });
-        break;
-      case 'Waiting':
-        if (pass.endChanged) await this.store.appendEvent({ resource: key, type: 'Normal', reason: end.reason, message });
-        break;
-      default:
-        break;
-    }
-    const entry = this.entries.get(key);
-    await this.writeStatus(key, entry?.controller, pass, {
-      phase: target.deletionRequestedAt ? 'Deleting' : end.phase,
-      observedGeneration: target.generation,
-      conditions: conditionsOf(end, message, pass.failures),
+        return [{ resource: key, type: 'Normal' as const, reason: 'Deleted', message: applied.length ? applied.map((a) => a.describe).join('; ') : 'nothing left on the host' }];
+      });
+      if (events.length) await this.store.commit({ events });
+      return removed.map((r) => ({ removed: r }));
     });
-    return { driftClosed };
+
+    // Drift records are history: a failed drift write (a malformed file, a full disk) is reported and
+    // the passes still record their outcomes.
+    const resolving = kept.filter((i) => {
+      const p = passes[i]!;
+      return p.end.phase === 'Ready' && (p.drifted || p.driftMayBeOpen);
+    });
+    let driftClosed = false;
+    const drifts = kept.flatMap((i) => {
+      const p = passes[i]!;
+      return p.diffs.length ? [{ resource: p.key, diffs: p.diffs, policy: p.end.phase === 'Drifted' ? ('warn' as const) : ('heal' as const) }] : [];
+    });
+    if (drifts.length || resolving.length) {
+      try {
+        // Recorded first, then healed: a pass that found drift and healed it leaves a healed record.
+        if (drifts.length) await this.store.commit({ drifts });
+        if (resolving.length) await this.store.commit({ resolveDrift: resolving.map((i) => ({ resource: passes[i]!.key })) });
+        driftClosed = true;
+      } catch (err) {
+        for (const p of [...drifts.map((d) => d.resource), ...resolving.map((i) => passes[i]!.key)]) {
+          this.warn(`drift:${p}`, `${p}: could not write its drift records: ${firstLine(err)}`);
+        }
+      }
+    }
+
+    await settle(kept, async () => {
+      const events: NonNullable<StoreBatch['events']> = [];
+      const statuses: NonNullable<StoreBatch['statuses']> = [];
+      const texts = new Map<string, string>();
+      for (const i of kept) {
+        const pass = passes[i]!;
+        const { key, target, end, applied, drifted } = pass;
+        if (applied.length > 0) {
+          events.push({ resource: key, type: 'Normal', reason: drifted ? 'DriftHealed' : 'Applied', message: applied.map((a) => a.describe).join('; ') });
+        }
+        const message = messageOf(end, applied);
+        const event = eventOf(pass, message);
+        if (event) events.push({ resource: key, ...event });
+        const patch = this.statusPatch(key, pass, {
+          phase: target.deletionRequestedAt ? 'Deleting' : end.phase,
+          observedGeneration: target.generation,
+          conditions: conditionsOf(end, message, pass.failures),
+        });
+        // The same patch as this engine wrote last: a quiet resync of hundreds of resources costs no I/O.
+        const text = JSON.stringify(patch);
+        if (this.lastStatus.get(key) === text) continue;
+        statuses.push({ kind: target.kind, name: target.metadata.name, patch });
+        texts.set(key, text);
+      }
+      if (events.length || statuses.length) await this.store.commit({ events, statuses });
+      for (const [key, text] of texts) this.lastStatus.set(key, text);
+      return kept.map((i) => (resolving.includes(i) && driftClosed ? { driftClosed: true } : {}));
+    });
+    return results;
   }
 
-  /**
-   * Writes a status patch unless it equals the last one this engine wrote for the resource: a quiet
-   * resync of hundreds of resources then costs no store I/O.
-   */
-  private async writeStatus(key: string, controller: AnyController | undefined, pass: PassRecord, base: StatusPatch): Promise<void> {
-    // The controller's own conditions and fields (a VM's pid, RestartRequired, ...) ride along.
+  /** A pass's status patch with its controller's own conditions and fields (a VM's pid, RestartRequired, ...). */
+  private statusPatch(key: string, pass: PassRecord, base: StatusPatch): StatusPatch {
     let extra: { conditions?: ConditionPatch[]; fields?: Record<string, unknown> } = {};
     try {
-      extra = controller?.report?.(pass.target, pass.actual, this.world()) ?? {};
+      extra = this.entries.get(key)?.controller.report?.(pass.target, pass.actual, this.world()) ?? {};
     } catch (err) {
       this.warn(`report:${key}`, `${key}: its controller's status report failed: ${firstLine(err)}`);
     }
     const machine: MachineStatus = pass.machine;
-    const patch: StatusPatch = {
+    return {
       ...base,
       conditions: [...(base.conditions ?? []), ...(extra.conditions ?? [])],
       fields: { ...extra.fields, machine },
     };
-    const text = JSON.stringify(patch);
-    if (this.lastStatus.get(key) === text) return;
-    await this.store.updateStatus(pass.target.kind, pass.target.metadata.name, patch);
-    this.lastStatus.set(key, text);
   }
 
   /** Reports a problem that is no resource's failure, once until it changes. */
@@ -509,6 +531,23 @@ function resourceOf(entry: Entry): StoredResource {
 }
 
 const firstLine = (err: unknown) => (err instanceof Error ? err.message : String(err)).split('\n')[0]!;
+
+/** The event a pass's end is worth, if any (a failure every time; other ends when they change). */
+function eventOf(pass: PassRecord, message: string): { type: 'Normal' | 'Warning'; reason: string; message: string } | undefined {
+  const { end } = pass;
+  switch (end.phase) {
+    case 'Failed':
+      return { type: 'Warning', reason: 'ReconcileFailed', message: `${end.reason}: ${message} (retry ${pass.failures})` };
+    case 'Stalled':
+      return pass.endChanged ? { type: 'Warning', reason: 'Stalled', message: `${end.reason}: ${message}` } : undefined;
+    case 'Drifted':
+      return pass.endChanged || pass.diffs.length ? { type: 'Warning', reason: 'DriftDetected', message } : undefined;
+    case 'Waiting':
+      return pass.endChanged ? { type: 'Normal', reason: end.reason, message } : undefined;
+    default:
+      return undefined;
+  }
+}
 
 function messageOf(end: PassEnd, applied: Action[]): string {
   if (end.phase === 'Ready') return applied.length ? `applied ${applied.length} change(s)` : 'in sync';

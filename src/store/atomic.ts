@@ -101,15 +101,15 @@ export async function readJsonFile<T>(file: string): Promise<T | undefined> {
   }
 }
 
-/** Removes file durably; false if it was not there. */
-export async function removeFile(file: string): Promise<boolean> {
+/** Removes file durably (with syncDir false the caller fsyncs the directory); false if it was not there. */
+export async function removeFile(file: string, opts: { syncDir?: boolean } = {}): Promise<boolean> {
   try {
     await fs.unlink(file);
   } catch (err) {
     if (isErrno(err, 'ENOENT')) return false;
     throw err;
   }
-  await fsyncDir(path.dirname(file));
+  if (opts.syncDir !== false) await fsyncDir(path.dirname(file));
   return true;
 }
 

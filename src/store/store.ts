@@ -494,6 +494,51 @@ export class Store {
     });
   }
 
+  /**
+   * deleteResource for many records in ONE locked section: each directory fsynced once, not once per
+   * file (deleting a thousand resources one by one spent most of its time in fsync). In order, whether
+   * each was removed.
+   */
+  async deleteResources(items: readonly { kind: string; name: string; ifDeletionRequestedAt?: string }[]): Promise<boolean[]> {
+    if (items.length === 0) return [];
+    return this.withLock(async () => {
+      const stillTombstoned = async (kind: string, name: string, at: string | undefined) =>
+        at === undefined || (await this.readResource(kind, name).catch(() => undefined))?.deletionRequestedAt === at;
+      // Status and drift first, made durable before any record goes (see deleteResource): a crash
+      // never leaves status without a resource. A record applied again meanwhile keeps its record.
+      const dirs = new Set<string>();
+      const go: boolean[] = [];
+      for (const { kind, name, ifDeletionRequestedAt } of items) {
+        go.push(
+          await this.queued(this.resourceFile(kind, name), async () => {
+            if (!(await stillTombstoned(kind, name, ifDeletionRequestedAt))) return false;
+            for (const f of [this.statusFile(kind, name), this.driftFile(kind, name)]) {
+              if (await removeFile(f, { syncDir: false })) dirs.add(path.dirname(f));
+            }
+            return true;
+          }),
+        );
+      }
+      for (const dir of dirs) await fsyncDir(dir);
+      dirs.clear();
+      const removed: boolean[] = [];
+      for (const [i, { kind, name, ifDeletionRequestedAt }] of items.entries()) {
+        const file = this.resourceFile(kind, name);
+        removed.push(
+          go[i]! &&
+            (await this.queued(file, async () => {
+              if (!(await stillTombstoned(kind, name, ifDeletionRequestedAt))) return false;
+              const gone = await removeFile(file, { syncDir: false });
+              if (gone) dirs.add(path.dirname(file));
+              return gone;
+            })),
+        );
+      }
+      for (const dir of dirs) await fsyncDir(dir);
+      return removed;
+    });
+  }
+
   async setSuspended(kind: string, name: string, suspended: boolean): Promise<void> {
     const file = this.resourceFile(kind, name);
     await this.mutate(file, async () => {
@@ -511,21 +556,43 @@ export class Store {
    * controller can act on it, and otherwise nothing could ever clear it.
    */
   async markForDeletion(kind: string, name: string): Promise<'marked' | 'removed' | false> {
-    const file = this.resourceFile(kind, name);
-    return this.mutate(file, async () => {
-      let r: StoredResource | undefined;
-      try {
-        r = await this.readResource(kind, name);
-      } catch (err) {
-        if (!(err instanceof CorruptStateError)) throw err;
-        await removeFile(this.statusFile(kind, name));
-        await removeFile(this.driftFile(kind, name));
-        await removeFile(file);
-        return 'removed';
+    return (await this.markManyForDeletion([{ kind, name }]))[0]!;
+  }
+
+  /**
+   * markForDeletion for many records in ONE locked section, each directory fsynced once (not once per
+   * record: `delete -f` of a thousand resources spent seconds on it). In order, what happened to each.
+   */
+  async markManyForDeletion(items: readonly { kind: string; name: string }[]): Promise<('marked' | 'removed' | false)[]> {
+    if (items.length === 0) return [];
+    return this.withLock(async () => {
+      const dirs = new Set<string>();
+      const outcomes: ('marked' | 'removed' | false)[] = [];
+      for (const { kind, name } of items) {
+        const file = this.resourceFile(kind, name);
+        outcomes.push(
+          await this.queued(file, async () => {
+            let r: StoredResource | undefined;
+            try {
+              r = await this.readResource(kind, name);
+            } catch (err) {
+              if (!(err instanceof CorruptStateError)) throw err;
+              await removeFile(this.statusFile(kind, name));
+              await removeFile(this.driftFile(kind, name));
+              await removeFile(file);
+              return 'removed';
+            }
+            if (!r) return false;
+            if (!r.deletionRequestedAt) {
+              await writeFileAtomic(file, toJson({ ...r, deletionRequestedAt: now() }), { syncDir: false });
+              dirs.add(path.dirname(file));
+            }
+            return 'marked';
+          }),
+        );
       }
-      if (!r) return false;
-      if (!r.deletionRequestedAt) await writeFileAtomic(file, toJson({ ...r, deletionRequestedAt: now() }));
-      return 'marked';
+      for (const dir of dirs) await fsyncDir(dir);
+      return outcomes;
     });
   }
 

@@ -1,6 +1,7 @@
 // Verifying many signed files: the verified-signature cache first (verify-cache.ts), then the misses'
-// ML-DSA checks on a pool of worker threads, one per core. A handful of files (a worker costs 30-50 ms to
-// start) is verified in this thread; a worker that fails or exits hands its files back to this thread.
+// ML-DSA checks on this thread plus a worker thread per other core, all taking batches from one queue. A
+// handful of files (a worker costs 30-50 ms to start) is verified in this thread alone; a worker that
+// fails or exits hands its files back to this thread.
 // Either way each outcome is verifyBytes' own, so the pool changes how fast, never what is decided.
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
@@ -14,14 +15,14 @@ import { storeToWire, type VerifyBatch, type VerifyBatchResult, type VerifyJob }
 export const IN_PROCESS_MAX = 8;
 
 export interface PoolOptions {
-  /** Workers at most; os.availableParallelism() by default. */
+  /** Threads verifying, this one included (size - 1 workers); os.availableParallelism() by default. */
   size?: number;
   /** Up to this many jobs are verified in this thread (IN_PROCESS_MAX by default). */
   inProcessMax?: number;
   /** The worker script; verify-worker beside this module by default (tests point it at a failing one). */
   workerScript?: URL;
-  /** Told how the work was split: batches answered by workers, and batches verified here after a worker failed. */
-  onDone?: (split: { workerBatches: number; fallbackBatches: number }) => void;
+  /** How the work was split: batches answered by workers, verified here from the queue, and verified here for a worker that failed or had not answered yet. */
+  onDone?: (split: { workerBatches: number; hereBatches: number; fallbackBatches: number }) => void;
 }
 
 /** How to start a worker: a script, or (eval) code that loads one. */
@@ -40,25 +41,46 @@ function defaultWorker(): WorkerStart {
   return { script: `import(${tsx}).then(({ register }) => { register(); return import(${worker}); });`, eval: true };
 }
 
-/** verifyBytes for every job, in order, spread over worker threads when there are enough of them. */
+/** Yields to the event loop (worker answers, timers) between two checks done in this thread. */
+const yieldNow = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+/**
+ * verifyBytes for every job, in order, spread over this thread and worker threads when there are enough
+ * jobs. This thread verifies from the same queue as the workers, one check at a time between worker
+ * answers: so the pool is never slower than this thread alone (a worker slow to start, or none at all,
+ * only means this thread takes more of the batches).
+ */
 export async function verifyInPool(jobs: VerifyJob[], store: TrustStore, opts: PoolOptions = {}): Promise<VerifyOutcome[]> {
   const verifyHere = (job: VerifyJob) => verifyBytes(job.bytes, job.sigText, store);
   if (jobs.length <= (opts.inProcessMax ?? IN_PROCESS_MAX)) return jobs.map(verifyHere);
 
+  // Threads checking signatures, this one included.
   const size = Math.max(1, Math.min(opts.size ?? availableParallelism(), jobs.length));
-  // Several batches per worker so a slow or lost worker leaves little to the others.
-  const batchSize = Math.min(64, Math.max(4, Math.ceil(jobs.length / (size * 4))));
+  // Small batches: this thread and a slow or lost worker leave little to the others.
+  const batchSize = Math.min(16, Math.max(2, Math.ceil(jobs.length / (size * 8))));
   const queue: VerifyBatch[] = [];
   for (let start = 0, id = 0; start < jobs.length; start += batchSize, id++) {
     queue.push({ id, jobs: jobs.slice(start, start + batchSize) });
   }
   const starts = queue.map((_, i) => i * batchSize);
   const outcomes = new Array<VerifyOutcome>(jobs.length);
-  const lost: VerifyBatch[] = [];
   let workerBatches = 0;
+  let hereBatches = 0;
+  let fallbackBatches = 0;
 
   const start: WorkerStart = opts.workerScript ? { script: opts.workerScript, eval: false } : defaultWorker();
   const wire = storeToWire(store);
+  const done = new Set<number>();
+  /** Batches handed to a worker and not answered yet. */
+  const held = new Set<VerifyBatch>();
+  /** Batches of workers that failed or answered nonsense. */
+  const lost: VerifyBatch[] = [];
+  const record = (batch: VerifyBatch, batchOutcomes: VerifyOutcome[]) => {
+    if (done.has(batch.id)) return;
+    done.add(batch.id);
+    batchOutcomes.forEach((o, i) => (outcomes[starts[batch.id]! + i] = o));
+  };
+  const stops: (() => void)[] = [];
   const runWorker = () =>
     new Promise<void>((resolve) => {
       let worker: Worker;
@@ -73,25 +95,33 @@ export async function verifyInPool(jobs: VerifyJob[], store: TrustStore, opts: P
       const finish = () => {
         if (finished) return;
         finished = true;
-        if (current) lost.push(current);
+        if (current) {
+          held.delete(current);
+          if (!done.has(current.id)) lost.push(current);
+        }
         current = undefined;
         worker.removeAllListeners();
         worker.on('error', () => {}); // terminating may still report one
         void worker.terminate();
         resolve();
       };
+      stops.push(finish);
       const sendNext = () => {
         current = queue.shift();
         if (!current) finish();
-        else worker.postMessage(current);
+        else {
+          held.add(current);
+          worker.postMessage(current);
+        }
       };
       worker.on('message', (result: VerifyBatchResult) => {
         if (!current || result?.id !== current.id || !Array.isArray(result.outcomes) || result.outcomes.length !== current.jobs.length) {
           finish(); // not an answer to what was asked: its batch is verified here
           return;
         }
-        result.outcomes.forEach((o, i) => (outcomes[starts[current!.id]! + i] = o));
-        workerBatches++;
+        held.delete(current);
+        if (!done.has(current.id)) workerBatches++;
+        record(current, result.outcomes);
         current = undefined;
         sendNext();
       });
@@ -99,13 +129,37 @@ export async function verifyInPool(jobs: VerifyJob[], store: TrustStore, opts: P
       worker.on('exit', finish);
       sendNext();
     });
-  await Promise.all(Array.from({ length: size }, runWorker));
 
-  // Batches of workers that failed, and any left when every worker failed.
-  for (const batch of [...lost, ...queue]) {
-    batch.jobs.forEach((job, i) => (outcomes[starts[batch.id]! + i] = verifyHere(job)));
-  }
-  opts.onDone?.({ workerBatches, fallbackBatches: lost.length + queue.length });
+  // This thread: the queued batches, then those of failed workers, then those workers still hold (a
+  // worker slow to start or to answer is not waited for; its late answer is ignored).
+  const verifyBatchHere = async (batch: VerifyBatch) => {
+    const here: VerifyOutcome[] = [];
+    for (const job of batch.jobs) {
+      await yieldNow();
+      if (done.has(batch.id)) return false; // a worker answered meanwhile
+      here.push(verifyHere(job));
+    }
+    record(batch, here);
+    return true;
+  };
+  const runHere = async () => {
+    for (;;) {
+      const queued = queue.shift();
+      if (queued) {
+        if (await verifyBatchHere(queued)) hereBatches++;
+        continue;
+      }
+      const other = lost.shift() ?? [...held].find((b) => !done.has(b.id));
+      if (!other) break;
+      held.delete(other);
+      if (await verifyBatchHere(other)) fallbackBatches++;
+    }
+    for (const stop of stops) stop();
+  };
+  const workers = Array.from({ length: size - 1 }, runWorker);
+  await runHere();
+  await Promise.all(workers);
+  opts.onDone?.({ workerBatches, hereBatches, fallbackBatches });
   return outcomes;
 }
 

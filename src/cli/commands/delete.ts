@@ -40,9 +40,14 @@ export const deleteCommand: CliCommand = {
     const found: string[] = [];
     let missing = false;
     let removed = 0;
-    for (const key of keys) {
-      const [kind, name] = key.split('/') as [string, string];
-      const marked = await store.markForDeletion(kind, name);
+    const marks = await store.markManyForDeletion(
+      keys.map((key) => {
+        const [kind, name] = key.split('/') as [string, string];
+        return { kind, name };
+      }),
+    );
+    for (const [i, key] of keys.entries()) {
+      const marked = marks[i];
       if (marked === 'marked') found.push(key);
       else if (marked === 'removed') {
         // Its record could not be read, so no controller ever acted on it: nothing to reconcile.

@@ -9,7 +9,8 @@ import { keyOf, makeKey, type ObjectKey } from '../../resources/keys.ts';
 import type { StoredResource } from '../../store/store.ts';
 import { applyRouteActions, type RouteGateways } from './apply.ts';
 import { reportRouteFirewall } from './firewall.ts';
-import { GATEWAY_WATCH_MS, backstopOf, gatewayAlive, gatewayMode, observeBackstop, observeGateway } from './gateway.ts';
+import { observeBackstops } from '../../drivers/policyroute.ts';
+import { GATEWAY_WATCH_MS, backstopOf, gatewayAlive, gatewayMode, observeGateway } from './gateway.ts';
 import type { StatusReport } from '../../engine/contract.ts';
 import { collectRouteGarbage } from './gc.ts';
 import { observeRouteHost, type RouteActual } from './observe.ts';
@@ -38,25 +39,29 @@ export class RouteController implements Controller<'Route', RouteActual, RouteAc
       observeRouteHost(this.layout, resources.map((r) => r.spec.vm), this.uplink),
       g && world ? g.firewall.observe(world) : undefined,
     ]);
+    // The backstop and the gateway process of tor/i2p Routes (and of any Route being deleted); the
+    // backstops of all of them read at once.
+    const gatewaySide = g ? resources.filter((r) => gatewayMode(r.spec.mode) || r.deletionRequestedAt) : [];
+    const [backstops, gateways] = g
+      ? await Promise.all([
+          observeBackstops(this.layout, gatewaySide.map((r) => backstopOf(this.layout.prefix, r.spec.vm))),
+          Promise.all(gatewaySide.map((r) => observeGateway(g.settings, r))),
+        ])
+      : [[], []];
+    const sideOf = new Map(gatewaySide.map((r, i) => [keyOf(r), { backstop: backstops[i], gateway: gateways[i] }]));
     const found = new Map<ObjectKey, RouteActual>();
-    await Promise.all(
-      resources.map(async (r) => {
-        const net = host.nets.get(r.spec.vm);
-        // The backstop and the gateway process of tor/i2p Routes (and of any Route being deleted).
-        const gatewaySide = g && (gatewayMode(r.spec.mode) || r.deletionRequestedAt);
-        const [backstop, gateway] = gatewaySide
-          ? await Promise.all([observeBackstop(this.layout, backstopOf(this.layout.prefix, r.spec.vm)), observeGateway(g.settings, r)])
-          : [undefined, undefined];
-        found.set(keyOf(r), {
-          ...(net ? { net } : {}),
-          nat: host.nat,
-          ...(host.uplink ? { uplink: host.uplink } : {}),
-          ...(fw ? { fw } : {}),
-          ...(backstop ? { backstop } : {}),
-          ...(gateway ? { gateway } : {}),
-        });
-      }),
-    );
+    for (const r of resources) {
+      const net = host.nets.get(r.spec.vm);
+      const { backstop, gateway } = sideOf.get(keyOf(r)) ?? {};
+      found.set(keyOf(r), {
+        ...(net ? { net } : {}),
+        nat: host.nat,
+        ...(host.uplink ? { uplink: host.uplink } : {}),
+        ...(fw ? { fw } : {}),
+        ...(backstop ? { backstop } : {}),
+        ...(gateway ? { gateway } : {}),
+      });
+    }
     return found;
   }
 

@@ -97,12 +97,7 @@ export class VmObserver {
   async observe(resources: StoredResource<'VirtualMachine'>[], world: World): Promise<Map<ObjectKey, VmActual>> {
     this.host ??= Promise.all([probeQemu(), hostTscKhz(this.ctx.tscKhz), resolveVmUser()]).then(([probe, tscKhz, vmUser]) => ({ probe, vmUser, ...(tscKhz ? { tscKhz } : {}) }));
     this.host.catch(() => (this.host = undefined));
-    const routed = resources.flatMap((r) => routeOf(r.spec, world)?.vm ?? []);
-    const [host, nets, procs] = await Promise.all([
-      this.host,
-      routed.length ? observeRouteNets(this.ctx.layout, routed) : Promise.resolve(new Map()),
-      scanQemuProcesses(),
-    ]);
+    const [host, procs] = await Promise.all([this.host, scanQemuProcesses()]);
     const pci: Record<string, PciHostInfo> = {};
     for (const g of world.list('GpuTrustLevel')) if (g.spec.hostDevice) pci[g.spec.hostDevice] = sysfsGpuHost.pciDevice(g.spec.hostDevice);
     const out = new Map<ObjectKey, VmActual>();
@@ -110,15 +105,23 @@ export class VmObserver {
       resources.map(async (r) => {
         const actual = await this.observeOne(r, world, { ...host, pci }, procs);
         const route = routeOf(r.spec, world);
-        if (route) {
-          const names = derivedNames(this.ctx.layout.prefix, route.vm);
-          const tap = nets.get(route.vm)?.tap;
-          actual.tap = { exists: Boolean(tap), plugged: Boolean(tap?.up && tap.master === names.bridge) };
-          actual.netnsExists = await exists(`/run/netns/${names.netns}`);
-        }
+        if (route) actual.netnsExists = await exists(`/run/netns/${derivedNames(this.ctx.layout.prefix, route.vm).netns}`);
         out.set(keyOf(r), actual);
       }),
     );
+    // The tap matters only under a live QEMU (plan and status look at it for a running VM alone): only
+    // those VMs' netns are looked into, so a thousand stopped VMs cost no process per netns.
+    const live = resources.filter((r) => {
+      const a = out.get(keyOf(r))!;
+      return (a.proc.state === 'running' || a.stray !== undefined) && routeOf(r.spec, world);
+    });
+    const nets = live.length ? await observeRouteNets(this.ctx.layout, live.map((r) => routeOf(r.spec, world)!.vm)) : new Map();
+    for (const r of live) {
+      const route = routeOf(r.spec, world)!;
+      const names = derivedNames(this.ctx.layout.prefix, route.vm);
+      const tap = nets.get(route.vm)?.tap;
+      out.get(keyOf(r))!.tap = { exists: Boolean(tap), plugged: Boolean(tap?.up && tap.master === names.bridge) };
+    }
     return out;
   }
 
