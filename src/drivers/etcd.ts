@@ -38,13 +38,21 @@ export class EtcdUnavailableError extends Error {}
 export class EtcdClient {
   private readonly client: Etcd3;
   private readonly callTimeoutMs: number;
+  private readonly dialTimeoutMs: number;
+  /**
+   * One client per member for keepalives, all asked at once (the first answer counts): the pooled client
+   * can stay on a member that cannot answer in time (one still forwarding to a dead leader), and a
+   * keepalive has only until the lease deadline.
+   */
+  private readonly keepaliveClients: Etcd3[] = [];
 
   constructor(readonly endpoints: readonly string[], opts: EtcdOptions = {}) {
     if (endpoints.length === 0) throw new Error('no etcd endpoint given');
     this.callTimeoutMs = opts.callTimeoutMs ?? 2000;
+    this.dialTimeoutMs = opts.dialTimeoutMs ?? 2000;
     this.client = new Etcd3({
       hosts: [...endpoints],
-      dialTimeout: opts.dialTimeoutMs ?? 2000,
+      dialTimeout: this.dialTimeoutMs,
       // Streams (keepalive) carry their own deadline; unary calls get this one.
       defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + this.callTimeoutMs }),
     });
@@ -69,8 +77,18 @@ export class EtcdClient {
    * 0 when the lease is gone (expired or revoked: it cannot come back).
    */
   async keepaliveOnce(id: string, timeoutMs: number): Promise<number> {
+    if (this.endpoints.length === 1) return this.keepaliveVia(this.client, id, timeoutMs);
+    const clients = this.endpoints.map((host, i) => (this.keepaliveClients[i] ??= new Etcd3({ hosts: [host], dialTimeout: this.dialTimeoutMs })));
+    try {
+      return await Promise.any(clients.map((c) => this.keepaliveVia(c, id, timeoutMs)));
+    } catch (err) {
+      throw err instanceof AggregateError ? err.errors[0] : err;
+    }
+  }
+
+  private async keepaliveVia(client: Etcd3, id: string, timeoutMs: number): Promise<number> {
     const deadline = new Date(Date.now() + timeoutMs);
-    const stream = await withTimeout(this.client.leaseClient.leaseKeepAlive({ deadline }), timeoutMs, 'opening a keepalive stream');
+    const stream = await withTimeout(client.leaseClient.leaseKeepAlive({ deadline }), timeoutMs, 'opening a keepalive stream');
     try {
       const res = await withTimeout(
         new Promise<{ TTL: string }>((resolve, reject) => {
@@ -137,6 +155,7 @@ export class EtcdClient {
 
   close(): void {
     this.client.close();
+    for (const c of this.keepaliveClients) c?.close();
   }
 }
 
