@@ -2,29 +2,16 @@
 // (filter FORWARD policy DROP, `-A FORWARD -j DOCKER-USER`, a user rule and Docker's RETURN in
 // DOCKER-USER). A direct VM's traffic must pass; tor and i2p VMs stay closed (zero packets arrive in
 // the "internet" netns); the user's own rules are never flushed, duplicated or reordered.
-import { processAlive } from '../../src/proc.ts';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFile, readdir } from 'node:fs/promises';
-import path from 'node:path';
 import { attachFakeGuest, tryIn } from '../helpers/hostns.ts';
 import { installCounters, probeFrom, type LeakCounters } from '../helpers/leak.ts';
 import { Store } from '../../src/store/store.ts';
-import { createSandbox, route, type Sandbox } from './harness.ts';
+import { createSandbox, killGateways, route, type Sandbox } from './harness.ts';
 
 const leaked = (c: LeakCounters) => ({ tcp: c.tcp, udp: c.udp, icmp: c.icmp, other: c.other, v6: c.v6 });
 const ZERO = { tcp: 0, udp: 0, icmp: 0, other: 0, v6: 0 };
 const USER_RULES = ['-A DOCKER-USER -s 192.0.2.99/32 -j DROP', '-A DOCKER-USER -j RETURN'];
-
-async function killGateways(sb: Sandbox): Promise<void> {
-  const root = path.join(sb.stateDir, 'gateways');
-  for (const r of await readdir(root).catch(() => [] as string[])) {
-    for (const f of ['tor.pid', 'i2pd.pid']) {
-      const pid = Number((await readFile(path.join(root, r, f), 'utf8').catch(() => '')).trim());
-      if (Number.isInteger(pid) && pid > 0 && processAlive(pid)) process.kill(pid, 'SIGKILL');
-    }
-  }
-}
 
 for (const backend of ['nftables', 'iptables'] as const) {
   describe(`coexistence with Docker's DOCKER-USER (${backend})`, () => {

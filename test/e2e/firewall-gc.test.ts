@@ -8,7 +8,7 @@ import { access, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { tryIn } from '../helpers/hostns.ts';
 import { Store } from '../../src/store/store.ts';
-import { createSandbox, route, type Sandbox } from './harness.ts';
+import { createSandbox, killGateways, route, type Sandbox } from './harness.ts';
 
 const exists = (p: string) => access(p).then(() => true, () => false);
 
@@ -24,7 +24,9 @@ for (const backend of ['nftables', 'iptables'] as const) {
       assert.equal(r.exitCode, 0, r.stderr);
     });
     after(async () => {
+      // The lost Route's Tor (its pid file is gone once collected) and any other gateway still running.
       if (torPid && processAlive(torPid)) process.kill(torPid, 'SIGKILL');
+      if (sb) await killGateways(sb);
       await sb?.cleanup();
     });
 

@@ -6,28 +6,14 @@
 import { processAlive } from '../../src/proc.ts';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFile, readdir } from 'node:fs/promises';
-import path from 'node:path';
 import { attachFakeGuest, tryIn } from '../helpers/hostns.ts';
 import { installCounters, probeFrom, type LeakCounters } from '../helpers/leak.ts';
 import { Store } from '../../src/store/store.ts';
-import { createSandbox, route, until, vm, type Sandbox } from './harness.ts';
+import { createSandbox, killGateways, route, until, vm, type Sandbox } from './harness.ts';
 
 const leaked = (c: LeakCounters) => ({ tcp: c.tcp, udp: c.udp, icmp: c.icmp, other: c.other, v6: c.v6 });
 const ZERO = { tcp: 0, udp: 0, icmp: 0, other: 0, v6: 0 };
 
-/** Gateways the controller started for this sandbox (pid files under the state dir): killed by PID. */
-async function gatewayPids(sb: Sandbox): Promise<number[]> {
-  const root = path.join(sb.stateDir, 'gateways');
-  const pids: number[] = [];
-  for (const r of await readdir(root).catch(() => [] as string[])) {
-    for (const f of ['tor.pid', 'i2pd.pid']) {
-      const pid = Number((await readFile(path.join(root, r, f), 'utf8').catch(() => '')).trim());
-      if (Number.isInteger(pid) && pid > 0) pids.push(pid);
-    }
-  }
-  return pids;
-}
 function killPid(pid: number): void {
   try {
     process.kill(pid, 'SIGKILL');
@@ -72,7 +58,7 @@ for (const backend of ['nftables', 'iptables'] as const) {
       counters = await installCounters(sb.host.internetNs, sb.host.internetIf);
     });
     after(async () => {
-      if (sb) for (const pid of await gatewayPids(sb)) killPid(pid);
+      if (sb) await killGateways(sb);
       await sb?.cleanup();
     });
 

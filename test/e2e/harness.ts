@@ -1,13 +1,14 @@
 // End-to-end harness: a private test host (netns), a state dir, a trusted signing key, and the real
 // qwamos bin run with the environment that points it at all of them.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, mkdir, rm, writeFile, copyFile } from 'node:fs/promises';
+import { mkdtemp, mkdir, readdir, readFile, rm, writeFile, copyFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { createTestHost, type TestHost } from '../helpers/hostns.ts';
 import { killQemusIn } from '../helpers/leftovers.ts';
+import { processAlive } from '../../src/proc.ts';
 
 export const repo = fileURLToPath(new URL('../../', import.meta.url));
 const bin = path.join(repo, 'bin/qwamos.js');
@@ -136,4 +137,18 @@ export async function installGuest(sb: Sandbox): Promise<void> {
 
 export function vm(name: string, extra: string): string {
   return `apiVersion: qwamos.io/v1alpha1\nkind: VirtualMachine\nmetadata:\n  name: ${name}\nspec:\n  memory: 192Mi\n  boot:\n    kernel: guest/vmlinux\n    initrd: guest/initrd.cpio\n    cmdline: console=ttyS0 quiet panic=-1\n${extra}`;
+}
+
+/**
+ * Kills, by PID, the tor/i2pd gateways the controller started for this sandbox (their pid files under
+ * the state dir): a test's cleanup, also when it failed before the controller stopped them.
+ */
+export async function killGateways(sb: Sandbox): Promise<void> {
+  const root = path.join(sb.stateDir, 'gateways');
+  for (const r of await readdir(root).catch(() => [] as string[])) {
+    for (const f of ['tor.pid', 'i2pd.pid']) {
+      const pid = Number((await readFile(path.join(root, r, f), 'utf8').catch(() => '')).trim());
+      if (Number.isInteger(pid) && pid > 0 && processAlive(pid)) process.kill(pid, 'SIGKILL');
+    }
+  }
 }
