@@ -2,6 +2,7 @@
 import type { Config } from '../config.ts';
 import type { AnyController } from '../engine/contract.ts';
 import type { Store } from '../store/store.ts';
+import { ClusterNodeController } from './clusternode/index.ts';
 import { declarationController } from './declaration.ts';
 import { LazyGitSourceController } from './gitsource-lazy.ts';
 import { RouteController } from './route/index.ts';
@@ -24,7 +25,7 @@ export function createControllers(config: Config, store?: Store): AnyController[
       ...(config.tscKhz ? { tscKhz: config.tscKhz } : {}),
     }),
     declarationController('GpuTrustLevel'),
-    declarationController('ClusterNode'),
+    new ClusterNodeController({ stateDir: config.stateDir }),
     store
       ? new LazyGitSourceController({ stateDir: config.stateDir, trustDir: config.trustDir, imageRoot: config.imageRoot, prefix: config.prefix, store })
       : declarationController('GitSource'),

@@ -102,7 +102,11 @@ export type ApplyResult = 'created' | 'configured' | 'unchanged';
 export type ConditionType =
   | 'Ready' | 'Reconciling' | 'Stalled' | 'RestartRequired' | 'GpuUnavailable' | 'Paused'
   // A GitSource's (src/controllers/gitsource).
-  | 'FetchFailed' | 'VerificationFailed' | 'RollbackRefused' | 'EmptyRefused';
+  | 'FetchFailed' | 'VerificationFailed' | 'RollbackRefused' | 'EmptyRefused'
+  // A GitSource's in a cluster (the agreed revision).
+  | 'RevisionUnavailable'
+  // A ClusterNode's (src/controllers/clusternode).
+  | 'Joined' | 'Fenced' | 'SchedulingDisabled';
 export type ConditionStatus = 'True' | 'False' | 'Unknown';
 
 export interface Condition {
