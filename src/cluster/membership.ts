@@ -54,6 +54,12 @@ export async function readLeaseFile(stateDir: string): Promise<LeaseFile | undef
   return readJsonFile<LeaseFile>(leaseFilePath(stateDir));
 }
 
+/** The lease file when this very process keeps it alive (a daemon in a cluster), else undefined. */
+export async function ownLeaseFile(stateDir: string): Promise<LeaseFile | undefined> {
+  const file = await readLeaseFile(stateDir).catch(() => undefined);
+  return file?.pid === process.pid ? file : undefined;
+}
+
 export interface MembershipOptions {
   client: EtcdClient;
   /** What this node publishes (joinedAt is set on joining). */
@@ -373,8 +379,9 @@ export class Membership {
     this.givenUp.add(leaseId);
     this.log(`cluster: node ${this.record.name} lost lease ${hex(leaseId)}: ${reason}; rejoining with a new lease`);
     this.lease = undefined;
-    await this.client.revokeLease(leaseId).catch(() => {});
     this.emit({ type: 'lost', leaseId, reason });
+    // Best effort, after telling: an etcd that cannot be reached holds this call for its whole timeout.
+    await this.client.revokeLease(leaseId).catch(() => {});
   }
 }
 

@@ -6,6 +6,7 @@ import { readLeaseFile, type LeaseFile } from '../../cluster/membership.ts';
 import { clusterNodeViews, type NodeView } from '../../cluster/status.ts';
 import type { EtcdClient } from '../../drivers/etcd.ts';
 import { oneLine } from '../../errors.ts';
+import { processAlive } from '../../proc.ts';
 import { readJsonFile } from '../../store/atomic.ts';
 
 export type ClusterNodeActual =
@@ -18,10 +19,13 @@ export interface ClusterObservation {
   fence?: FenceRecord;
 }
 
-/** This host's lease file and fence record (local files only). */
+/**
+ * This host's lease file and fence record (local files only). A lease file whose daemon is gone (left by
+ * a cluster run, the host now runs alone) does not count: the daemon that keeps it writes its pid there.
+ */
 export async function observeLocal(stateDir: string): Promise<ClusterObservation> {
   const lease = await readLeaseFile(stateDir).catch(() => undefined);
-  if (!lease) return {};
+  if (!lease || !processAlive(lease.pid)) return {};
   const fence = await readJsonFile<FenceRecord>(fenceFilePath(stateDir)).catch(() => undefined);
   return { lease, ...(fence ? { fence } : {}) };
 }
