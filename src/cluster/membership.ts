@@ -18,7 +18,7 @@ export const LEASE_TTL_SECONDS = 5;
 /**
  * Keepalives go out this often: the last acknowledged one is then at most this old when etcd's leader
  * dies, leaving deadline − interval (3.5 s) for the election (1–2 s after the leader's death with etcd's
- * default 1 s election timeout, measured up to 2.4 s until a member answers). At 1.7 s only 2.3 s were
+ * default 1 s election timeout, measured up to 2.7 s until a member answers). At 1.7 s only 2.3 s were
  * left and the deadline passed during some elections.
  */
 export const KEEPALIVE_INTERVAL_MS = 500;
