@@ -15,7 +15,7 @@ import { oneLine } from '../errors.ts';
 import { processAlive } from '../proc.ts';
 import { ensureDir, writeFileAtomic } from '../store/atomic.ts';
 import { clusterKeys } from './keys.ts';
-import { readLeaseFile, type LeaseFile } from './membership.ts';
+import { fenceFilePath, readLeaseFile, type LeaseFile } from './membership.ts';
 
 export interface VmProcess {
   vm: string;
@@ -46,9 +46,7 @@ export interface FencerOptions {
   onFence?: (record: FenceRecord) => void;
 }
 
-export function fenceFilePath(stateDir: string): string {
-  return path.join(stateDir, 'cluster', 'fenced.json');
-}
+export { fenceFilePath };
 
 export class Fencer {
   private guarded: LeaseFile | undefined;

@@ -54,6 +54,17 @@ export async function readLeaseFile(stateDir: string): Promise<LeaseFile | undef
   return readJsonFile<LeaseFile>(leaseFilePath(stateDir));
 }
 
+/** <state>/cluster/fenced.json: the fencer's record of its last fence. */
+export function fenceFilePath(stateDir: string): string {
+  return path.join(stateDir, 'cluster', 'fenced.json');
+}
+
+/** Whether the fencer's last fence was of `leaseId`. */
+async function fencedLease(stateDir: string, leaseId: string): Promise<boolean> {
+  const fence = await readJsonFile<{ leaseId?: unknown }>(fenceFilePath(stateDir)).catch(() => undefined);
+  return fence?.leaseId === leaseId;
+}
+
 /** The lease file when this very process keeps it alive (a daemon in a cluster), else undefined. */
 export async function ownLeaseFile(stateDir: string): Promise<LeaseFile | undefined> {
   const file = await readLeaseFile(stateDir).catch(() => undefined);
@@ -150,7 +161,7 @@ export class Membership {
     if (!lease || Date.now() >= lease.deadline) return;
     const sentAt = Date.now();
     const ttl = await this.client.keepaliveOnce(lease.id, Math.min(1000, lease.deadline - sentAt)).catch(() => 0);
-    if (ttl > 0) {
+    if (ttl > 0 && Date.now() < lease.deadline) {
       lease.lastAckSentAt = sentAt;
       lease.deadline = sentAt + ttl * 1000 - DEADLINE_MARGIN_MS;
       await this.saveLeaseFile();
@@ -182,7 +193,8 @@ export class Membership {
       const saved = mine;
       const sentAt = Date.now();
       const ttl = await this.client.keepaliveOnce(saved.leaseId, Math.min(1000, Math.max(100, saved.deadline - sentAt))).catch(() => 0);
-      if (ttl > 0 && sentAt < saved.deadline) {
+      // Never a lease the fencer fenced, nor one renewed only after its deadline.
+      if (ttl > 0 && Date.now() < saved.deadline && !(await fencedLease(this.opts.stateDir, saved.leaseId))) {
         this.lease = { id: saved.leaseId, lastAckSentAt: sentAt, deadline: sentAt + ttl * 1000 - DEADLINE_MARGIN_MS };
         this.published = saved.published !== false;
         await this.saveLeaseFile();
@@ -302,9 +314,20 @@ export class Membership {
       return KEEPALIVE_RETRY_MS;
     }
     if (this.lease !== lease) return this.keepaliveMs;
+    // Read after the deadline (an event loop stalled, a slow answer): the fencer may have fenced the lease
+    // already, and a fenced lease must never carry VMs again.
+    if (Date.now() >= lease.deadline) {
+      await this.lose(lease.id, 'its keepalive was acknowledged only after the lease deadline had passed (the fencer may have fenced it)');
+      return KEEPALIVE_RETRY_MS;
+    }
     lease.lastAckSentAt = answer.sentAt;
     lease.deadline = answer.sentAt + answer.ttl * 1000 - DEADLINE_MARGIN_MS;
     await this.saveLeaseFile();
+    // The fencer fenced it anyway (it saw the deadline pass before this renewal reached the lease file).
+    if (await fencedLease(this.opts.stateDir, lease.id)) {
+      await this.lose(lease.id, 'the fencer fenced it (cluster/fenced.json)');
+      return KEEPALIVE_RETRY_MS;
+    }
     // Not awaited: a slow read must not delay the next keepalive.
     if (Date.now() - this.lastKeyCheck >= NODE_KEY_CHECK_MS) {
       this.lastKeyCheck = Date.now();

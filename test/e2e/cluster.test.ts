@@ -77,6 +77,18 @@ describe('cluster membership from the CLI', () => {
       assert.equal(n1?.ready, true);
       assert.ok(n1?.lastKeepalive && Date.now() - n1.lastKeepalive < 3000, 'a keepalive went out within ~0.5 s');
 
+      // ClusterNode status through the daemon's ClusterNode controller: n1 Ready with its lease, n2 NotJoined.
+      type Status = { status: { conditions: Array<{ type: string; status: string; reason: string }>; fields: Record<string, unknown> } | null };
+      const statusOf = async (name: string) => JSON.parse((await sb.qwamos(['get', 'clusternode', name, '-o', 'json'])).stdout) as Status;
+      const cond = (s: Status, type: string) => s.status?.conditions.find((c) => c.type === type);
+      await until('ClusterNode statuses from etcd', async () => {
+        const [a, b] = [await statusOf('n1'), await statusOf('n2')];
+        return cond(a, 'Ready')?.status === 'True' && a.status?.fields.lease === hex(entry.lease) && cond(b, 'Ready')?.reason === 'NotJoined';
+      }, 30_000);
+      const n1Status = await statusOf('n1');
+      assert.equal(cond(n1Status, 'Joined')?.status, 'True');
+      assert.deepEqual(n1Status.status?.fields.allocated, { cpus: 0, memory: '0Mi' });
+
       // -o wide: size, GPU levels, labels and the VMs whose run/ claim the node holds.
       const claim = await claimRun(client, keys, 'web', { name: 'n1', lease: entry.lease });
       assert.ok(claim.claimed);
