@@ -16,7 +16,7 @@ import { processAlive } from '../proc.ts';
 import { ensureDir, writeFileAtomic } from '../store/atomic.ts';
 import { clusterKeys } from './keys.ts';
 import { ledgerStopsWhenGone } from './ledger.ts';
-import { readLeaseFile, type LeaseFile } from './membership.ts';
+import { fenceFilePath, readLeaseFile, type LeaseFile } from './membership.ts';
 
 export interface VmProcess {
   vm: string;
@@ -49,9 +49,7 @@ export interface FencerOptions {
   ledger?: string;
 }
 
-export function fenceFilePath(stateDir: string): string {
-  return path.join(stateDir, 'cluster', 'fenced.json');
-}
+export { fenceFilePath };
 
 export class Fencer {
   private guarded: LeaseFile | undefined;
