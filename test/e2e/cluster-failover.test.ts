@@ -257,7 +257,6 @@ describe('three daemons, one etcd of three members, real guests: placement, fenc
     // The GPU VM runs on the one node that provides its level.
     await cluster.applyAll({ [`${GPU_VM}.yaml`]: vmManifest(GPU_VM, '  gpu:\n    trustLevel: low\n') });
     await until(`${GPU_VM} running on ${GPU_NODE}`, async () => (await running()).get(GPU_VM)?.[0]?.node === GPU_NODE, { timeoutMs: 60_000, intervalMs: 200 });
-    const victim = cluster.node(GPU_NODE);
     const vms = [...(await running())].flatMap(([vm, cs]) => (cs.some((c) => c.node === GPU_NODE) && vm !== GPU_VM ? [vm] : []));
     const killed = await cluster.killNode(GPU_NODE);
     const t0 = Date.now();
@@ -270,7 +269,7 @@ describe('three daemons, one etcd of three members, real guests: placement, fenc
     await until(`${GPU_VM} Unschedulable on the surviving nodes`, async () => {
       for (const n of cluster.nodes.filter((x) => x.name !== GPU_NODE)) {
         const st = await (await Store.open(n.stateDir)).getStatus('VirtualMachine', GPU_VM);
-        if (!st?.conditions.some((c) => c.type === 'Unschedulable' && c.status === 'True' && /GPU trust level low/.test(c.message))) return false;
+        if (!st?.conditions.some((c) => (c.type as string) === 'Unschedulable' && c.status === 'True' && /GPU trust level low/.test(c.message))) return false;
       }
       return true;
     }, { timeoutMs: 20_000, intervalMs: 200 });
