@@ -28,6 +28,8 @@ export interface Config {
   debug: boolean;
   /** Firewall backend: nftables, iptables, or auto (nftables when `nft` works). QWAMOS_FIREWALL_BACKEND */
   firewallBackend: FirewallBackendChoice;
+  /** A file to append one JSON line to per VM start and stop (the cluster tests' ledger). QWAMOS_LEDGER */
+  ledger?: string;
 }
 
 export type FirewallBackendChoice = 'auto' | 'nftables' | 'iptables';
@@ -63,6 +65,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     ...(tscKhz ? { tscKhz } : {}),
     debug: debugEnabled(env),
     firewallBackend,
+    ...(env.QWAMOS_LEDGER ? { ledger: path.resolve(env.QWAMOS_LEDGER) } : {}),
   };
 }
 

@@ -22,7 +22,7 @@ export interface DaemonOptions {
   stopSignal: Promise<void>;
   /** The loopback HTTP webhook (off without it): its port on 127.0.0.1 and its 0600 secret file. */
   webhook?: { port: number; secretFile: string };
-  /** Join this etcd cluster as this node (membership only, so far: placement is not applied yet). */
+  /** Join this etcd cluster as this node: its VMs run only where placement puts them and claimed (run/<vm>). */
   cluster?: ClusterOptions;
 }
 
@@ -68,7 +68,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<void> {
     const what = r.applied.length ? `${r.drifted ? 'healed drift' : 'applied'}: ${r.applied.map((a) => a.describe).join('; ')}` : r.message;
     opts.log(`${r.key} ${r.phase}${what ? `: ${what}` : ''}`);
   };
-  const engine = createEngine(store, { onSettled, onWarning: opts.log });
+  const engine = createEngine(store, { onSettled, onWarning: opts.log, ...(cluster ? { cluster: cluster.view } : {}) });
   await engine.sync();
   engine.enqueueAll();
   engine.start();

@@ -4,6 +4,7 @@ import { createControllers } from './controllers/index.ts';
 import { Engine, type PassResult } from './engine/engine.ts';
 import type { QueueOptions } from './engine/queue.ts';
 import { Store, type Lease } from './store/store.ts';
+import type { ClusterVmView } from './cluster/view.ts';
 
 /** Held by whoever reconciles the host right now (the daemon, or an in-process CLI run). */
 export const RECONCILER_LEASE = 'reconciler';
@@ -16,12 +17,20 @@ export async function openStore(env: NodeJS.ProcessEnv = process.env): Promise<S
 
 export function createEngine(
   store: Store,
-  opts: { onSettled?: (r: PassResult) => void; onWarning?: (line: string) => void; concurrency?: number; queue?: QueueOptions; env?: NodeJS.ProcessEnv } = {},
+  opts: {
+    onSettled?: (r: PassResult) => void;
+    onWarning?: (line: string) => void;
+    concurrency?: number;
+    queue?: QueueOptions;
+    env?: NodeJS.ProcessEnv;
+    /** The cluster this node joined (the daemon with --etcd). */
+    cluster?: ClusterVmView;
+  } = {},
 ): Engine {
   const config = loadConfig(opts.env ?? process.env);
   return new Engine({
     store,
-    controllers: createControllers(config, store),
+    controllers: createControllers(config, store, opts.cluster),
     // Host work is batched per kind, so a wide pass is cheap; controllers limit heavy work themselves.
     concurrency: opts.concurrency ?? config.concurrency,
     ...(opts.queue ? { queue: opts.queue } : {}),

@@ -15,6 +15,7 @@ import { oneLine } from '../errors.ts';
 import { processAlive } from '../proc.ts';
 import { ensureDir, writeFileAtomic } from '../store/atomic.ts';
 import { clusterKeys } from './keys.ts';
+import { ledgerStopsWhenGone } from './ledger.ts';
 import { readLeaseFile, type LeaseFile } from './membership.ts';
 
 export interface VmProcess {
@@ -44,6 +45,8 @@ export interface FencerOptions {
   log?: (line: string) => void;
   /** Called after each fence (tests, status). */
   onFence?: (record: FenceRecord) => void;
+  /** The ledger file (QWAMOS_LEDGER): a `stop` for each VM killed, once it is gone. */
+  ledger?: string;
 }
 
 export function fenceFilePath(stateDir: string): string {
@@ -145,15 +148,18 @@ export class Fencer {
   }
 
   private async killAll(record: FenceRecord): Promise<void> {
+    const killed: VmProcess[] = [];
     for (const p of await this.opts.vms()) {
       if (!processAlive(p.pid, p.start)) continue;
       try {
         process.kill(p.pid, 'SIGKILL');
         record.killed.push({ vm: p.vm, pid: p.pid });
+        killed.push(p);
       } catch {
         // exited meanwhile
       }
     }
+    if (this.opts.ledger && killed.length) await ledgerStopsWhenGone({ file: this.opts.ledger, node: this.guarded?.node ?? '?' }, killed);
   }
 }
 

@@ -7,6 +7,7 @@ import { sizeMiB } from '../resources/checks.ts';
 import type { Store } from '../store/store.ts';
 import type { NodeRecord } from './keys.ts';
 import type { Membership } from './membership.ts';
+import type { ClusterView } from './view.ts';
 
 export interface ClusterOptions {
   node: string;
@@ -17,6 +18,8 @@ export interface ClusterOptions {
 
 export interface ClusterMember {
   membership: Membership;
+  /** The node set and run/ claims as the VM controller uses them, kept current by an etcd watch. */
+  view: ClusterView;
   /** Re-reads the applied revision from the store and publishes it when it changed. */
   refresh(): Promise<void>;
   /** Stops keeping the lease alive and keeps it (a restart within the TTL re-attaches); closes the client. */
@@ -78,19 +81,24 @@ export async function appliedRevision(store: Store): Promise<string | undefined>
 
 export async function joinCluster(store: Store, opts: ClusterOptions, log: (line: string) => void): Promise<ClusterMember> {
   // Loaded only here: the etcd client (gRPC) costs start-up time and memory a single host never needs.
-  const [{ EtcdClient }, { Membership }] = await Promise.all([import('../drivers/etcd.ts'), import('./membership.ts')]);
+  const [{ EtcdClient }, { Membership }, { ClusterView }] = await Promise.all([import('../drivers/etcd.ts'), import('./membership.ts'), import('./view.ts')]);
   const client = new EtcdClient(opts.endpoints);
-  let membership: Membership;
+  let membership: Membership | undefined;
+  let view: ClusterView;
   try {
     membership = await Membership.join({ client, record: await nodeRecordOf(store, opts), stateDir: store.dir, log });
+    view = await ClusterView.open({ client, membership, log });
   } catch (err) {
+    await membership?.stop().catch(() => {});
     client.close();
     throw err;
   }
   return {
     membership,
+    view,
     refresh: async () => membership.setRevision(await appliedRevision(store)),
     stop: async () => {
+      await view.close();
       await membership.stop();
       client.close();
     },

@@ -6,8 +6,11 @@
 //  1. A VM stays on the node that runs it while that node is in the set, not drained, and still passes the
 //     VM's own filters (pinned node, selector, GPU level). Capacity is not re-checked: a running VM is
 //     never evicted for room. So nothing moves back when a lost node returns: its VMs run elsewhere.
+//     Anti-affinity is the exception: of two VMs of one group on one node (the group was added to a
+//     running VM), the first by name stays and the other is placed again.
 //  2. Every other VM (new, or its node lost/drained) is placed, most demanding first: hard filters
-//     (placement.node, nodeSelector, drained, GPU trust level the node provides, free cpus, free memory),
+//     (placement.node, nodeSelector, drained, GPU trust level the node provides, anti-affinity group, free
+//     cpus, free memory),
 //     standby nodes only when no other node fits, then weighted rendezvous hashing (weight: the node's
 //     cpus) picks one. Moving one VM never moves another: only VMs without a live home are placed.
 import { createHash } from 'node:crypto';
@@ -43,6 +46,8 @@ export interface VmRequest {
   nodeSelector?: Readonly<Record<string, string>>;
   /** gpu.trustLevel */
   gpuLevel?: string;
+  /** placement.antiAffinityGroup: never on a node that runs another VM of the group. */
+  antiAffinityGroup?: string;
 }
 
 export type Placement =
@@ -66,6 +71,7 @@ export function vmRequestOf(vm: Pick<VirtualMachine, 'metadata' | 'spec'>): VmRe
     ...(spec.placement?.node ? { node: spec.placement.node } : {}),
     ...(spec.placement?.nodeSelector ? { nodeSelector: stringLabels(spec.placement.nodeSelector) } : {}),
     ...(spec.gpu ? { gpuLevel: spec.gpu.trustLevel } : {}),
+    ...(spec.placement?.antiAffinityGroup ? { antiAffinityGroup: spec.placement.antiAffinityGroup } : {}),
   };
 }
 
@@ -74,18 +80,23 @@ export function place(vms: readonly VmRequest[], nodeSet: NodeSet, owners: Reado
   const byName = new Map(nodes.map((n) => [n.name, n]));
   const free = new Map(nodes.map((n) => [n.name, { cpus: n.capacity.cpus, memoryMiB: n.capacity.memoryMiB }]));
   const placements = new Map<string, Placement>();
+  /** Anti-affinity groups each node runs a VM of. */
+  const groups = new Map(nodes.map((n) => [n.name, new Set<string>()]));
   const take = (vm: VmRequest, node: string) => {
     const room = free.get(node)!;
     room.cpus -= vm.cpus;
     room.memoryMiB -= vm.memoryMiB;
+    if (vm.antiAffinityGroup !== undefined) groups.get(node)!.add(vm.antiAffinityGroup);
   };
+  const groupMismatch = (vm: VmRequest, node: string) =>
+    vm.antiAffinityGroup !== undefined && groups.get(node)!.has(vm.antiAffinityGroup) ? `runs a VM of anti-affinity group ${vm.antiAffinityGroup}` : undefined;
 
   // 1. VMs that keep their home.
   const homeless: VmRequest[] = [];
   for (const vm of [...vms].sort((a, b) => cmp(a.name, b.name))) {
     const owner = owners.get(vm.name);
     const home = owner !== undefined ? byName.get(owner) : undefined;
-    if (home && !home.drained && identityMismatch(vm, home) === undefined) {
+    if (home && !home.drained && identityMismatch(vm, home) === undefined && groupMismatch(vm, home.name) === undefined) {
       placements.set(vm.name, { vm: vm.name, node: home.name, stayed: true });
       take(vm, home.name);
     } else {
@@ -99,7 +110,7 @@ export function place(vms: readonly VmRequest[], nodeSet: NodeSet, owners: Reado
     const rejected = new Map<string, number>();
     const fitting: NodeInfo[] = [];
     for (const node of nodes) {
-      const reason = identityMismatch(vm, node) ?? (node.drained ? 'is drained' : undefined) ?? roomMismatch(vm, free.get(node.name)!);
+      const reason = identityMismatch(vm, node) ?? (node.drained ? 'is drained' : undefined) ?? groupMismatch(vm, node.name) ?? roomMismatch(vm, free.get(node.name)!);
       if (reason === undefined) fitting.push(node);
       else rejected.set(reason, (rejected.get(reason) ?? 0) + 1);
     }

@@ -1,4 +1,6 @@
 // The composition root: the controllers of this host, one per kind, built from the configuration.
+import os from 'node:os';
+import type { ClusterVmView } from '../cluster/view.ts';
 import type { Config } from '../config.ts';
 import type { AnyController } from '../engine/contract.ts';
 import type { Store } from '../store/store.ts';
@@ -8,8 +10,11 @@ import { RouteController } from './route/index.ts';
 import { VmController } from './vm/index.ts';
 import { FirewallPolicyController, FirewallService } from './firewall/index.ts';
 
-/** `store`: where a GitSource stores the resources of its revisions (without it, GitSource is a declaration: `diff`). */
-export function createControllers(config: Config, store?: Store): AnyController[] {
+/**
+ * `store`: where a GitSource stores the resources of its revisions (without it, GitSource is a declaration: `diff`).
+ * `cluster`: the cluster this node joined (--etcd): VMs run only where placed and claimed.
+ */
+export function createControllers(config: Config, store?: Store, cluster?: ClusterVmView): AnyController[] {
   const layout = { prefix: config.prefix, ...(config.hostNetns ? { hostNetns: config.hostNetns } : {}) };
   // One firewall for both controllers that write it: the table is compiled whole from the world.
   const firewall = new FirewallService({ ...layout, backend: config.firewallBackend });
@@ -22,6 +27,8 @@ export function createControllers(config: Config, store?: Store): AnyController[
       imageRoot: config.imageRoot,
       stopTimeoutMs: config.stopTimeoutMs,
       ...(config.tscKhz ? { tscKhz: config.tscKhz } : {}),
+      ...(cluster ? { cluster } : {}),
+      ...(config.ledger ? { ledger: { file: config.ledger, node: cluster?.node ?? os.hostname() } } : {}),
     }),
     declarationController('GpuTrustLevel'),
     declarationController('ClusterNode'),

@@ -15,6 +15,14 @@ export interface EtcdEntry {
   lease: string;
 }
 
+/** One change seen by a watch: on a delete, `entry` carries only the key and the deleting revision. */
+export interface EtcdChange {
+  type: 'put' | 'delete';
+  entry: EtcdEntry;
+  /** The key's value before the change (etcd's prev_kv), when etcd still had it. */
+  previous?: EtcdEntry;
+}
+
 /** A condition of a transaction on one key. */
 export type EtcdGuard =
   | { key: string; absent: true }
@@ -147,6 +155,19 @@ export class EtcdClient {
   async put(key: string, value: string, lease?: string): Promise<string> {
     const res = await this.client.kv.put({ key: Buffer.from(key), value: Buffer.from(value), ...(lease ? { lease } : {}) });
     return String(res.header.revision);
+  }
+
+  /**
+   * Follows every change under `prefix` (puts and deletes, with the key's previous value on a delete) until
+   * closed. The client re-connects a broken watch by itself and resumes where it left off.
+   */
+  async watchPrefix(prefix: string, onChange: (change: EtcdChange) => void, onError?: (err: Error) => void): Promise<{ close(): Promise<void> }> {
+    const watcher = await this.client.watch().prefix(prefix).withPreviousKV().create();
+    watcher.on('put', (kv, prev) => onChange({ type: 'put', entry: entryOf(kv), ...(prev ? { previous: entryOf(prev) } : {}) }));
+    watcher.on('delete', (kv, prev) => onChange({ type: 'delete', entry: entryOf(kv), ...(prev ? { previous: entryOf(prev) } : {}) }));
+    watcher.on('error', (err) => onError?.(err));
+    watcher.on('disconnected', (err) => onError?.(err));
+    return { close: () => watcher.cancel() };
   }
 
   async delete(key: string): Promise<void> {

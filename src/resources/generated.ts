@@ -47,6 +47,10 @@ export interface VirtualMachineSpec {
   gpu?: Gpu;
   placement?: Placement;
   /**
+   * In a cluster, what happens when the node running this VM is lost: Restart starts it on another node, Never leaves it down. Default: Never for a VM pinned to a node (placement.node) or with a passthrough GPU (vfio), else Restart.
+   */
+  failover?: 'Restart' | 'Never';
+  /**
    * @maxItems 64
    */
   dependsOn?: Dependency[];
@@ -104,6 +108,10 @@ export interface Placement {
    */
   node?: string;
   nodeSelector?: Labels;
+  /**
+   * a lowercase DNS label (a-z, 0-9, '-', starting with a letter, at most 63 characters)
+   */
+  antiAffinityGroup?: string;
 }
 export interface Dependency {
   kind?: 'VirtualMachine' | 'Route' | 'FirewallPolicy' | 'GpuTrustLevel' | 'ClusterNode';

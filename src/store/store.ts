@@ -102,7 +102,9 @@ export type ApplyResult = 'created' | 'configured' | 'unchanged';
 export type ConditionType =
   | 'Ready' | 'Reconciling' | 'Stalled' | 'RestartRequired' | 'GpuUnavailable' | 'Paused'
   // A GitSource's (src/controllers/gitsource).
-  | 'FetchFailed' | 'VerificationFailed' | 'RollbackRefused' | 'EmptyRefused';
+  | 'FetchFailed' | 'VerificationFailed' | 'RollbackRefused' | 'EmptyRefused'
+  // A VirtualMachine's in a cluster (src/controllers/vm/placement.ts).
+  | 'Placed' | 'Unschedulable' | 'FailedOver' | 'Fenced';
 export type ConditionStatus = 'True' | 'False' | 'Unknown';
 
 export interface Condition {

@@ -140,6 +140,30 @@ describe('placement', () => {
     assert.equal(Object.values(result).filter((n) => n === 's1').length, 2);
   });
 
+  it('never places two VMs of one anti-affinity group on one node; Unschedulable when the group outnumbers the nodes', () => {
+    const group = ['g1', 'g2', 'g3'].map((n) => vm(n, { antiAffinityGroup: 'db' }));
+    for (const seed of [1, 2, 3, 4, 5]) {
+      const result = nodesOf(place(shuffled([...group, vm('free')], seed), { revision: '1', nodes: shuffled(threeNodes, seed) }, none));
+      assert.deepEqual(new Set([result.g1, result.g2, result.g3]), new Set(['n1', 'n2', 'n3']), `seed ${seed}: ${JSON.stringify(result)}`);
+    }
+    const two = nodesOf(place(group, { revision: '1', nodes: [node('n1'), node('n2')] }, none));
+    assert.equal(Object.values(two).filter((n) => n.startsWith('!')).length, 1);
+    assert.match(Object.values(two).find((n) => n.startsWith('!'))!, /^!0\/2 nodes fit: 2 runs a VM of anti-affinity group db$/);
+    // A lost node's group member moves only where no other member runs.
+    const before = place(group, { revision: '1', nodes: threeNodes }, none);
+    const owners = new Map([...before.placements].map(([name, p]) => [name, 'node' in p ? p.node : '']));
+    const lost = owners.get('g1')!;
+    const after = nodesOf(place(group, { revision: '2', nodes: threeNodes.filter((n) => n.name !== lost) }, owners));
+    assert.match(after.g1!, /^!0\/2 nodes fit: 2 runs a VM of anti-affinity group db/);
+    // Two members on one node (the group added to a running VM): the first by name stays, the other moves.
+    const shared = nodesOf(place(group.slice(0, 2), { revision: '1', nodes: threeNodes }, new Map([['g1', 'n1'], ['g2', 'n1']])));
+    assert.equal(shared.g1, 'n1');
+    assert.notEqual(shared.g2, 'n1');
+    // VMs of different groups, or without one, share nodes freely.
+    const mixed = nodesOf(place([vm('a', { antiAffinityGroup: 'x' }), vm('b', { antiAffinityGroup: 'y' }), vm('c')], { revision: '1', nodes: [node('n1')] }, none));
+    assert.deepEqual(mixed, { a: 'n1', b: 'n1', c: 'n1' });
+  });
+
   it('says so when there is no node at all', () => {
     assert.deepEqual(place([vm('a')], { revision: '1', nodes: [] }, none).placements.get('a'), { vm: 'a', unschedulable: 'no node is in the cluster' });
   });
@@ -154,8 +178,8 @@ describe('placement', () => {
   it('reads a VirtualMachine with the schema defaults', () => {
     assert.deepEqual(vmRequestOf({ metadata: { name: 'x' }, spec: {} }), { name: 'x', cpus: 1, memoryMiB: 256 });
     assert.deepEqual(
-      vmRequestOf({ metadata: { name: 'y' }, spec: { cpus: 2, memory: '2Gi', gpu: { trustLevel: 'high' }, placement: { nodeSelector: { zone: 'a' } } } }),
-      { name: 'y', cpus: 2, memoryMiB: 2048, nodeSelector: { zone: 'a' }, gpuLevel: 'high' },
+      vmRequestOf({ metadata: { name: 'y' }, spec: { cpus: 2, memory: '2Gi', gpu: { trustLevel: 'high' }, placement: { nodeSelector: { zone: 'a' }, antiAffinityGroup: 'db' } } }),
+      { name: 'y', cpus: 2, memoryMiB: 2048, nodeSelector: { zone: 'a' }, gpuLevel: 'high', antiAffinityGroup: 'db' },
     );
   });
 });

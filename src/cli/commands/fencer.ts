@@ -5,7 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Fencer, qemuVmProcesses } from '../../cluster/fencer.ts';
 import { readLeaseFile } from '../../cluster/membership.ts';
 import { parseEndpoints } from '../../cluster/node.ts';
-import { stateDir } from '../../config.ts';
+import { loadConfig, stateDir } from '../../config.ts';
 import { EtcdClient } from '../../drivers/etcd.ts';
 import { printable } from '../../errors.ts';
 import type { CliCommand } from '../command.ts';
@@ -44,7 +44,8 @@ export const fencerCommand: CliCommand = {
     }
     if (!endpoints) return EXIT.ok;
     const client = new EtcdClient(endpoints, { callTimeoutMs: 1000 });
-    const fencer = new Fencer({ stateDir: dir, client, vms: () => qemuVmProcesses(dir), log });
+    const ledger = loadConfig().ledger;
+    const fencer = new Fencer({ stateDir: dir, client, vms: () => qemuVmProcesses(dir), log, ...(ledger ? { ledger } : {}) });
     fencer.start();
     log(`fencer started (pid ${process.pid}), guarding ${dir}`);
     await stopSignal;

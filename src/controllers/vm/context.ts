@@ -5,6 +5,8 @@
 import { createHash } from 'node:crypto';
 import path from 'node:path';
 import type { NetLayout } from '../../drivers/netns.ts';
+import type { LedgerTarget } from '../../cluster/ledger.ts';
+import type { ClusterVmView, FailoverRecord } from '../../cluster/view.ts';
 
 export interface VmContext {
   layout: NetLayout;
@@ -14,6 +16,10 @@ export interface VmContext {
   tscKhz?: number;
   /** Root of QEMU's run directories (default /run/qwamos). */
   runRoot?: string;
+  /** The cluster this node joined (--etcd): VMs run only where placed and claimed. Absent: one host. */
+  cluster?: ClusterVmView;
+  /** Where each VM start and stop is appended (QWAMOS_LEDGER). */
+  ledger?: LedgerTarget;
 }
 
 export const DEFAULT_RUN_ROOT = '/run/qwamos';
@@ -49,4 +55,11 @@ export interface LaunchRecord {
   lastCrashAt?: string;
   /** Set when the controller stopped it, so RerunOnFailure does not mistake that for the guest's exit. */
   stoppedByController?: boolean;
+  /** The QEMU process started (or adopted). */
+  pid?: number;
+  /** A ledger `start` was written and no `stop` yet. */
+  ledgerOpen?: boolean;
+  /** In a cluster: the fencing token it was started under, and the failover that started it here. */
+  token?: string;
+  failedOver?: FailoverRecord;
 }

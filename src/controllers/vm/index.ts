@@ -5,9 +5,10 @@
 //   apply.ts    launch, stop, adopt, pause/resume, disks, clean-up
 //   status.ts   drift fields and the status report (RestartRequired, GpuUnavailable, Paused, pid, serial log)
 //   watch.ts    QMP event connections: a crash is seen at once
+//   placement.ts  in a cluster: placement, run/ claims, failover, the cluster conditions (absent on one host)
 //   context.ts  where a VM's files live
 import type { Controller, FieldDiff, Plan, StatusReport, World } from '../../engine/contract.ts';
-import { makeKey, type ObjectKey } from '../../resources/keys.ts';
+import { keyOf, makeKey, type ObjectKey } from '../../resources/keys.ts';
 import type { StoredResource } from '../../store/store.ts';
 import { applyVmActions } from './apply.ts';
 import type { VmContext } from './context.ts';
@@ -64,6 +65,14 @@ export class VmController implements Controller<'VirtualMachine', VmActual, VmAc
   }
 
   watch(notify: (keys: ObjectKey[]) => void, world: () => World): { close(): void } {
-    return this.watchers.start(notify, world);
+    const qmp = this.watchers.start(notify, world);
+    // A cluster change (a node lost or back, a claim gone) may concern any VM: all are reconsidered now.
+    const unsubscribe = this.ctx.cluster?.subscribe(() => notify(world().list('VirtualMachine').map((r) => keyOf(r))));
+    return {
+      close: () => {
+        unsubscribe?.();
+        qmp.close();
+      },
+    };
   }
 }

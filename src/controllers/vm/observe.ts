@@ -30,6 +30,7 @@ import type { StoredResource } from '../../store/store.ts';
 import { vmPaths, type LaunchRecord, type VmContext, type VmPaths } from './context.ts';
 import { routeOf } from './launch.ts';
 import { sizeMiB } from '../../resources/checks.ts';
+import { observeCluster, type VmClusterFacts } from './placement.ts';
 
 /** The process the pidfile names. */
 export type ProcFact =
@@ -85,6 +86,8 @@ export interface VmActual {
   /** The state or run directory exists (something to clean up). */
   leftovers: boolean;
   host: HostFacts;
+  /** In a cluster: placement, the claim, failover facts (absent on one host). */
+  cluster?: VmClusterFacts;
 }
 
 const scriptsDir = fileURLToPath(new URL('../../../scripts/', import.meta.url));
@@ -97,13 +100,19 @@ export class VmObserver {
   async observe(resources: StoredResource<'VirtualMachine'>[], world: World): Promise<Map<ObjectKey, VmActual>> {
     this.host ??= Promise.all([probeQemu(), hostTscKhz(this.ctx.tscKhz), resolveVmUser()]).then(([probe, tscKhz, vmUser]) => ({ probe, vmUser, ...(tscKhz ? { tscKhz } : {}) }));
     this.host.catch(() => (this.host = undefined));
-    const [host, procs] = await Promise.all([this.host, scanQemuProcesses()]);
+    const [host, procs, cluster] = await Promise.all([
+      this.host,
+      scanQemuProcesses(),
+      this.ctx.cluster ? observeCluster(this.ctx.cluster, this.ctx.stateDir, resources, world) : undefined,
+    ]);
     const pci: Record<string, PciHostInfo> = {};
     for (const g of world.list('GpuTrustLevel')) if (g.spec.hostDevice) pci[g.spec.hostDevice] = sysfsGpuHost.pciDevice(g.spec.hostDevice);
     const out = new Map<ObjectKey, VmActual>();
     await Promise.all(
       resources.map(async (r) => {
         const actual = await this.observeOne(r, world, { ...host, pci }, procs);
+        const facts = cluster?.get(r.metadata.name);
+        if (facts) actual.cluster = facts;
         const route = routeOf(r.spec, world);
         if (route) actual.netnsExists = await exists(`/run/netns/${derivedNames(this.ctx.layout.prefix, route.vm).netns}`);
         out.set(keyOf(r), actual);

@@ -8,17 +8,34 @@ import type { StoredResource } from '../../store/store.ts';
 import type { VmContext, VmPaths } from './context.ts';
 import { renderLaunch, routeOf, gpuLevelOf } from './launch.ts';
 import type { VmActual } from './observe.ts';
+import { gateCluster, holdsClaim } from './placement.ts';
 
 export type VmAction =
   | (Action & { type: 'create-disk'; path: string; sizeMiB: number; backing?: string })
-  | (Action & { type: 'start'; spec: QemuSpec; hash: string; generation: number; netns?: string; tapVm?: string; paths: VmPaths })
+  | (Action & { type: 'start'; spec: QemuSpec; hash: string; generation: number; netns?: string; tapVm?: string; paths: VmPaths; cluster?: StartInCluster })
   | (Action & { type: 'stop'; paths: VmPaths; name: string; graceful: boolean })
   | (Action & { type: 'adopt'; paths: VmPaths; name: string; pid: number })
   | (Action & { type: 'pause' | 'resume'; paths: VmPaths })
   | (Action & { type: 'remove-device'; paths: VmPaths; id: string })
   | (Action & { type: 'record-crash'; paths: VmPaths })
+  /** QEMU exited by itself (clean exit): close its ledger entry. */
+  | (Action & { type: 'record-exit'; paths: VmPaths; name: string })
+  /** Cluster: take run/<vm> (only if absent, only under this node's live lease). */
+  | (Action & { type: 'claim'; name: string })
+  /** Cluster: mark qwamos/vms/<vm> stopped and delete run/<vm>, both guarded by the token. */
+  | (Action & { type: 'release-claim'; name: string; token: string })
   | (Action & { type: 'plug-tap'; tapVm: string })
   | (Action & { type: 'clean-up'; paths: VmPaths; name: string; tapVm?: string; disks: string[] });
+
+/**
+ * A start in a cluster: apply re-checks in etcd, right before QEMU is launched, that this node holds
+ * run/<vm> with this token (or the one the `claim` before it got) under its live lease.
+ */
+export interface StartInCluster {
+  token?: string;
+  /** It ran on this node before that node was lost (for FailedOver). */
+  failedOverFrom?: { node: string; vanishedAt?: number };
+}
 
 /** Backoff between restarts of a VM that keeps dying: 1 s, 2 s, 4 s ... up to 5 min. */
 export function crashBackoffMs(crashes: number): number {
@@ -29,6 +46,43 @@ export function crashBackoffMs(crashes: number): number {
 const STATUS_RECHECK_MS = 2000;
 
 export function planVm(ctx: VmContext, r: StoredResource<'VirtualMachine'>, actual: VmActual | undefined, world: World): Plan<VmAction> {
+  const c = actual?.cluster;
+  if (!actual || !c) return planOnHost(ctx, r, actual, world);
+  const key = keyOf(r);
+  const name = r.metadata.name;
+  const running = actual.proc.state === 'running';
+  const live = running || actual.stray !== undefined;
+  if (r.deletionRequestedAt) {
+    const local = planOnHost(ctx, r, actual, world);
+    // Stopped and cleaned up here first, then the claim goes.
+    if (!holdsClaim(c)) return local;
+    return { ...local, actions: [...local.actions, { type: 'release-claim', resource: key, name, token: c.holder!.token, describe: `release run/${name} (token ${c.holder!.token}): deleted` }] };
+  }
+  const adopt: VmAction[] = !running && actual.stray ? [{ type: 'adopt', resource: key, paths: actual.paths, name, pid: actual.stray.pid, describe: `adopt QEMU of ${name} (pid ${actual.stray.pid}, found by its command line): rewrite its pidfile` }] : [];
+  const pid = actual.stray?.pid ?? (actual.proc.state === 'running' ? actual.proc.pid : undefined);
+  const gate = gateCluster(r, c, { live, paths: actual.paths, ...(pid ? { pid } : {}), wantRunning: wantsRunning(r, actual) }, world);
+  if (gate.kind === 'plan') return { ...gate.plan, actions: [...adopt, ...gate.plan.actions] };
+  const local = planOnHost(ctx, r, actual, world);
+  const startAt = local.actions.findIndex((a) => a.type === 'start' || a.type === 'create-disk');
+  if (startAt < 0) return local;
+  const inCluster: StartInCluster = { ...(gate.token ? { token: gate.token } : {}), ...(gate.failedOverFrom ? { failedOverFrom: gate.failedOverFrom } : {}) };
+  const actions = local.actions.map((a): VmAction => (a.type === 'start' ? { ...a, cluster: inCluster } : a));
+  if (gate.claimFirst) {
+    const claim: VmAction = { type: 'claim', resource: key, name, describe: `claim run/${name} for node ${c.node}${gate.failedOverFrom ? ` (failover from node ${gate.failedOverFrom.node})` : ''}` };
+    actions.splice(startAt, 0, claim);
+  }
+  return { ...local, actions };
+}
+
+/** runStrategy, with a clean exit of RerunOnFailure counted: whether the VM should run. */
+function wantsRunning(r: StoredResource<'VirtualMachine'>, actual: VmActual): boolean {
+  const strategy = r.spec.runStrategy ?? 'Running';
+  const cleanExit = actual.proc.state === 'none' && actual.launched !== undefined && !actual.launched.stoppedByController;
+  return strategy === 'Running' || strategy === 'Paused' || (strategy === 'RerunOnFailure' && !cleanExit);
+}
+
+/** The plan of one host: the VM runs here (no cluster, or the cluster gate allowed it). */
+function planOnHost(ctx: VmContext, r: StoredResource<'VirtualMachine'>, actual: VmActual | undefined, world: World): Plan<VmAction> {
   const key = keyOf(r);
   const name = r.metadata.name;
   const spec = r.spec;
@@ -57,12 +111,13 @@ export function planVm(ctx: VmContext, r: StoredResource<'VirtualMachine'>, actu
   const strategy = spec.runStrategy ?? 'Running';
   // QEMU removes its pidfile when it exits cleanly; a pidfile whose process is gone means it died.
   const crashed = actual.proc.state === 'dead';
-  const cleanExit = actual.proc.state === 'none' && actual.launched !== undefined && !actual.launched.stoppedByController;
-  const wantRunning = strategy === 'Running' || strategy === 'Paused' || (strategy === 'RerunOnFailure' && !cleanExit);
+  const wantRunning = wantsRunning(r, actual);
 
   if (!running) {
-    if (!wantRunning) return { actions: [] };
-    const acts: VmAction[] = [];
+    // Gone by itself (no pidfile, nothing by its command line): its ledger entry is closed.
+    const exited: VmAction[] = actual.proc.state === 'none' && actual.launched?.ledgerOpen ? [{ type: 'record-exit', resource: key, paths, name, describe: `record that QEMU of ${name} exited` }] : [];
+    if (!wantRunning) return { actions: exited };
+    const acts: VmAction[] = [...exited];
     if (actual.proc.state === 'dead') acts.push({ type: 'record-crash', resource: key, paths, describe: `record that QEMU of ${name} died (pid ${actual.proc.pid}: ${actual.proc.why})` });
     const launch = renderLaunch(ctx, r, actual, world);
     if (!launch.ok) return { actions: acts, hold: launch.hold };

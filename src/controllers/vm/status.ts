@@ -6,6 +6,7 @@ import type { VmContext } from './context.ts';
 import { renderLaunch } from './launch.ts';
 import type { VmActual } from './observe.ts';
 import { foreignGpus } from './plan.ts';
+import { clusterReport } from './placement.ts';
 
 export function diffVm(r: StoredResource<'VirtualMachine'>, actual: VmActual | undefined, world: World): FieldDiff[] {
   const strategy = r.spec.runStrategy ?? 'Running';
@@ -13,6 +14,13 @@ export function diffVm(r: StoredResource<'VirtualMachine'>, actual: VmActual | u
   const state = running ? (actual?.status ?? 'unknown') : actual?.proc.state === 'dead' ? `dead (pid ${actual.proc.pid} gone)` : 'stopped';
   const want = strategy === 'Stopped' ? 'stopped' : strategy === 'Paused' ? 'paused' : 'running';
   const diffs: FieldDiff[] = [];
+  const placed = actual?.cluster?.placement;
+  if (actual?.cluster && !(placed && 'node' in placed && placed.node === actual.cluster.node)) {
+    // Placed on another node (or nowhere): it must not run here, whatever its runStrategy.
+    const where = placed && 'node' in placed ? `runs on node ${placed.node}` : 'unschedulable';
+    if (running || actual.stray) diffs.push({ field: 'state', desired: `not running on node ${actual.cluster.node} (${where})`, actual: 'running here' });
+    return diffs;
+  }
   if (state !== 'unknown' && want !== state && !(strategy === 'RerunOnFailure' && state === 'stopped')) diffs.push({ field: 'state', desired: want, actual: state });
   if (running && actual?.tap && !actual.tap.plugged) diffs.push({ field: 'tap', desired: 'plugged into the bridge', actual: actual.tap.exists ? 'unplugged' : 'gone' });
   const extra = actual ? foreignGpus(r, actual, world) : [];
@@ -22,6 +30,13 @@ export function diffVm(r: StoredResource<'VirtualMachine'>, actual: VmActual | u
 
 export function reportVm(ctx: VmContext, r: StoredResource<'VirtualMachine'>, actual: VmActual | undefined, world: World): StatusReport {
   if (!actual) return {};
+  const local = reportOnHost(ctx, r, actual, world);
+  if (!actual.cluster) return local;
+  const cluster = clusterReport(r, actual.cluster, world, actual.launched);
+  return { conditions: [...(local.conditions ?? []), ...(cluster.conditions ?? [])], fields: { ...local.fields, ...cluster.fields } };
+}
+
+function reportOnHost(ctx: VmContext, r: StoredResource<'VirtualMachine'>, actual: VmActual, world: World): StatusReport {
   const running = actual.proc.state === 'running';
   const launch = renderLaunch(ctx, r, actual, world);
   const restartRequired = running && launch.ok && actual.launched !== undefined && actual.launched.specHash !== launch.hash && r.spec.updatePolicy !== 'Restart';
