@@ -55,6 +55,8 @@ export interface ClusterNodeHandle {
   gpuLevels: string[];
   daemon: Proc | undefined;
   fencer: Proc | undefined;
+  /** Every daemon and fencer started for this node, in order. */
+  started: Array<{ what: 'daemon' | 'fencer'; proc: Proc }>;
   startDaemon(extra?: string[]): Promise<Proc>;
   startFencer(): Promise<Proc>;
   /** SIGTERM and wait (a clean stop keeps the lease for a restart within the TTL). */
@@ -275,6 +277,17 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<TestClust
 
   const cleanup = async () => {
     await observer.stop();
+    // QWAMOS_TEST_LOGS=DIR keeps every daemon's and fencer's output there (for a failing run).
+    if (process.env.QWAMOS_TEST_LOGS) {
+      await mkdir(process.env.QWAMOS_TEST_LOGS, { recursive: true });
+      for (const n of nodes) {
+        for (const what of ['daemon', 'fencer'] as const) {
+          const text = n.started.filter((s) => s.what === what).map((s) => `--- pid ${s.proc.pid}\n${s.proc.output()}`).join('');
+          if (text) await writeFile(path.join(process.env.QWAMOS_TEST_LOGS, `${n.name}-${what}.log`), text);
+        }
+      }
+      await copyFile(ledger, path.join(process.env.QWAMOS_TEST_LOGS, 'ledger.jsonl')).catch(() => {});
+    }
     for (const n of nodes) {
       await stopProc(n.daemon, 'SIGKILL');
       await stopProc(n.fencer, 'SIGKILL');
@@ -370,11 +383,13 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<TestClust
         gpuLevels,
         daemon: undefined,
         fencer: undefined,
+        started: [],
         async startDaemon(extra = []) {
           if (handle.daemon?.alive()) throw new Error(`the daemon of ${name} is running`);
           const args = ['controller', '--node', name, '--etcd', etcd!.endpoints.join(','), ...(gpuLevels.length ? ['--gpu-levels', gpuLevels.join(',')] : []), ...extra];
           const p = startProc(inNs([process.execPath, bin, ...args]), env, cwd, opts.onLine && ((l) => opts.onLine!(name, 'daemon', l)));
           handle.daemon = p;
+          handle.started.push({ what: 'daemon', proc: p });
           await p.waitFor(/controller started/, 60_000);
           return p;
         },
@@ -382,6 +397,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<TestClust
           if (handle.fencer?.alive()) throw new Error(`the fencer of ${name} is running`);
           const p = startProc(inNs([process.execPath, bin, 'fencer', '--etcd', etcd!.endpoints.join(',')]), env, cwd, opts.onLine && ((l) => opts.onLine!(name, 'fencer', l)));
           handle.fencer = p;
+          handle.started.push({ what: 'fencer', proc: p });
           await p.waitFor(/fencer started/, 60_000);
           return p;
         },
@@ -413,6 +429,12 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<TestClust
   }
 
   const signAndApply = async (files: Record<string, string>, wait: boolean) => {
+    // `qwamos apply` with no daemon running reconciles in its own process, as one host: it would start the
+    // VMs there without claims. (Found by these tests; the harness never does it.)
+    const down = nodes.filter((n) => !n.daemon?.alive()).map((n) => n.name);
+    if (down.length && Object.values(files).some((t) => /^kind: VirtualMachine$/m.test(t))) {
+      throw new Error(`applyAll: the daemon of ${down.join(', ')} is not running; an apply there would start VMs outside the cluster`);
+    }
     const paths: string[] = [];
     for (const [name, text] of Object.entries(files)) {
       const file = path.join(manifests, name);
