@@ -287,6 +287,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<TestClust
         }
       }
       await copyFile(ledger, path.join(process.env.QWAMOS_TEST_LOGS, 'ledger.jsonl')).catch(() => {});
+      for (const [m, text] of etcd?.logs() ?? []) await writeFile(path.join(process.env.QWAMOS_TEST_LOGS, `etcd-${m}.log`), text);
     }
     for (const n of nodes) {
       await stopProc(n.daemon, 'SIGKILL');

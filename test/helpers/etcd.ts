@@ -9,6 +9,7 @@
 // connects to the members; the test process listens on 127.0.0.1 and pipes to those sockets. Nothing is
 // added to the machine's own network.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
@@ -42,6 +43,8 @@ export interface EtcdCluster {
   leader(): Promise<EtcdMember>;
   /** Kills every member still running and removes the temp dir. */
   stop(): Promise<void>;
+  /** The tail of each member's log (stderr). */
+  logs(): Map<string, string>;
 }
 
 const running = new Set<ChildProcess>();
@@ -97,7 +100,9 @@ export async function startEtcd(opts: EtcdOptions = {}): Promise<EtcdCluster> {
   const count = opts.members ?? 1;
   if (opts.netns !== undefined && !opts.address) throw new Error('startEtcd: netns needs an address');
   const host = opts.netns ? opts.address! : '127.0.0.1';
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'qwamos-etcd-'));
+  // Data in memory when the machine has /dev/shm: on a loaded machine etcd's WAL fsyncs to disk stalled
+  // raft long enough for lease keepalives to miss their deadline (cluster tests, 2 cores shared).
+  const dir = await mkdtemp(path.join(existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir(), 'qwamos-etcd-'));
   const members: EtcdMember[] = [];
   // Inside a fresh netns every port is free; on loopback the kernel picks free ones.
   let nextPort = 2379;
@@ -165,7 +170,7 @@ export async function startEtcd(opts: EtcdOptions = {}): Promise<EtcdCluster> {
     running.add(child);
     children.set(m, child);
     m.pid = child.pid;
-    logs.set(m, '');
+    logs.set(m, (logs.get(m) ?? '') + (logs.has(m) ? '\n--- restarted\n' : ''));
     child.stderr?.on('data', (chunk: Buffer) => {
       // Keep the tail for the error message when it does not come up.
       logs.set(m, ((logs.get(m) ?? '') + chunk.toString()).slice(-4000));
@@ -229,6 +234,7 @@ export async function startEtcd(opts: EtcdOptions = {}): Promise<EtcdCluster> {
       throw new Error('no etcd member reports itself leader');
     },
     stop,
+    logs: () => new Map([...logs].map(([m, text]) => [m.name, text])),
   };
 }
 
