@@ -14,6 +14,7 @@ import { MAX_SOCKET_PATH } from './names.ts';
 import { oneWaiting } from './concurrency.ts';
 import { DAEMON_LEASE, RECONCILER_LEASE, createEngine, openStore, waitForLease } from './runtime.ts';
 import { joinCluster, type ClusterMember, type ClusterOptions } from './cluster/node.ts';
+import { superviseFencer, type FencerSupervisor } from './cluster/fencer-supervisor.ts';
 
 export interface DaemonOptions {
   resyncMs: number;
@@ -58,6 +59,12 @@ export async function runDaemon(opts: DaemonOptions): Promise<void> {
       await daemonLease.release();
       throw new UserError(`cannot join the cluster at ${opts.cluster.endpoints.join(',')} as node ${opts.cluster.node}: ${oneLine(err)}`);
     }
+  }
+  // The fencer guards this node's VMs (they outlive the daemon): up before any VM starts; left running on stop.
+  let fencer: FencerSupervisor | undefined;
+  if (opts.cluster?.fencerCommand) {
+    fencer = await superviseFencer({ stateDir: store.dir, command: opts.cluster.fencerCommand, log: opts.log });
+    if (!(await fencer.ready(20_000))) opts.log('the fencer has not come up yet (see cluster/fencer.log); still trying');
   }
 
   const lastState = new Map<string, string>();
@@ -159,6 +166,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<void> {
   await watcher.close();
   await syncing;
   await engine.stop();
+  await fencer?.stop();
   // The etcd lease is kept: a restart within its TTL re-attaches to it without touching the VMs.
   await cluster?.stop();
   await reconcilerLease.release();

@@ -11,6 +11,9 @@ export function clusterKeys(prefix: string = DEFAULT_CLUSTER_PREFIX) {
     run: (vm: string) => `${prefix}run/${vm}`,
     /** The desired-state revision the cluster agreed on. */
     revision: `${prefix}revision`,
+    /** `qwamos drain NODE`: placement puts nothing new there (not lease-bound: survives the node's restarts). */
+    drains: `${prefix}drain/`,
+    drain: (node: string) => `${prefix}drain/${node}`,
   };
 }
 
@@ -49,6 +52,18 @@ export function parseNodeRecord(value: string): NodeRecord | undefined {
     Array.isArray(r.gpuLevels) && r.gpuLevels.every((g) => typeof g === 'string') &&
     typeof r.joinedAt === 'string';
   return ok ? (r as NodeRecord) : undefined;
+}
+
+/** What a drain/<node> key holds. */
+export interface DrainRecord {
+  node: string;
+  /** ISO 8601. */
+  drainedAt: string;
+}
+
+/** The nodes with a drain/ key among `entries` (a listing of `keys.drains`). */
+export function drainedNodes(keys: ClusterKeys, entries: ReadonlyArray<{ key: string }>): Set<string> {
+  return new Set(entries.map((e) => e.key.slice(keys.drains.length)).filter(Boolean));
 }
 
 export function nodeInfoOf(r: NodeRecord): NodeInfo {

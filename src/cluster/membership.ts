@@ -7,6 +7,7 @@
 // (who kills this node's VMs once the deadline passes) and for a restart within the TTL to re-attach to
 // the same lease without touching the VMs. Once the deadline passed, the lease is given up for good: the
 // node rejoins only with a new lease (its run/ claims die with the old one).
+import { setMaxListeners } from 'node:events';
 import path from 'node:path';
 import type { EtcdClient } from '../drivers/etcd.ts';
 import { oneLine } from '../errors.ts';
@@ -14,11 +15,17 @@ import { ensureDir, readJsonFile, removeFile, writeFileAtomic } from '../store/a
 import { clusterKeys, parseNodeRecord, type ClusterKeys, type NodeRecord } from './keys.ts';
 
 export const LEASE_TTL_SECONDS = 5;
-export const KEEPALIVE_INTERVAL_MS = 1700;
-/** After an unanswered keepalive: try again this soon (another etcd member may answer), until the deadline. */
+/**
+ * Keepalives go out this often: the last acknowledged one is then at most this old when etcd's leader
+ * dies, leaving deadline − interval (3.5 s) for the election (1–2 s after the leader's death with etcd's
+ * default 1 s election timeout, measured up to 2.4 s until a member answers). At 1.7 s only 2.3 s were
+ * left and the deadline passed during some elections.
+ */
+export const KEEPALIVE_INTERVAL_MS = 500;
+/** How often the node key is checked (it must carry our lease). */
+const NODE_KEY_CHECK_MS = 1700;
+/** While a keepalive waits for its answer, another one goes out this often (until the deadline). */
 export const KEEPALIVE_RETRY_MS = 250;
-/** Longest wait for one keepalive answer. */
-const KEEPALIVE_TIMEOUT_MS = 1000;
 /** Margin below the TTL the deadline keeps (etcd checks expiry every 500 ms). */
 export const DEADLINE_MARGIN_MS = 1000;
 
@@ -76,6 +83,7 @@ export class Membership {
   private round: Promise<number> = Promise.resolve(0);
   private published = false;
   private checkingKey = false;
+  private lastKeyCheck = 0;
   /** Leases this process gave up: a node key still under one of them is ours to clear. */
   private readonly givenUp = new Set<string>();
   private readonly listeners: Array<(e: MembershipEvent) => void> = [];
@@ -273,29 +281,73 @@ export class Membership {
       return this.keepaliveMs;
     }
     const lease = this.lease;
-    const sentAt = Date.now();
     // Past the deadline: the fencer has killed (or is killing) this node's VMs. Never keep that lease.
-    if (sentAt >= lease.deadline) {
+    if (Date.now() >= lease.deadline) {
       await this.lose(lease.id, 'the lease deadline passed without an acknowledged keepalive');
       return KEEPALIVE_RETRY_MS;
     }
-    let ttl: number;
-    try {
-      ttl = await this.client.keepaliveOnce(lease.id, Math.max(200, Math.min(KEEPALIVE_TIMEOUT_MS, lease.deadline - sentAt)));
-    } catch (err) {
-      this.log(`cluster: keepalive unanswered (deadline in ${lease.deadline - Date.now()} ms): ${oneLine(err)}`);
-      return KEEPALIVE_RETRY_MS;
+    const answer = await this.keepaliveUntil(lease.id, lease.deadline);
+    if ('error' in answer) {
+      this.log(`cluster: keepalive unanswered (deadline in ${lease.deadline - Date.now()} ms): ${oneLine(answer.error)}`);
+      return 0; // the next round finds the deadline passed
     }
-    if (ttl === 0) {
+    if (answer.ttl === 0) {
       await this.lose(lease.id, 'etcd says the lease expired');
       return KEEPALIVE_RETRY_MS;
     }
-    lease.lastAckSentAt = sentAt;
-    lease.deadline = sentAt + ttl * 1000 - DEADLINE_MARGIN_MS;
+    if (this.lease !== lease) return this.keepaliveMs;
+    lease.lastAckSentAt = answer.sentAt;
+    lease.deadline = answer.sentAt + answer.ttl * 1000 - DEADLINE_MARGIN_MS;
     await this.saveLeaseFile();
     // Not awaited: a slow read must not delay the next keepalive.
-    void this.checkNodeKey(lease.id);
+    if (Date.now() - this.lastKeyCheck >= NODE_KEY_CHECK_MS) {
+      this.lastKeyCheck = Date.now();
+      void this.checkNodeKey(lease.id);
+    }
     return this.keepaliveMs;
+  }
+
+  /**
+   * Keepalives until one is answered or the deadline passes: a new one every KEEPALIVE_RETRY_MS while the
+   * earlier ones still wait, each asked of every member. During an etcd leader election a member holds a
+   * keepalive until it knows the new leader, polling for one only once per election timeout (1 s): an
+   * attempt sent early in the election is answered late or never, one sent after it at once. The deadline
+   * comes from the send time of the attempt that was answered (etcd renewed no earlier than that).
+   */
+  private keepaliveUntil(leaseId: string, deadline: number): Promise<{ ttl: number; sentAt: number } | { error: unknown }> {
+    return new Promise((resolve) => {
+      const abort = new AbortController();
+      setMaxListeners(0, abort.signal); // every attempt on every member listens
+      let pending = 0;
+      let lastError: unknown = new Error('no keepalive sent before the deadline');
+      let timer: NodeJS.Timeout | undefined;
+      let done = false;
+      const finish = (r: { ttl: number; sentAt: number } | { error: unknown }) => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        abort.abort();
+        resolve(r);
+      };
+      const attempt = () => {
+        const sentAt = Date.now();
+        if (sentAt >= deadline) {
+          if (pending === 0) finish({ error: lastError });
+          return;
+        }
+        pending++;
+        this.client.keepaliveOnce(leaseId, Math.max(50, deadline - sentAt), abort.signal).then(
+          (ttl) => finish({ ttl, sentAt }),
+          (err: unknown) => {
+            pending--;
+            if (!done) lastError = err;
+            if (pending === 0 && Date.now() >= deadline) finish({ error: lastError });
+          },
+        );
+        timer = setTimeout(attempt, KEEPALIVE_RETRY_MS);
+      };
+      attempt();
+    });
   }
 
   /** The node key must carry our lease: restore it if it was deleted, give the lease up if another holds it. */

@@ -14,6 +14,8 @@ export interface ClusterOptions {
   endpoints: string[];
   /** GPU trust levels this node can provide (the ClusterNode schema has no field for them yet). */
   gpuLevels: string[];
+  /** How to run `qwamos fencer` (program and arguments); the daemon starts and supervises it. */
+  fencerCommand?: readonly string[];
 }
 
 export interface ClusterMember {

@@ -1,7 +1,8 @@
-// The cluster as placement needs it: the live nodes and the current owners, both read at one etcd
-// revision, so every node that reads the same revision computes the same placement.
+// The cluster as placement needs it: the live nodes (drained where a drain/<node> key exists) and the
+// current owners, all read at one etcd revision, so every node that reads the same revision computes the
+// same placement.
 import type { EtcdClient } from '../drivers/etcd.ts';
-import { nodeInfoOf, parseNodeRecord, type ClusterKeys } from './keys.ts';
+import { drainedNodes, nodeInfoOf, parseNodeRecord, type ClusterKeys } from './keys.ts';
 import { readOwners, type RunClaim } from './ownership.ts';
 import { place, type NodeSet, type PlacementResult, type VmRequest } from './placement.ts';
 
@@ -16,8 +17,10 @@ export interface ClusterSnapshot {
 export async function readSnapshot(client: EtcdClient, keys: ClusterKeys, atRevision?: string): Promise<ClusterSnapshot> {
   const nodes = await client.list(keys.nodes, atRevision);
   const { owners } = await readOwners(client, keys, nodes.revision);
+  const drained = drainedNodes(keys, (await client.list(keys.drains, nodes.revision)).entries);
   const records = nodes.entries.flatMap((e) => parseNodeRecord(e.value) ?? []);
-  return { revision: nodes.revision, nodeSet: { revision: nodes.revision, nodes: records.map(nodeInfoOf) }, claims: owners };
+  const infos = records.map((r) => nodeInfoOf(drained.has(r.name) ? { ...r, drained: true } : r));
+  return { revision: nodes.revision, nodeSet: { revision: nodes.revision, nodes: infos }, claims: owners };
 }
 
 /** Placement of `vms` on a snapshot: claimed VMs count as running on their claimer. */

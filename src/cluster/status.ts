@@ -1,7 +1,7 @@
 // The cluster's nodes as `qwamos get nodes` shows them: every node key in etcd (Ready: its lease lives),
 // plus every declared ClusterNode that has no key (NotReady).
 import type { EtcdClient } from '../drivers/etcd.ts';
-import { clusterKeys } from './keys.ts';
+import { clusterKeys, drainedNodes } from './keys.ts';
 import { hex, readNodes, type LeaseFile } from './membership.ts';
 import { readOwners } from './ownership.ts';
 
@@ -24,6 +24,8 @@ export interface NodeView {
   vms: string[];
   /** Whether a ClusterNode declares it. */
   declared: boolean;
+  /** `qwamos drain` marked it: placement puts nothing there. */
+  drained: boolean;
 }
 
 export async function clusterNodeViews(
@@ -32,7 +34,9 @@ export async function clusterNodeViews(
 ): Promise<{ revision: string; nodes: NodeView[] }> {
   const now = opts.now ?? Date.now();
   const { revision, nodes } = await readNodes(client, opts.prefix);
-  const { owners } = await readOwners(client, clusterKeys(opts.prefix), revision);
+  const keys = clusterKeys(opts.prefix);
+  const { owners } = await readOwners(client, keys, revision);
+  const drained = drainedNodes(keys, (await client.list(keys.drains, revision)).entries);
   const vmsOf = (node: string) => [...owners.values()].filter((c) => c.node === node).map((c) => c.vm).sort();
   const views: NodeView[] = nodes.map(({ record, lease, ttl }) => {
     const local = opts.local && opts.local.node === record.name && opts.local.leaseId === lease ? opts.local : undefined;
@@ -51,10 +55,11 @@ export async function clusterNodeViews(
       gpuLevels: record.gpuLevels,
       vms: vmsOf(record.name),
       declared: opts.declared.includes(record.name),
+      drained: drained.has(record.name),
     };
   });
   for (const name of opts.declared) {
-    if (!views.some((v) => v.name === name)) views.push({ name, ready: false, vms: [], declared: true });
+    if (!views.some((v) => v.name === name)) views.push({ name, ready: false, vms: [], declared: true, drained: drained.has(name) });
   }
   views.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   return { revision, nodes: views };

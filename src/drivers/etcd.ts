@@ -4,7 +4,7 @@
 //
 // The client's own lease object is not used: it cannot re-attach to a lease granted by an earlier process,
 // and its `lost` event fires only ~2×TTL after the last good keepalive (measured), too late to fence on.
-import { Etcd3, type IKeyValue, type ICompare, type IRequestOp } from 'etcd3';
+import { Etcd3, type IKeyValue, type ICompare, type IOptions, type IRequestOp } from 'etcd3';
 
 export interface EtcdEntry {
   key: string;
@@ -81,22 +81,25 @@ export class EtcdClient {
   }
 
   /**
-   * One keepalive, answered within `timeoutMs` or rejected. Resolves to the TTL etcd renewed the lease to,
-   * 0 when the lease is gone (expired or revoked: it cannot come back).
+   * One keepalive, answered within `timeoutMs` or rejected (also once `signal` aborts). Resolves to the TTL
+   * etcd renewed the lease to, 0 when the lease is gone (expired or revoked: it cannot come back).
    */
-  async keepaliveOnce(id: string, timeoutMs: number): Promise<number> {
-    if (this.endpoints.length === 1) return this.keepaliveVia(this.client, id, timeoutMs);
-    const clients = this.endpoints.map((host, i) => (this.keepaliveClients[i] ??= new Etcd3({ hosts: [host], dialTimeout: this.dialTimeoutMs })));
+  async keepaliveOnce(id: string, timeoutMs: number, signal?: AbortSignal): Promise<number> {
+    const clients = this.endpoints.map(
+      (host, i) => (this.keepaliveClients[i] ??= new Etcd3({ hosts: [host], dialTimeout: this.dialTimeoutMs, faultHandling: { host: () => new PassThrough(), global: new PassThrough() } })),
+    );
     try {
-      return await Promise.any(clients.map((c) => this.keepaliveVia(c, id, timeoutMs)));
+      return await Promise.any(clients.map((c) => this.keepaliveVia(c, id, timeoutMs, signal)));
     } catch (err) {
-      throw err instanceof AggregateError ? err.errors[0] : err;
+      // The most telling failure: one from a member that answered (not one that is simply down).
+      if (!(err instanceof AggregateError)) throw err;
+      throw err.errors.find((e) => !/ECONNREFUSED|No connection established/.test(String((e as Error)?.message))) ?? err.errors[0];
     }
   }
 
-  private async keepaliveVia(client: Etcd3, id: string, timeoutMs: number): Promise<number> {
+  private async keepaliveVia(client: Etcd3, id: string, timeoutMs: number, signal?: AbortSignal): Promise<number> {
     const deadline = new Date(Date.now() + timeoutMs);
-    const stream = await withTimeout(client.leaseClient.leaseKeepAlive({ deadline }), timeoutMs, 'opening a keepalive stream');
+    const stream = await withTimeout(client.leaseClient.leaseKeepAlive({ deadline }), timeoutMs, 'opening a keepalive stream', signal);
     try {
       const res = await withTimeout(
         new Promise<{ TTL: string }>((resolve, reject) => {
@@ -107,11 +110,15 @@ export class EtcdClient {
         }),
         timeoutMs,
         'a keepalive answer',
+        signal,
       );
       return Math.max(0, Number(res.TTL));
     } finally {
-      // Swallow the cancellation error the stream emits once nobody listens.
+      // Swallow the cancellation error the stream emits once nobody listens. Ended first: the client counts
+      // an error on a still writable stream as a failure of the member (it then closes its connection and,
+      // after three in a row, refuses all calls to it for 5 s).
       stream.on('error', () => {});
+      stream.end();
       stream.cancel();
     }
   }
@@ -180,6 +187,22 @@ export class EtcdClient {
   }
 }
 
+type FaultPolicy = NonNullable<NonNullable<IOptions['faultHandling']>['global']>;
+
+/**
+ * No circuit breaker and no retries: the client's default opens a member's breaker for 5 s after three
+ * failed calls in a row (refusing every call meanwhile), and keepalives make their own retries against a
+ * deadline. During a leader election that breaker made a node miss its lease deadline.
+ */
+class PassThrough implements FaultPolicy {
+  declare readonly _altReturn: never;
+  readonly onSuccess = () => ({ dispose() {} });
+  readonly onFailure = () => ({ dispose() {} });
+  async execute<T>(fn: (context: { signal: AbortSignal }) => PromiseLike<T> | T, signal?: AbortSignal): Promise<T> {
+    return fn({ signal: signal ?? new AbortController().signal });
+  }
+}
+
 function entryOf(kv: IKeyValue): EtcdEntry {
   return {
     key: kv.key.toString(),
@@ -215,16 +238,22 @@ function prefixEnd(prefix: Buffer): Buffer {
   return Buffer.from([0]);
 }
 
-async function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+/** `promise`, or a rejection after `ms` or once `signal` aborts (whichever comes first). */
+async function withTimeout<T>(promise: Promise<T>, ms: number, what: string, signal?: AbortSignal): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
+  let onAbort: (() => void) | undefined;
   try {
     return await Promise.race([
       promise,
       new Promise<never>((_, reject) => {
         timer = setTimeout(() => reject(new EtcdUnavailableError(`etcd did not answer ${what} within ${ms} ms`)), ms);
+        onAbort = () => reject(new EtcdUnavailableError(`${what}: no longer needed`));
+        if (signal?.aborted) onAbort();
+        else signal?.addEventListener('abort', onAbort, { once: true });
       }),
     ]);
   } finally {
     clearTimeout(timer);
+    if (onAbort) signal?.removeEventListener('abort', onAbort);
   }
 }

@@ -97,6 +97,24 @@ describe('etcd driver', () => {
     assert.equal(await client.leaseTimeToLive(lease.id), undefined);
   });
 
+  it('keeps answering keepalives sent many at once, some abandoned (no circuit breaker trips on cancelled streams)', async () => {
+    // Regression: each finished keepalive stream was cancelled while still writable, which the client
+    // counted as a failure of the member; three in a row opened its circuit breaker and every keepalive
+    // was refused for 5 s ("Execution prevented because the circuit breaker is open").
+    const lease = await client.grantLease(5);
+    for (let round = 0; round < 3; round++) {
+      const abort = new AbortController();
+      const batch = Array.from({ length: 6 }, (_, i) => client.keepaliveOnce(lease.id, 2000, i % 2 ? abort.signal : undefined));
+      abort.abort();
+      const results = await Promise.allSettled(batch);
+      for (const [i, r] of results.entries()) {
+        if (i % 2 === 0) assert.deepEqual(r, { status: 'fulfilled', value: 5 }, `round ${round}, keepalive ${i}`);
+      }
+    }
+    assert.equal(await client.keepaliveOnce(lease.id, 1000), 5);
+    await client.revokeLease(lease.id);
+  });
+
   it('applies a transaction only while its guards hold', async () => {
     const lease = await client.grantLease(5);
     await client.put('g/node', 'me', lease.id);

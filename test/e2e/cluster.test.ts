@@ -1,14 +1,15 @@
 // `qwamos controller --node NAME --etcd URL` joins a real etcd; `qwamos get nodes` shows the cluster;
-// a restart within the TTL re-attaches to the same lease. (Membership only: placement is not applied yet.)
+// a restart within the TTL re-attaches to the same lease; the controller supervises its fencer.
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { after, before, describe, test } from 'node:test';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { vmPaths } from '../../src/controllers/vm/context.ts';
-import { repo } from './harness.ts';
+import { fencerLogPath, fencerPidPath, liveFencer } from '../../src/cluster/fencer-supervisor.ts';
+import { processAlive, procStat } from '../../src/proc.ts';
 import { EtcdClient } from '../../src/drivers/etcd.ts';
 import { clusterKeys, parseNodeRecord } from '../../src/cluster/keys.ts';
 import { hex } from '../../src/cluster/membership.ts';
@@ -74,7 +75,7 @@ describe('cluster membership from the CLI', () => {
       const view = JSON.parse(json.stdout) as { nodes: Array<{ name: string; ready: boolean; lastKeepalive?: number }> };
       const n1 = view.nodes.find((n) => n.name === 'n1');
       assert.equal(n1?.ready, true);
-      assert.ok(n1?.lastKeepalive && Date.now() - n1.lastKeepalive < 3000, 'a keepalive went out within ~1.7 s');
+      assert.ok(n1?.lastKeepalive && Date.now() - n1.lastKeepalive < 3000, 'a keepalive went out within ~0.5 s');
 
       // -o wide: size, GPU levels, labels and the VMs whose run/ claim the node holds.
       const claim = await claimRun(client, keys, 'web', { name: 'n1', lease: entry.lease });
@@ -127,7 +128,7 @@ describe('cluster membership from the CLI', () => {
     assert.equal(await client.get(keys.node('n3')), undefined);
   });
 
-  test('qwamos fencer kills the node\'s QEMUs (found by command line) once the daemon is killed -9, within 4.5 s', async () => {
+  test('the controller starts a detached fencer that survives its kill -9 and kills the QEMUs within 4.5 s; it is adopted, restarted when killed, never doubled', async () => {
     // Stand-in QEMUs: processes whose command line is that of the VM's QEMU (argv0 qemu-system-x86_64,
     // the VM's QMP socket and -name), as the VM controller and the fencer find them.
     const standIns: Array<{ vm: string; child: ChildProcess; exitedAt?: number }> = [];
@@ -142,14 +143,18 @@ describe('cluster membership from the CLI', () => {
       child.once('exit', () => (entry.exitedAt = Date.now()));
       standIns.push(entry);
     };
-    const fencerOut: string[] = [];
-    let fencer: ChildProcess | undefined;
+    const fencerLog = () => readFile(fencerLogPath(sb.stateDir), 'utf8').catch(() => '');
     const daemon = await sb.startDaemon(['--node', 'n4', '--etcd', etcd.endpoints.join(',')]);
+    let again: ChildProcess | undefined;
     try {
-      fencer = spawn('node', [path.join(repo, 'bin/qwamos.js'), 'fencer'], { env: sb.env, stdio: ['ignore', 'pipe', 'pipe'] });
-      fencer.stdout!.on('data', (c) => fencerOut.push(String(c)));
-      fencer.stderr!.on('data', (c) => fencerOut.push(String(c)));
-      await until('the fencer to start', () => fencerOut.join('').includes('fencer started'), 20_000);
+      const fencer = await liveFencer(sb.stateDir);
+      assert.ok(fencer, `a fencer runs once the controller started: ${output(daemon)}`);
+      assert.match(output(daemon), new RegExp(`fencer (started|\\(pid ${fencer.pid}\\) already runs)`));
+      // Its own session and process group: not the daemon's.
+      const [, , pgrp, session] = procStat(fencer.pid)!;
+      assert.deepEqual([Number(pgrp), Number(session)], [fencer.pid, fencer.pid]);
+      assert.equal((await stat(fencerPidPath(sb.stateDir))).mode & 0o777, 0o600);
+
       await startStandIn('a');
       await startStandIn('b');
       await sleep(2500);
@@ -159,16 +164,46 @@ describe('cluster membership from the CLI', () => {
       const killedAt = Date.now();
       await until('the stand-in QEMUs to be killed', () => standIns.every((s) => s.exitedAt !== undefined), 8000);
       for (const s of standIns) assert.ok(s.exitedAt! - killedAt <= 4500, `${s.vm} dead ${s.exitedAt! - killedAt} ms after the daemon`);
-      await until('the fence in the log', () => /fencer: fenced lease \d+: the lease deadline passed/.test(fencerOut.join('')), 2000);
-      assert.match(fencerOut.join(''), /killed (a|b) \(pid \d+\), (a|b) \(pid \d+\)/);
+      assert.ok(processAlive(fencer.pid), 'the fencer outlives the daemon');
+      await until('the fence in the fencer log', async () => /fencer: fenced lease \d+: the lease deadline passed/.test(await fencerLog()), 2000);
+      assert.match(await fencerLog(), /killed (a|b) \(pid \d+\), (a|b) \(pid \d+\)/);
+
+      // A new controller adopts the live fencer instead of starting a second one.
+      again = await sb.startDaemon(['--node', 'n4', '--etcd', etcd.endpoints.join(',')]);
+      assert.match(output(again), new RegExp(`fencer \\(pid ${fencer.pid}\\) already runs for this state dir: adopted`));
+      assert.equal((await liveFencer(sb.stateDir))?.pid, fencer.pid);
+
+      // A second fencer started by hand sees the first and exits.
+      const second = await sb.qwamos(['fencer']);
+      assert.equal(second.exitCode, 0, second.stderr);
+      assert.match(second.stdout, new RegExp(`a fencer already runs for .* \\(pid ${fencer.pid}\\); exiting`));
+
+      // The fencer killed: the controller starts a new one within a few seconds.
+      process.kill(fencer.pid, 'SIGKILL');
+      await until('a new fencer', async () => {
+        const now = await liveFencer(sb.stateDir);
+        return now !== undefined && now.pid !== fencer.pid;
+      }, 20_000);
+      assert.match(output(again), new RegExp(`fencer \\(pid ${fencer.pid}\\) is gone: starting a new one`));
+
+      // A clean stop leaves the fencer guarding (VMs outlive the daemon).
+      const guard = (await liveFencer(sb.stateDir))!;
+      await stop(again);
+      await sleep(1500);
+      assert.ok(processAlive(guard.pid), 'the fencer keeps running after a clean stop');
     } finally {
       for (const s of standIns) if (s.exitedAt === undefined) s.child.kill('SIGKILL');
-      if (fencer && fencer.exitCode === null) {
-        fencer.kill('SIGTERM');
-        const [code] = await once(fencer, 'exit');
-        assert.equal(code, 0, fencerOut.join(''));
-      }
       if (daemon.exitCode === null && daemon.signalCode === null) daemon.kill('SIGKILL');
+      if (again && again.exitCode === null && again.signalCode === null) again.kill('SIGKILL');
     }
+  });
+
+  test('the fencer exits by itself once the lease file is gone and no VM of the state dir runs', async () => {
+    const fencer = await liveFencer(sb.stateDir);
+    assert.ok(fencer, 'the fencer of the earlier tests still runs');
+    await rm(path.join(sb.stateDir, 'cluster', 'lease.json'));
+    await until('the fencer to exit', () => !processAlive(fencer.pid), 5000);
+    assert.match(await readFile(fencerLogPath(sb.stateDir), 'utf8'), /nothing left to guard/);
+    assert.equal(await liveFencer(sb.stateDir), undefined);
   });
 });

@@ -9,6 +9,7 @@ import { execa } from 'execa';
 import { createTestHost, type TestHost } from '../helpers/hostns.ts';
 import { killQemusIn } from '../helpers/leftovers.ts';
 import { processAlive } from '../../src/proc.ts';
+import { liveFencer } from '../../src/cluster/fencer-supervisor.ts';
 
 export const repo = fileURLToPath(new URL('../../', import.meta.url));
 const bin = path.join(repo, 'bin/qwamos.js');
@@ -106,6 +107,9 @@ export async function createSandbox(): Promise<Sandbox> {
     },
     async cleanup() {
       for (const d of daemons) if (d.exitCode === null && d.signalCode === null && d.pid) d.kill('SIGKILL');
+      // The fencer a cluster daemon started outlives it by design: end it by its recorded pid.
+      const fencer = await liveFencer(stateDir);
+      if (fencer) process.kill(fencer.pid, 'SIGKILL');
       await killQemusIn(stateDir); // QEMUs a failed test left running
       await host.cleanup();
       await rm(dir, { recursive: true, force: true });

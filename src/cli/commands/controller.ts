@@ -58,7 +58,8 @@ export const controllerCommand: CliCommand = {
       resyncMs,
       ...(port !== undefined ? { webhook: { port, secretFile: flags.webhookSecretFile! } } : {}),
       stopSignal,
-      ...(cluster ? { cluster } : {}),
+      // The fencer runs as this same program: `qwamos fencer` (bin/qwamos.js, its Node flags included).
+      ...(cluster ? { cluster: { ...cluster, fencerCommand: [process.execPath, ...process.execArgv, process.argv[1]!, 'fencer'] } } : {}),
       // Log lines can quote state files and host output: escape them.
       log: (line) => {
         if (stdoutOpen()) process.stdout.write(`${new Date().toISOString()} ${printable(line)}\n`);

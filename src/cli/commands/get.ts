@@ -225,7 +225,8 @@ async function showClusterNodes(store: Store | undefined, opts: { output?: Outpu
       const rows = view.nodes.map((n: NodeView) => {
         const row = [
           n.name,
-          n.ready ? 'True' : 'False',
+          // kubectl's wording for a cordoned node.
+          `${n.ready ? 'True' : 'False'}${n.drained ? ',SchedulingDisabled' : ''}`,
           n.role ?? '-',
           n.lease ?? '-',
           n.lastKeepalive !== undefined ? `${Math.max(0, Math.round((now - n.lastKeepalive) / 100) / 10)}s ago` : '-',

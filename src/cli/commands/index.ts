@@ -26,5 +26,6 @@ export const commands: CommandEntry[] = [
   { word: 'sign', summary: 'sign files (or a directory index) with an ML-DSA secret key', load: async () => (await import('./sign.ts')).signCommand },
   { word: 'verify', summary: 'verify the signatures of files against the trusted public keys', load: async () => (await import('./verify.ts')).verifyCommand },
   { word: 'controller', summary: 'run the controller daemon', load: async () => (await import('./controller.ts')).controllerCommand },
+  { word: 'drain', summary: 'move the VMs off a cluster node and place nothing new there (--undo to allow it again)', load: async () => (await import('./drain.ts')).drainCommand },
   { word: 'fencer', summary: "run beside a cluster node's controller: kill its VMs once it may no longer hold them", load: async () => (await import('./fencer.ts')).fencerCommand },
 ];
