@@ -19,6 +19,7 @@ import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { vmPaths } from '../../src/controllers/vm/context.ts';
 import { qemuVmProcesses, type VmProcess } from '../../src/cluster/fencer.ts';
+import { fencerLogPath, liveFencer } from '../../src/cluster/fencer-supervisor.ts';
 import { readLeaseFile, type LeaseFile } from '../../src/cluster/membership.ts';
 import { EtcdClient } from '../../src/drivers/etcd.ts';
 import { qmpOnce } from '../../src/drivers/qmp.ts';
@@ -33,9 +34,10 @@ export const GUEST_CACHE = '/tmp/qwamos-guest-cache';
 const ETCD_ADDR = '10.99.0.1';
 const CUT_TABLE = 'qwcut';
 
-/** A process the harness started (daemon, fencer), with its output kept. */
+/** A process of a node (daemon, fencer), with its output. */
 export interface Proc {
-  child: ChildProcess;
+  /** Undefined for a process the harness did not spawn itself (the fencer the daemon started). */
+  child?: ChildProcess;
   pid: number;
   output(): string;
   exited: Promise<number | null>;
@@ -119,7 +121,10 @@ process.on('exit', () => {
       // gone
     }
   }
-  for (const dir of exitStateDirs) killQemusSync(dir);
+  for (const dir of exitStateDirs) {
+    killFencerSync(dir);
+    killQemusSync(dir);
+  }
   const doomed = (() => {
     try {
       return readdirSync('/run/netns').filter((n) => [...exitPrefixes].some((p) => n === p || n.startsWith(`${p}_`) || n.startsWith(`${p}-`)));
@@ -135,6 +140,16 @@ process.on('exit', () => {
     }
   }
 });
+
+/** Sync: SIGKILL the fencer recorded in the state dir's cluster/fencer.pid (when /proc says it is one). */
+function killFencerSync(stateDir: string): void {
+  try {
+    const { pid } = JSON.parse(readFileSync(path.join(stateDir, 'cluster', 'fencer.pid'), 'utf8')) as { pid: number };
+    if (Number.isInteger(pid) && pid > 0 && readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes('fencer')) process.kill(pid, 'SIGKILL');
+  } catch {
+    // none, or gone
+  }
+}
 
 /** Sync: SIGKILL the QEMUs of a state dir (by command line: QMP socket of the VM's run dir and its name). */
 function killQemusSync(stateDir: string): void {
@@ -247,6 +262,42 @@ async function stopProc(p: Proc | undefined, signal: NodeJS.Signals = 'SIGTERM',
   clearTimeout(timer);
 }
 
+/**
+ * A process the harness did not spawn (the fencer the controller starts and supervises, detached, logging
+ * to <state>/cluster/fencer.log): followed by PID and its log file.
+ */
+function attachProc(pid: number, logFile: string): Proc {
+  exitPids.add(pid);
+  const output = () => {
+    try {
+      return readFileSync(logFile, 'utf8');
+    } catch {
+      return '';
+    }
+  };
+  const exited = (async () => {
+    while (pidLive(pid)) await new Promise((r) => setTimeout(r, 50));
+    exitPids.delete(pid);
+    return null;
+  })();
+  const proc: Proc = {
+    pid,
+    output,
+    exited,
+    alive: () => pidLive(pid),
+    async waitFor(re, timeoutMs = 30_000) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const m = re.exec(output());
+        if (m) return m;
+        if (Date.now() > deadline) throw new Error(`timed out waiting for ${re} in ${logFile}: ${output().slice(-3000)}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    },
+  };
+  return proc;
+}
+
 /** Alive and not a zombie. */
 export function pidLive(pid: number): boolean {
   try {
@@ -282,16 +333,27 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<TestClust
       await mkdir(process.env.QWAMOS_TEST_LOGS, { recursive: true });
       for (const n of nodes) {
         for (const what of ['daemon', 'fencer'] as const) {
-          const text = n.started.filter((s) => s.what === what).map((s) => `--- pid ${s.proc.pid}\n${s.proc.output()}`).join('');
+          const procs = n.started.filter((s) => s.what === what);
+          // The fencers of a node share one log file.
+          const text = (what === 'fencer' ? procs.slice(-1) : procs).map((s) => `--- pid ${s.proc.pid}\n${s.proc.output()}`).join('');
           if (text) await writeFile(path.join(process.env.QWAMOS_TEST_LOGS, `${n.name}-${what}.log`), text);
         }
       }
       await copyFile(ledger, path.join(process.env.QWAMOS_TEST_LOGS, 'ledger.jsonl')).catch(() => {});
       for (const [m, text] of etcd?.logs() ?? []) await writeFile(path.join(process.env.QWAMOS_TEST_LOGS, `etcd-${m}.log`), text);
     }
+    // Daemons first: a live daemon would start its fencer again.
+    for (const n of nodes) await stopProc(n.daemon, 'SIGKILL');
     for (const n of nodes) {
-      await stopProc(n.daemon, 'SIGKILL');
       await stopProc(n.fencer, 'SIGKILL');
+      const f = await liveFencer(n.stateDir).catch(() => undefined);
+      if (f) {
+        try {
+          process.kill(f.pid, 'SIGKILL');
+        } catch {
+          // gone
+        }
+      }
     }
     for (const n of nodes) {
       for (const q of await qemuVmProcesses(n.stateDir).catch(() => [])) {
@@ -395,8 +457,12 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<TestClust
           return p;
         },
         async startFencer() {
-          if (handle.fencer?.alive()) throw new Error(`the fencer of ${name} is running`);
-          const p = startProc(inNs([process.execPath, bin, 'fencer', '--etcd', etcd!.endpoints.join(',')]), env, cwd, opts.onLine && ((l) => opts.onLine!(name, 'fencer', l)));
+          // The controller starts its fencer (detached, recorded in cluster/fencer.pid, inheriting the
+          // node's netns) and supervises it: follow that one by its PID.
+          let pid: number | undefined;
+          await until(`the fencer of ${name} (cluster/fencer.pid)`, async () => (pid = (await liveFencer(stateDir))?.pid) !== undefined, { timeoutMs: 60_000, intervalMs: 100 });
+          if (handle.fencer?.pid === pid) return handle.fencer!;
+          const p = attachProc(pid!, fencerLogPath(stateDir));
           handle.fencer = p;
           handle.started.push({ what: 'fencer', proc: p });
           await p.waitFor(/fencer started/, 60_000);
@@ -480,7 +546,8 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<TestClust
     async killNode(name) {
       const n = nodes.find((x) => x.name === name)!;
       const qemus = await n.qemus();
-      const victims = [n.daemon?.pid, n.fencer?.pid, ...qemus.map((q) => q.pid)].filter((p): p is number => p !== undefined);
+      // The daemon first (it would restart its fencer), then the fencer, then the VMs.
+      const victims = [n.daemon?.pid, (await liveFencer(n.stateDir))?.pid ?? n.fencer?.pid, ...qemus.map((q) => q.pid)].filter((p): p is number => p !== undefined);
       for (const pid of victims) {
         try {
           process.kill(pid, 'SIGKILL');
