@@ -57,6 +57,12 @@ async function main(): Promise<void> {
   const c = (cluster = await startCluster({ nodes: 3, guest: true }));
   console.log(`etcd listens at ${c.etcd.endpoints.join(',')} inside netns ${c.nodes[0]!.netns.replace(/_n1$/, '_host')} (bridge, one veth per node)`);
   for (const n of c.nodes) console.log(`  ${n.name}: daemon and fencer in netns ${n.netns} (${n.address}); VMs' host side in ${n.host.hostNs}; state ${n.stateDir}`);
+  // Declared before the daemons start: a node publishes its declared capacity when it joins.
+  const capacity = ['n1', 'n2', 'n3']
+    .map((n) => `apiVersion: qwamos.io/v1alpha1\nkind: ClusterNode\nmetadata:\n  name: ${n}\nspec:\n  address: 10.99.0.1${n.slice(1)}\n  role: worker\n  capacity: { cpus: 16, memory: 8Gi }\n  publicKey: { alg: ml-dsa-65, value: ${Buffer.alloc(1952).toString('base64')} }\n`)
+    .join('---\n');
+  await c.applyAll({ 'nodes.yaml': capacity });
+  console.log('ClusterNodes n1-n3 declared (16 cpus, 8Gi each) and applied to every node\'s store');
   await Promise.all(c.nodes.map(async (n) => {
     await n.startDaemon();
     await n.startFencer();
@@ -67,10 +73,6 @@ async function main(): Promise<void> {
   await show(c, 'n1', ['get', 'nodes', '-o', 'wide']);
 
   step('2. Six VMs (signed manifests applied to every node): each node computes the same placement');
-  const capacity = ['n1', 'n2', 'n3']
-    .map((n) => `apiVersion: qwamos.io/v1alpha1\nkind: ClusterNode\nmetadata:\n  name: ${n}\nspec:\n  address: 10.99.0.1${n.slice(1)}\n  role: worker\n  capacity: { cpus: 16, memory: 8Gi }\n  publicKey: { alg: ml-dsa-65, value: ${Buffer.alloc(1952).toString('base64')} }\n`)
-    .join('---\n');
-  await c.applyAll({ 'nodes.yaml': capacity });
   await c.applyAll(Object.fromEntries(VMS.map((vm) => [`${vm}.yaml`, vmManifest(vm)])));
   t = Date.now();
   await until('six VMs claimed', async () => (await readOwners(c.client, keys)).owners.size >= VMS.length, { timeoutMs: 60_000, intervalMs: 50 });
