@@ -79,18 +79,19 @@ async function main(): Promise<void> {
   console.log(`placed and claimed (run/<vm> in etcd, bound to the owner's lease) in ${Date.now() - t} ms`);
   await until('six VMs running', async () => (await running(c)).size === VMS.length, { timeoutMs: 120_000, intervalMs: 200 });
   console.log(`all six running (QMP reports running) ${Date.now() - t} ms after the apply:`);
-  const before = await running(c);
-  table(before, c.nodes.map((n) => n.name));
+  table(await running(c), c.nodes.map((n) => n.name));
   await show(c, 'n1', ['get', 'nodes', '-o', 'wide']);
 
-  // The node with the most VMs goes down.
+  // The node with the most VMs goes down (where they run right now: a fresh look).
+  const before = await running(c);
   const counts = c.nodes.map((n) => ({ n, vms: [...before].filter(([, cs]) => cs.some((x) => x.node === n.name)).map(([vm]) => vm) })).sort((a, b) => b.vms.length - a.vms.length);
   const victim = counts[0]!.n;
-  const lost = counts[0]!.vms;
-  step(`3. Node ${victim.name} is lost whole: its daemon, its fencer and its ${lost.length} VMs killed (kill -9)`);
+  step(`3. Node ${victim.name} is lost whole: its daemon, its fencer and its VMs killed (kill -9)`);
   const killed = await c.killNode(victim.name);
   const t0 = Date.now();
-  console.log(`killed: daemon, fencer, ${killed.map((k) => `${k.vm} (pid ${k.pid})`).join(', ')}`);
+  const lost = killed.map((k) => k.vm);
+  if (lost.length === 0) throw new Error(`no VM ran on ${victim.name} when it was killed (its VMs had moved meanwhile)`);
+  console.log(`killed: daemon, fencer, ${killed.map((k) => `${k.vm} (pid ${k.pid})`).join(', ') || 'no VM (none ran there at that moment)'}`);
   console.log(`(its lease runs out within the TTL of 5 s; the others then wait a 1 s grace before the placement winner claims each VM)`);
   const back = new Map<string, { node: string; ms: number }>();
   await until('the lost VMs running elsewhere', async () => {
