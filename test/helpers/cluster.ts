@@ -330,17 +330,19 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<TestClust
     await observer.stop();
     // QWAMOS_TEST_LOGS=DIR keeps every daemon's and fencer's output there (for a failing run).
     if (process.env.QWAMOS_TEST_LOGS) {
-      await mkdir(process.env.QWAMOS_TEST_LOGS, { recursive: true });
+      // One subdir per cluster: several test files may run with the same QWAMOS_TEST_LOGS.
+      const logs = path.join(process.env.QWAMOS_TEST_LOGS, path.basename(dir));
+      await mkdir(logs, { recursive: true });
       for (const n of nodes) {
         for (const what of ['daemon', 'fencer'] as const) {
           const procs = n.started.filter((s) => s.what === what);
           // The fencers of a node share one log file.
           const text = (what === 'fencer' ? procs.slice(-1) : procs).map((s) => `--- pid ${s.proc.pid}\n${s.proc.output()}`).join('');
-          if (text) await writeFile(path.join(process.env.QWAMOS_TEST_LOGS, `${n.name}-${what}.log`), text);
+          if (text) await writeFile(path.join(logs, `${n.name}-${what}.log`), text);
         }
       }
-      await copyFile(ledger, path.join(process.env.QWAMOS_TEST_LOGS, 'ledger.jsonl')).catch(() => {});
-      for (const [m, text] of etcd?.logs() ?? []) await writeFile(path.join(process.env.QWAMOS_TEST_LOGS, `etcd-${m}.log`), text);
+      await copyFile(ledger, path.join(logs, 'ledger.jsonl')).catch(() => {});
+      for (const [m, text] of etcd?.logs() ?? []) await writeFile(path.join(logs, `etcd-${m}.log`), text);
     }
     // Daemons first: a live daemon would start its fencer again.
     for (const n of nodes) await stopProc(n.daemon, 'SIGKILL');
