@@ -1,7 +1,7 @@
 // Issue 11 point 6: three controller daemons on one machine, one etcd of three members, real tiny guests
 // (microvm, TCG), TTL 5 s. One cluster is shared by the cases, in this order (each starts from what the one
-// before left: VMs stay where they run, so each case picks the node that holds the most VMs among n1 and n2;
-// n3, the only node with GPU level low, is kept for the last case and only gains VMs before it):
+// before left: VMs stay where they run, so each case picks the node that holds the most VMs; n3, the only
+// node with GPU level low, is the one lost whole in the last case):
 //   six VMs placed (within 5 s, the same placement on every node) · a daemon restart within the TTL (no VM
 //   restarted) · the etcd leader killed (no fence, no restart for 15 s) · daemon kill -9 (old copies dead
 //   ≤ 4.5 s, running elsewhere ≤ 10 s) · a node cut by a firewall drop in its netns (same bounds; healed,
@@ -54,7 +54,7 @@ describe('three daemons, one etcd of three members, real guests: placement, fenc
   };
   const where = (m: Map<string, Copy[]>) => [...m].map(([vm, cs]) => `${vm}@${cs.map((c) => c.node).join('+')}`).sort().join(' ');
   /** The node with the most running VMs among `candidates`, and those VMs. */
-  const busiest = async (candidates = cluster.nodes.filter((n) => n.name !== GPU_NODE)): Promise<{ node: ClusterNodeHandle; vms: Array<{ vm: string; pid: number }> }> => {
+  const busiest = async (candidates = cluster.nodes): Promise<{ node: ClusterNodeHandle; vms: Array<{ vm: string; pid: number }> }> => {
     const now = await running();
     const per = candidates.map((n) => ({ node: n, vms: [...now].flatMap(([vm, cs]) => cs.filter((c) => c.node === n.name).map((c) => ({ vm, pid: c.pid }))) }));
     per.sort((a, b) => b.vms.length - a.vms.length || a.node.name.localeCompare(b.node.name));
