@@ -159,7 +159,7 @@ export class Fencer {
         // exited meanwhile
       }
     }
-    if (this.opts.ledger && killed.length) await ledgerStopsWhenGone({ file: this.opts.ledger, node: this.guarded?.node ?? '?' }, killed);
+    if (this.opts.ledger && killed.length) await ledgerStopsWhenGone({ file: this.opts.ledger, node: this.guarded?.node ?? '?' }, killed, { stateDir: this.opts.stateDir });
   }
 }
 

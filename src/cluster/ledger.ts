@@ -3,8 +3,9 @@
 // `start` is written BEFORE QEMU is spawned (the intent), `stop` only AFTER its process is confirmed gone.
 // Each line is one write(2) on an O_APPEND descriptor: atomic per line across processes (the VM
 // controller and the fencer of each node write to the same file).
-import { open } from 'node:fs/promises';
+import { open, readFile, writeFile } from 'node:fs/promises';
 import { processAlive } from '../proc.ts';
+import { vmPaths, type LaunchRecord } from '../controllers/vm/context.ts';
 
 export interface LedgerEntry {
   vm: string;
@@ -50,9 +51,11 @@ export function parseLedger(text: string): LedgerEntry[] {
 /**
  * Waits until each killed process is gone (a zombie counts as gone), at most `timeoutMs`, and appends a
  * `stop` for each one that is. One still alive then gets no stop: the ledger never claims a copy ended
- * before it did.
+ * before it did. With `stateDir`, the VM's launch record is marked closed too (when it names that pid),
+ * so that the controller does not write a second stop for the same copy.
  */
-export async function ledgerStopsWhenGone(target: LedgerTarget, killed: ReadonlyArray<{ vm: string; pid: number; start?: string }>, timeoutMs = 5000): Promise<void> {
+export async function ledgerStopsWhenGone(target: LedgerTarget, killed: ReadonlyArray<{ vm: string; pid: number; start?: string }>, opts: { stateDir?: string; timeoutMs?: number } = {}): Promise<void> {
+  const timeoutMs = opts.timeoutMs ?? 5000;
   const deadline = Date.now() + timeoutMs;
   await Promise.all(
     killed.map(async (k) => {
@@ -61,6 +64,13 @@ export async function ledgerStopsWhenGone(target: LedgerTarget, killed: Readonly
         await new Promise((r) => setTimeout(r, 10));
       }
       await appendLedger(target, k.vm, 'stop', k.pid);
+      if (opts.stateDir) await closeLaunchRecord(opts.stateDir, k.vm, k.pid).catch(() => {});
     }),
   );
+}
+
+async function closeLaunchRecord(stateDir: string, vm: string, pid: number): Promise<void> {
+  const file = vmPaths({ stateDir }, vm).launchRecord;
+  const rec = JSON.parse(await readFile(file, 'utf8')) as LaunchRecord;
+  if (rec.ledgerOpen && rec.pid === pid) await writeFile(file, JSON.stringify({ ...rec, ledgerOpen: false }), { mode: 0o600 });
 }

@@ -67,8 +67,11 @@ export interface ClusterVmView {
   release(vm: string, token: string): Promise<boolean>;
   /** Writes qwamos/vms/<vm>, only while run/<vm> still has `token` (fencedPut). */
   recordRun(vm: string, token: string, record: VmRunRecord): Promise<boolean>;
-  /** Called (coalesced) after any change in the cluster prefix or of this node's lease. */
-  subscribe(listener: () => void): () => void;
+  /**
+   * Called (coalesced) after changes in the cluster prefix or of this node's lease: with the VMs whose
+   * run/ or vms/ key changed, or 'all' (a node came or went, the lease changed: placement may move any).
+   */
+  subscribe(listener: (vms: string[] | 'all') => void): () => void;
 }
 
 export function vmRecordsPrefix(prefix: string): string {
@@ -88,7 +91,9 @@ export class ClusterView implements ClusterVmView {
   private readonly keys: ClusterKeys;
   private readonly since = Date.now();
   private readonly vanished = new Map<string, { from: string; at: number }>();
-  private readonly listeners = new Set<() => void>();
+  private readonly listeners = new Set<(vms: string[] | 'all') => void>();
+  /** What changed since listeners were last told. */
+  private pending: Set<string> | 'all' = new Set();
   private cached: { state: ClusterState; at: number; generation: number } | undefined;
   /** Bumped on every change seen: a read started before it is stale. */
   private generation = 1;
@@ -112,7 +117,7 @@ export class ClusterView implements ClusterVmView {
   static async open(opts: { client: EtcdClient; membership: MembershipLike; prefix?: string; graceMs?: number; log?: (line: string) => void }): Promise<ClusterView> {
     const view = new ClusterView(opts.client, opts.membership, opts.prefix ?? 'qwamos/', opts.graceMs ?? FAILOVER_GRACE_MS, opts.log ?? (() => {}));
     view.watch = await opts.client.watchPrefix(view.prefix, (c) => view.changed(c), (err) => view.log(`cluster watch: ${oneLine(err)}`));
-    opts.membership.on(() => view.invalidate());
+    opts.membership.on(() => view.invalidate('all'));
     await view.current();
     return view;
   }
@@ -146,7 +151,7 @@ export class ClusterView implements ClusterVmView {
     try {
       return await claimRun(this.client, this.keys, vm, { name: this.node, lease });
     } finally {
-      this.invalidate();
+      this.invalidate([]);
     }
   }
 
@@ -167,7 +172,7 @@ export class ClusterView implements ClusterVmView {
     try {
       return await releaseRun(this.client, this.keys, this.claimOf(vm, token));
     } finally {
-      this.invalidate();
+      this.invalidate([]);
     }
   }
 
@@ -175,7 +180,7 @@ export class ClusterView implements ClusterVmView {
     return fencedPut(this.client, this.keys, this.claimOf(vm, token), `${vmRecordsPrefix(this.prefix)}${vm}`, JSON.stringify(record));
   }
 
-  subscribe(listener: () => void): () => void {
+  subscribe(listener: (vms: string[] | 'all') => void): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);
   }
@@ -199,20 +204,34 @@ export class ClusterView implements ClusterVmView {
   }
 
   private changed(c: EtcdChange): void {
-    if (c.entry.key.startsWith(this.keys.runs)) {
-      const vm = c.entry.key.slice(this.keys.runs.length);
+    const key = c.entry.key;
+    const records = vmRecordsPrefix(this.prefix);
+    if (key.startsWith(this.keys.runs)) {
+      const vm = key.slice(this.keys.runs.length);
       if (c.type === 'delete') this.vanished.set(vm, { from: c.previous ? (ownerOf(c.previous.value) ?? '?') : '?', at: Date.now() });
       else this.vanished.delete(vm);
+      // A claim taken or freed changes what placement leaves to the others (capacity, anti-affinity).
+      this.invalidate('all');
+    } else if (key.startsWith(records)) {
+      this.invalidate([key.slice(records.length)]);
+    } else {
+      this.invalidate('all');
     }
-    this.invalidate();
   }
 
-  private invalidate(): void {
+  private invalidate(vms: string[] | 'all' = 'all'): void {
     this.generation++;
-    if (this.closed || this.notifyTimer) return;
+    if (this.closed) return;
+    if (vms === 'all') this.pending = 'all';
+    else if (this.pending !== 'all') for (const vm of vms) this.pending.add(vm);
+    if (this.notifyTimer) return;
     this.notifyTimer = setTimeout(() => {
       this.notifyTimer = undefined;
-      for (const l of this.listeners) l();
+      const pending = this.pending;
+      this.pending = new Set();
+      const told = pending === 'all' ? 'all' : [...pending];
+      if (told !== 'all' && told.length === 0) return;
+      for (const l of this.listeners) l(told);
     }, NOTIFY_COALESCE_MS);
   }
 }

@@ -524,6 +524,11 @@ export interface LaunchOptions {
   netns?: string;
   /** Give up on QEMU's start after this long. Default 30 s. */
   timeoutMs?: number;
+  /**
+   * Called synchronously right before the spawn, after every other preparation; throwing aborts the
+   * launch (nothing was spawned). The last moment to check a condition the start depends on.
+   */
+  beforeSpawn?: () => void;
 }
 
 export interface LaunchResult {
@@ -620,6 +625,7 @@ export async function launch(spec: QemuSpec, opts: LaunchOptions = {}): Promise<
       });
       handles.push(fh);
     }
+    opts.beforeSpawn?.();
     const child = spawn(argv[0]!, argv.slice(1), { detached: true, stdio: ['ignore', log.fd, log.fd, ...handles.map((h) => h.fd)] });
     child.on('error', () => {});
     child.on('exit', (code, signal) => (exited = { code, signal }));

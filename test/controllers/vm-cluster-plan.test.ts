@@ -231,3 +231,11 @@ test('apply: a start re-checks its claim in etcd first; a claim lost meanwhile (
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('a cluster node\'s state dir reconciled without the cluster (in-process apply, no --etcd) starts no VM, but still stops one', () => {
+  const { cluster: _c, ...local } = actual(facts());
+  const p = planOf({ ...local, clusterNodeOutside: 'n1' });
+  assert.deepEqual([types(p), p.hold?.type, p.hold?.reason], [[], 'Stalled', 'ClusterNodeWithoutCluster']);
+  assert.match(p.hold?.message ?? '', /qwamos controller --node n1 --etcd/);
+  assert.deepEqual(types(planOf({ ...local, ...running, clusterNodeOutside: 'n1' }, vm({ runStrategy: 'Stopped' }))), ['stop']);
+});

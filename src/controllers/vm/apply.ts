@@ -105,11 +105,17 @@ async function applyOne(ctx: VmContext, watchers: VmWatchers, actions: VmAction[
           const why = await ctx.cluster.verifyHeld(a.spec.name, token);
           if (why) throw new OutcomeError(waiting('ClaimLost', `not started: ${why}`, CLAIM_RETRY_MS));
         }
+        const cluster = a.cluster ? ctx.cluster : undefined;
+        const lease = cluster?.liveLease();
+        // Checked again at the last moment (a daemon frozen since the etcd check must not spawn on resume).
+        const beforeSpawn = () => {
+          if (cluster && cluster.liveLease() !== lease) throw new OutcomeError(waiting('ClaimLost', `not started: node ${cluster.node}'s lease deadline passed before the spawn`, CLAIM_RETRY_MS));
+        };
         // The intent, before the spawn: the ledger may show a copy that never came up, never miss one that did.
         if (ctx.ledger) await appendLedger(ctx.ledger, a.spec.name, 'start', null);
         let pid: number;
         try {
-          pid = (await launch(a.spec, a.netns ? { netns: a.netns } : {})).pid;
+          pid = (await launch(a.spec, { ...(a.netns ? { netns: a.netns } : {}), beforeSpawn })).pid;
         } catch (err) {
           if (ctx.ledger && !vmProcesses(await scanQemuProcesses(), a.paths.runDir, a.spec.name)[0]) await appendLedger(ctx.ledger, a.spec.name, 'stop', null);
           throw err;

@@ -67,7 +67,9 @@ export class VmController implements Controller<'VirtualMachine', VmActual, VmAc
   watch(notify: (keys: ObjectKey[]) => void, world: () => World): { close(): void } {
     const qmp = this.watchers.start(notify, world);
     // A cluster change (a node lost or back, a claim gone) may concern any VM: all are reconsidered now.
-    const unsubscribe = this.ctx.cluster?.subscribe(() => notify(world().list('VirtualMachine').map((r) => keyOf(r))));
+    const unsubscribe = this.ctx.cluster?.subscribe((vms) =>
+      notify(vms === 'all' ? world().list('VirtualMachine').map((r) => keyOf(r)) : vms.map((vm) => makeKey('VirtualMachine', vm))),
+    );
     return {
       close: () => {
         unsubscribe?.();

@@ -31,6 +31,7 @@ import { vmPaths, type LaunchRecord, type VmContext, type VmPaths } from './cont
 import { routeOf } from './launch.ts';
 import { sizeMiB } from '../../resources/checks.ts';
 import { observeCluster, type VmClusterFacts } from './placement.ts';
+import { leaseFilePath } from '../../cluster/membership.ts';
 
 /** The process the pidfile names. */
 export type ProcFact =
@@ -88,6 +89,8 @@ export interface VmActual {
   host: HostFacts;
   /** In a cluster: placement, the claim, failover facts (absent on one host). */
   cluster?: VmClusterFacts;
+  /** Not run in a cluster, but this state dir belongs to cluster node NAME (its lease file is there). */
+  clusterNodeOutside?: string;
 }
 
 const scriptsDir = fileURLToPath(new URL('../../../scripts/', import.meta.url));
@@ -100,11 +103,13 @@ export class VmObserver {
   async observe(resources: StoredResource<'VirtualMachine'>[], world: World): Promise<Map<ObjectKey, VmActual>> {
     this.host ??= Promise.all([probeQemu(), hostTscKhz(this.ctx.tscKhz), resolveVmUser()]).then(([probe, tscKhz, vmUser]) => ({ probe, vmUser, ...(tscKhz ? { tscKhz } : {}) }));
     this.host.catch(() => (this.host = undefined));
-    const [host, procs, cluster] = await Promise.all([
+    const [host, procs, cluster, leaseFile] = await Promise.all([
       this.host,
       scanQemuProcesses(),
       this.ctx.cluster ? observeCluster(this.ctx.cluster, this.ctx.stateDir, resources, world) : undefined,
+      this.ctx.cluster ? undefined : readJson<{ node?: unknown }>(leaseFilePath(this.ctx.stateDir)),
     ]);
+    const outside = leaseFile && typeof leaseFile.node === 'string' ? leaseFile.node : undefined;
     const pci: Record<string, PciHostInfo> = {};
     for (const g of world.list('GpuTrustLevel')) if (g.spec.hostDevice) pci[g.spec.hostDevice] = sysfsGpuHost.pciDevice(g.spec.hostDevice);
     const out = new Map<ObjectKey, VmActual>();
@@ -113,6 +118,7 @@ export class VmObserver {
         const actual = await this.observeOne(r, world, { ...host, pci }, procs);
         const facts = cluster?.get(r.metadata.name);
         if (facts) actual.cluster = facts;
+        if (outside) actual.clusterNodeOutside = outside;
         const route = routeOf(r.spec, world);
         if (route) actual.netnsExists = await exists(`/run/netns/${derivedNames(this.ctx.layout.prefix, route.vm).netns}`);
         out.set(keyOf(r), actual);

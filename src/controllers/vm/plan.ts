@@ -47,6 +47,17 @@ const STATUS_RECHECK_MS = 2000;
 
 export function planVm(ctx: VmContext, r: StoredResource<'VirtualMachine'>, actual: VmActual | undefined, world: World): Plan<VmAction> {
   const c = actual?.cluster;
+  if (actual?.clusterNodeOutside && !c) {
+    // This state dir is a cluster node's, reconciled without the cluster (an in-process `apply`, a daemon
+    // without --etcd): starting a VM here could run a second copy of one another node runs.
+    const local = planOnHost(ctx, r, actual, world);
+    if (!local.actions.some((a) => a.type === 'start')) return local;
+    const node = actual.clusterNodeOutside;
+    return {
+      actions: local.actions.filter((a) => a.type !== 'start' && a.type !== 'create-disk'),
+      hold: stalled('ClusterNodeWithoutCluster', `${r.metadata.name} is not started: this host is cluster node ${node} (its lease file is in the state directory); VMs start only under \`qwamos controller --node ${node} --etcd URL\` (remove cluster/lease.json to run as one host again)`),
+    };
+  }
   if (!actual || !c) return planOnHost(ctx, r, actual, world);
   const key = keyOf(r);
   const name = r.metadata.name;
