@@ -11,6 +11,8 @@ export function clusterKeys(prefix: string = DEFAULT_CLUSTER_PREFIX) {
     run: (vm: string) => `${prefix}run/${vm}`,
     /** The desired-state revision the cluster agreed on. */
     revision: `${prefix}revision`,
+    /** The revision the cluster agreed on for one GitSource. */
+    sourceRevision: (source: string) => `${prefix}revision/${source}`,
     /** `qwamos drain NODE`: placement puts nothing new there (not lease-bound: survives the node's restarts). */
     drains: `${prefix}drain/`,
     drain: (node: string) => `${prefix}drain/${node}`,

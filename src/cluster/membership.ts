@@ -18,7 +18,7 @@ export const LEASE_TTL_SECONDS = 5;
 /**
  * Keepalives go out this often: the last acknowledged one is then at most this old when etcd's leader
  * dies, leaving deadline − interval (3.5 s) for the election (1–2 s after the leader's death with etcd's
- * default 1 s election timeout, measured up to 2.4 s until a member answers). At 1.7 s only 2.3 s were
+ * default 1 s election timeout, measured up to 2.7 s until a member answers). At 1.7 s only 2.3 s were
  * left and the deadline passed during some elections.
  */
 export const KEEPALIVE_INTERVAL_MS = 500;
@@ -52,6 +52,12 @@ export function leaseFilePath(stateDir: string): string {
 
 export async function readLeaseFile(stateDir: string): Promise<LeaseFile | undefined> {
   return readJsonFile<LeaseFile>(leaseFilePath(stateDir));
+}
+
+/** The lease file when this very process keeps it alive (a daemon in a cluster), else undefined. */
+export async function ownLeaseFile(stateDir: string): Promise<LeaseFile | undefined> {
+  const file = await readLeaseFile(stateDir).catch(() => undefined);
+  return file?.pid === process.pid ? file : undefined;
 }
 
 export interface MembershipOptions {
@@ -373,8 +379,9 @@ export class Membership {
     this.givenUp.add(leaseId);
     this.log(`cluster: node ${this.record.name} lost lease ${hex(leaseId)}: ${reason}; rejoining with a new lease`);
     this.lease = undefined;
-    await this.client.revokeLease(leaseId).catch(() => {});
     this.emit({ type: 'lost', leaseId, reason });
+    // Best effort, after telling: an etcd that cannot be reached holds this call for its whole timeout.
+    await this.client.revokeLease(leaseId).catch(() => {});
   }
 }
 

@@ -4,6 +4,7 @@ import type { ClusterVmView } from '../cluster/view.ts';
 import type { Config } from '../config.ts';
 import type { AnyController } from '../engine/contract.ts';
 import type { Store } from '../store/store.ts';
+import { ClusterNodeController } from './clusternode/index.ts';
 import { declarationController } from './declaration.ts';
 import { LazyGitSourceController } from './gitsource-lazy.ts';
 import { RouteController } from './route/index.ts';
@@ -31,7 +32,7 @@ export function createControllers(config: Config, store?: Store, cluster?: Clust
       ...(config.ledger ? { ledger: { file: config.ledger, node: cluster?.node ?? os.hostname() } } : {}),
     }),
     declarationController('GpuTrustLevel'),
-    declarationController('ClusterNode'),
+    new ClusterNodeController({ stateDir: config.stateDir }),
     store
       ? new LazyGitSourceController({ stateDir: config.stateDir, trustDir: config.trustDir, imageRoot: config.imageRoot, prefix: config.prefix, store })
       : declarationController('GitSource'),

@@ -61,6 +61,9 @@ export class EtcdClient {
     this.client = new Etcd3({
       hosts: [...endpoints],
       dialTimeout: this.dialTimeoutMs,
+      // No per-member circuit breaker (see PassThrough): under load or during an election it refused every
+      // call to a member for 5 s after three slow ones. The pool's retry on another member stays.
+      faultHandling: { host: () => new PassThrough() },
       // Streams (keepalive) carry their own deadline; unary calls get this one.
       defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + this.callTimeoutMs }),
     });

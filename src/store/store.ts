@@ -104,7 +104,11 @@ export type ConditionType =
   // A GitSource's (src/controllers/gitsource).
   | 'FetchFailed' | 'VerificationFailed' | 'RollbackRefused' | 'EmptyRefused'
   // A VirtualMachine's in a cluster (src/controllers/vm/placement.ts).
-  | 'Placed' | 'Unschedulable' | 'FailedOver' | 'Fenced';
+  | 'Placed' | 'Unschedulable' | 'FailedOver' | 'Fenced'
+  // A GitSource's in a cluster (the agreed revision).
+  | 'RevisionUnavailable'
+  // A ClusterNode's (src/controllers/clusternode).
+  | 'Joined' | 'SchedulingDisabled';
 export type ConditionStatus = 'True' | 'False' | 'Unknown';
 
 export interface Condition {

@@ -10,7 +10,12 @@
 // Polling: watch() asks for a pass every interval (±10%) and as soon as an owned resource is changed.
 import { existsSync } from 'node:fs';
 import type { Controller, FieldDiff, World } from '../../engine/contract.ts';
-import { OutcomeError, failed } from '../../engine/contract.ts';
+import { OutcomeError, failed, waiting } from '../../engine/contract.ts';
+import { clusterKeys, type ClusterKeys } from '../../cluster/keys.ts';
+import { ownLeaseFile } from '../../cluster/membership.ts';
+import { proposeRevision, readAgreedRevision, type AgreedRevision } from '../../cluster/revision.ts';
+import { isDescendant, peelToCommit } from '../../drivers/git.ts';
+import type { EtcdClient } from '../../drivers/etcd.ts';
 import { oneLine } from '../../errors.ts';
 import { gitSourceOf, gitSourcePath } from '../../git/owner.ts';
 import { trustStoreDigest, type RevisionError, type SignatureCache } from '../../git/revision.ts';
@@ -49,6 +54,8 @@ export class GitSourceController implements Controller<'GitSource', GitSourceAct
   private readonly signatureCaches = new Map<string, SignatureCache>();
   /** What each source owned when last observed (for the watch's conflict check). */
   private readonly owned = new Map<string, string[]>();
+  /** The etcd client while this daemon is in a cluster. */
+  private etcd: { endpoints: string; client: EtcdClient } | undefined;
 
   constructor(private readonly opts: GitSourceOptions) {}
 
@@ -60,6 +67,9 @@ export class GitSourceController implements Controller<'GitSource', GitSourceAct
       (ts) => ({ ok: true as const, digest: trustStoreDigest(ts) }),
       (err: unknown) => ({ ok: false as const, message: `trust store: ${oneLine(err)}` }),
     );
+    // In a cluster (this daemon keeps the node's lease): every node applies only the agreed revision.
+    const lease = await ownLeaseFile(stateDir);
+    const cluster = lease ? { node: lease.node, keys: clusterKeys(lease.prefix), client: await this.clientFor(lease.endpoints) } : undefined;
     const out = new Map<ObjectKey, GitSourceActual>();
     await Promise.all(
       resources.map(async (r) => {
@@ -86,11 +96,65 @@ export class GitSourceController implements Controller<'GitSource', GitSourceAct
           actual.fetch = 'status' in resolved
             ? { ok: false, condition: resolved.condition, message: resolved.message }
             : { ok: true, commit: resolved.commit, revision: resolved.revision, gitdir: resolved.gitdir };
+          if (cluster && actual.fetch.ok) await this.followAgreed(name, actual, actual.fetch, cluster);
         }
         out.set(keyOf(r), actual);
       }),
     );
     return out;
+  }
+
+  /**
+   * The cluster's agreed revision of this source decides what is applied. The fetched commit is proposed
+   * (after verification, by compare-and-swap) when there is none yet or it descends from the agreed one;
+   * an agreed commit this node has (the same, or an older fetch) is applied instead of the fetch; one it
+   * has not fetched, or one the fetch does not descend from, is reported and nothing new is applied.
+   */
+  private async followAgreed(
+    name: string,
+    actual: GitSourceActual,
+    fetched: { commit: string; revision: string; gitdir: string },
+    cluster: { node: string; keys: ClusterKeys; client: EtcdClient },
+  ): Promise<void> {
+    let agreed: AgreedRevision | undefined;
+    try {
+      agreed = await readAgreedRevision(cluster.client, cluster.keys, cluster.keys.sourceRevision(name));
+    } catch (err) {
+      actual.cluster = { node: cluster.node, propose: false, unavailable: `cannot read the agreed revision from etcd: ${oneLine(err)}` };
+      return;
+    }
+    const base = { node: cluster.node, ...(agreed ? { agreed } : {}) };
+    if (!agreed || agreed.commit === fetched.commit) {
+      actual.cluster = { ...base, propose: !agreed };
+      return;
+    }
+    const cache = {};
+    const have = agreed.commit !== undefined && (await peelToCommit(fetched.gitdir, agreed.commit, cache).then(() => true, () => false));
+    if (!have || agreed.commit === undefined) {
+      actual.cluster = { ...base, propose: false, unavailable: `the cluster agreed on ${agreed.revision} (proposed by ${agreed.by}), which this node has not fetched (it has ${fetched.revision})` };
+      return;
+    }
+    if (await isDescendant(fetched.gitdir, fetched.commit, agreed.commit, cache)) {
+      actual.cluster = { ...base, propose: true }; // newer than the agreed one
+      return;
+    }
+    if (await isDescendant(fetched.gitdir, agreed.commit, fetched.commit, cache)) {
+      // The agreed revision is newer than this node's fetch (and present here): apply it.
+      actual.cluster = { ...base, propose: false };
+      actual.fetch = { ok: true, commit: agreed.commit, revision: agreed.revision, gitdir: fetched.gitdir };
+      return;
+    }
+    actual.cluster = { ...base, propose: false, unavailable: `fetched ${fetched.revision} does not descend from the agreed ${agreed.revision} (history rewritten?): not proposed` };
+  }
+
+  private async clientFor(endpoints: readonly string[]): Promise<EtcdClient> {
+    const key = endpoints.join(',');
+    if (this.etcd?.endpoints === key) return this.etcd.client;
+    this.etcd?.client.close();
+    const { EtcdClient } = await import('../../drivers/etcd.ts'); // gRPC: loaded only in a cluster
+    const client = new EtcdClient(endpoints, { callTimeoutMs: 2000 });
+    this.etcd = { endpoints: key, client };
+    return client;
   }
 
   plan(resource: StoredResource<'GitSource'>, actual: GitSourceActual | undefined) {
@@ -175,6 +239,7 @@ export class GitSourceController implements Controller<'GitSource', GitSourceAct
     }
 
     const { load, commit, revision } = result;
+    if (action.propose) await this.propose(name, action.propose, { commit, revision });
     const storedByKey = new Map<string, StoredResource>(stored.map((r) => [keyOf(r), r]));
     const declared = new Set<string>(load.resources.map((r) => r.key));
     const prune = source.spec.prune ?? true;
@@ -240,6 +305,23 @@ export class GitSourceController implements Controller<'GitSource', GitSourceAct
         for (const k of takenOver) await store.appendEvent({ resource: k, type: 'Warning', reason: 'Conflict', message: `changed outside gitsource/${name}; git wins: applied from ${revision}` });
       }
     });
+  }
+
+  /**
+   * Verified here: proposed to the cluster by compare-and-swap on the agreed revision this node saw. Lost
+   * (another node proposed first, or the agreed one moved): nothing is stored, the next pass follows it.
+   */
+  private async propose(name: string, propose: NonNullable<ApplyRevisionAction['propose']>, next: { commit: string; revision: string }): Promise<void> {
+    const lease = await ownLeaseFile(this.opts.stateDir);
+    if (!lease) throw new OutcomeError(failed('RevisionUnavailable', 'this node left the cluster: the revision cannot be agreed'));
+    const keys = clusterKeys(lease.prefix);
+    const client = await this.clientFor(lease.endpoints);
+    const res = await proposeRevision(client, keys, propose.seen, { revision: next.revision, commit: next.commit, by: propose.node }, keys.sourceRevision(name)).catch((err: unknown) => {
+      throw new OutcomeError(failed('RevisionUnavailable', `cannot propose ${next.revision} to the cluster: ${oneLine(err)}`));
+    });
+    if (!res.accepted) {
+      throw new OutcomeError(waiting('RevisionNotAgreed', `the cluster agreed on ${res.current?.revision ?? 'another revision'} (by ${res.current?.by ?? '?'}) meanwhile: following it, ${next.revision} not applied`, 100));
+    }
   }
 
   /** Records a refused revision: nothing of it was stored; the last good revision stays in force. */

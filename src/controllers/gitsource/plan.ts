@@ -6,6 +6,7 @@ import { keyOf } from '../../resources/keys.ts';
 import type { SyncCondition } from '../../git/sync.ts';
 import { nextPollMs } from '../../git/spec.ts';
 import type { SourceState } from './state.ts';
+import type { AgreedRevision } from '../../cluster/revision.ts';
 
 export type FetchOutcome =
   | { ok: true; commit: string; revision: string; gitdir: string }
@@ -23,6 +24,12 @@ export interface GitSourceActual {
   hasState: boolean;
   /** Stored resources (not being deleted) whose source names this source. */
   ownedStored: number;
+  /**
+   * In a cluster: the revision agreed in etcd. `fetch` then names the commit to apply (the agreed one, or
+   * the fetched one when it is new and descends from the agreed one: `propose`); `unavailable` says why
+   * this node cannot apply the agreed revision (not fetched here, etcd unreachable).
+   */
+  cluster?: { node: string; agreed?: AgreedRevision; propose: boolean; unavailable?: string };
 }
 
 export interface ApplyRevisionAction extends Action {
@@ -33,6 +40,8 @@ export interface ApplyRevisionAction extends Action {
   /** 'conflict': the applied commit again, to take back owned resources changed behind the source. */
   reason: 'new' | 'conflict';
   conflicts: string[];
+  /** In a cluster: propose this revision (compare-and-swap on the agreed one seen) once verified, store it only if agreed. */
+  propose?: { node: string; seen: AgreedRevision | undefined };
 }
 
 export interface ForgetSourceAction extends Action {
@@ -85,10 +94,14 @@ export function planGitSource(resource: StoredResource<'GitSource'>, actual: Git
 
   const fetch = actual.fetch;
   if (!fetch.ok) return inSync(); // unreachable: a failed fetch is a failure above
+  const cluster = actual.cluster;
+  if (cluster?.unavailable) return { actions: [], hold: waiting('RevisionUnavailable', cluster.unavailable, Math.min(nextPollMs(resource.spec), FETCH_RETRY_MAX_MS)) };
+  const propose = cluster?.propose ? { propose: { node: cluster.node, seen: cluster.agreed } } : {};
   const applied = actual.state.applied;
-  if (fetch.commit !== applied?.commit) {
+  if (fetch.commit !== applied?.commit || cluster?.propose) {
+    const what = cluster?.propose ? `propose ${fetch.revision} to the cluster and apply it once agreed` : `apply ${fetch.revision}${cluster ? ' (agreed in the cluster)' : ''}`;
     return {
-      actions: [{ type: 'apply-revision', resource: key, describe: `apply ${fetch.revision}`, commit: fetch.commit, revision: fetch.revision, gitdir: fetch.gitdir, reason: 'new', conflicts: [] }],
+      actions: [{ type: 'apply-revision', resource: key, describe: what, commit: fetch.commit, revision: fetch.revision, gitdir: fetch.gitdir, reason: 'new', conflicts: [], ...propose }],
     };
   }
   if (actual.conflicts.length > 0) {
@@ -112,11 +125,20 @@ export function reportGitSource(resource: StoredResource<'GitSource'>, actual: G
       ? { type, status: 'True', reason: type, message: failure.message }
       : { type, status: 'False', reason: 'Succeeded', message: '' },
   );
+  if (actual.cluster) {
+    conditions.push(
+      actual.cluster.unavailable
+        ? { type: 'RevisionUnavailable', status: 'True', reason: 'RevisionUnavailable', message: actual.cluster.unavailable }
+        : { type: 'RevisionUnavailable', status: 'False', reason: 'Available', message: '' },
+    );
+  }
   const applied = state.applied;
   if (resource.spec.suspend) {
     conditions.push({ type: 'Ready', status: applied ? 'True' : 'False', reason: 'Suspended', message: `spec.suspend: not followed${applied ? `; ${applied.revision} stays in force` : ''}` });
   } else if (failure) {
     conditions.push({ type: 'Ready', status: 'False', reason: failure.condition, message: `${failure.message}${applied ? ` (${applied.revision} stays in force)` : ''}` });
+  } else if (actual.cluster?.unavailable) {
+    conditions.push({ type: 'Ready', status: 'False', reason: 'RevisionUnavailable', message: `${actual.cluster.unavailable}${applied ? ` (${applied.revision} stays in force)` : ''}` });
   } else if (applied) {
     conditions.push({ type: 'Ready', status: 'True', reason: 'Succeeded', message: `applied revision ${applied.revision}` });
   }
@@ -129,6 +151,7 @@ export function reportGitSource(resource: StoredResource<'GitSource'>, actual: G
       lastFetchedRevision: fetch?.ok ? fetch.revision : null,
       lastAttemptedRevision: attempted ?? null,
       lastAppliedRevision: applied?.revision ?? null,
+      ...(actual.cluster ? { agreedRevision: actual.cluster.agreed?.revision ?? null } : {}),
       appliedDigest: applied?.digest ?? null,
       appliedSerial: applied?.serial ?? null,
       appliedResources: applied ? applied.resources.length : null,
