@@ -145,6 +145,23 @@ export class Fencer {
     await ensureDir(path.dirname(fenceFilePath(this.opts.stateDir)));
     await writeFileAtomic(fenceFilePath(this.opts.stateDir), `${JSON.stringify(record)}\n`).catch((err) => this.log(`fencer: cannot record the fence: ${oneLine(err)}`));
     this.opts.onFence?.(record);
+    await this.revokeFenced(leaseId, record);
+  }
+
+  /**
+   * Once what it killed is gone, revokes the fenced lease in etcd (best effort: unreachable etcd expires it
+   * itself). A keepalive sent just before the deadline and answered after it would otherwise let the
+   * daemon keep a lease its fencer has fenced: it then claims VMs under it and the fencer kills every one
+   * it starts (found by the three-node tests). Revoked, the daemon's next keepalive finds the lease gone
+   * and it rejoins with a new one, and the other nodes see its claims go at once.
+   */
+  private async revokeFenced(leaseId: string, record: FenceRecord): Promise<void> {
+    const until = Date.now() + 2000;
+    while (record.killed.some((k) => processAlive(k.pid))) {
+      if (Date.now() >= until) return; // a copy still dying: leave the lease to etcd's own expiry
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    await this.opts.client.revokeLease(leaseId).catch(() => {});
   }
 
   private async killAll(record: FenceRecord): Promise<void> {
