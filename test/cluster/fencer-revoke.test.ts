@@ -55,3 +55,26 @@ describe('the fencer revokes the lease it fenced', () => {
     }
   });
 });
+
+describe('the fencer\'s deadline check does not wait for etcd', () => {
+  it('an etcd read that hangs (a node cut from etcd) does not delay the fence at the deadline', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'qwamos-fence-hang-'));
+    // etcd unreachable: every read hangs (as behind a firewall drop), revokes fail.
+    const hanging = { get: () => new Promise(() => {}), revokeLease: () => Promise.reject(new Error('unreachable')) } as unknown as EtcdClient;
+    const fences: number[] = [];
+    const fencer = new Fencer({ stateDir: dir, client: hanging, vms: async () => [], etcdCheckMs: 0, onFence: () => fences.push(Date.now()) });
+    try {
+      const deadline = Date.now() + 400;
+      const file: LeaseFile = { node: 'n1', leaseId: '7', ttlSeconds: 5, endpoints: ['http://127.0.0.1:1'], prefix: 'qwamos/', deadline, lastAckSentAt: deadline - 4000, pid: process.pid, published: true };
+      await ensureDir(path.dirname(leaseFilePath(dir)));
+      await writeFileAtomic(leaseFilePath(dir), JSON.stringify(file));
+      fencer.start();
+      await new Promise((r) => setTimeout(r, 1500));
+      assert.equal(fences.length, 1, 'fenced');
+      assert.ok(fences[0]! - deadline < 500, `fenced ${fences[0]! - deadline} ms after the deadline`);
+    } finally {
+      await Promise.race([fencer.stop(), new Promise((r) => setTimeout(r, 100))]);
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
