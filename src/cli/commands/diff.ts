@@ -1,6 +1,6 @@
 // qwamos diff -f FILE|DIR: what applying would change — in the store and on the host (including drift).
 // Exit 0: no difference; 1: differences; 2: error.
-import type { Command } from 'commander';
+import type { Command } from '../commander.ts';
 import { createControllers } from '../../controllers/index.ts';
 import { printable } from '../../errors.ts';
 import { hasErrors } from '../../resources/manifests.ts';

@@ -1,6 +1,6 @@
 // qwamos fencer: runs beside `qwamos controller --node NAME --etcd URL` and kills this node's VMs when the
 // node may no longer hold them (its lease deadline passed, its node key vanished). Runs until SIGTERM.
-import type { Command } from 'commander';
+import type { Command } from '../commander.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Fencer, qemuVmProcesses } from '../../cluster/fencer.ts';
 import { readLeaseFile } from '../../cluster/membership.ts';
