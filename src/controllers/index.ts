@@ -8,8 +8,12 @@ import { RouteController } from './route/index.ts';
 import { VmController } from './vm/index.ts';
 import { FirewallPolicyController, FirewallService } from './firewall/index.ts';
 
-/** `store`: where a GitSource stores the resources of its revisions (without it, GitSource is a declaration: `diff`). */
-export function createControllers(config: Config, store?: Store): AnyController[] {
+/**
+ * `store`: where a GitSource stores the resources of its revisions (without it, GitSource is a
+ * declaration: `diff`). `planOnly`: the controllers only observe and plan, never report status (`diff`):
+ * the VM controller then probes the host only when a VM runs or is to run.
+ */
+export function createControllers(config: Config, store?: Store, opts: { planOnly?: boolean } = {}): AnyController[] {
   const layout = { prefix: config.prefix, ...(config.hostNetns ? { hostNetns: config.hostNetns } : {}) };
   // One firewall for both controllers that write it: the table is compiled whole from the world.
   const firewall = new FirewallService({ ...layout, backend: config.firewallBackend });
@@ -22,6 +26,7 @@ export function createControllers(config: Config, store?: Store): AnyController[
       imageRoot: config.imageRoot,
       stopTimeoutMs: config.stopTimeoutMs,
       ...(config.tscKhz ? { tscKhz: config.tscKhz } : {}),
+      ...(opts.planOnly ? { planOnly: true } : {}),
     }),
     declarationController('GpuTrustLevel'),
     declarationController('ClusterNode'),

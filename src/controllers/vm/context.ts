@@ -14,6 +14,12 @@ export interface VmContext {
   tscKhz?: number;
   /** Root of QEMU's run directories (default /run/qwamos). */
   runRoot?: string;
+  /**
+   * Observe for plans only (`qwamos diff`): the host's QEMU, TSC and VM user are probed only when a VM
+   * of the batch runs or is to run, the only VMs whose plan renders a launch. Status reports need them
+   * for every VM, so the daemon and apply leave this off.
+   */
+  planOnly?: boolean;
 }
 
 export const DEFAULT_RUN_ROOT = '/run/qwamos';

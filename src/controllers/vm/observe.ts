@@ -84,7 +84,8 @@ export interface VmActual {
   tap?: { exists: boolean; plugged: boolean };
   /** The state or run directory exists (something to clean up). */
   leftovers: boolean;
-  host: HostFacts;
+  /** Undefined only when observed for plans only and no VM of the batch runs or is to run (context.ts). */
+  host?: HostFacts;
 }
 
 const scriptsDir = fileURLToPath(new URL('../../../scripts/', import.meta.url));
@@ -95,15 +96,22 @@ export class VmObserver {
   constructor(private readonly ctx: VmContext) {}
 
   async observe(resources: StoredResource<'VirtualMachine'>[], world: World): Promise<Map<ObjectKey, VmActual>> {
-    this.host ??= Promise.all([probeQemu(), hostTscKhz(this.ctx.tscKhz), resolveVmUser()]).then(([probe, tscKhz, vmUser]) => ({ probe, vmUser, ...(tscKhz ? { tscKhz } : {}) }));
-    this.host.catch(() => (this.host = undefined));
-    const [host, procs] = await Promise.all([this.host, scanQemuProcesses()]);
+    const probeHost = () => {
+      this.host ??= Promise.all([probeQemu(), hostTscKhz(this.ctx.tscKhz), resolveVmUser()]).then(([probe, tscKhz, vmUser]) => ({ probe, vmUser, ...(tscKhz ? { tscKhz } : {}) }));
+      this.host.catch(() => (this.host = undefined));
+      return this.host;
+    };
+    // A plan renders a launch only for a VM that runs or is to run: for plans alone (diff) of Stopped
+    // VMs that do not run, the host is not probed (QEMU, the TSC script, getent: six processes).
+    const wantsRun = (r: StoredResource<'VirtualMachine'>) => (r.spec.runStrategy ?? 'Running') !== 'Stopped';
+    const early = !this.ctx.planOnly || resources.some(wantsRun) ? probeHost() : undefined;
+    const procs = await scanQemuProcesses();
     const pci: Record<string, PciHostInfo> = {};
     for (const g of world.list('GpuTrustLevel')) if (g.spec.hostDevice) pci[g.spec.hostDevice] = sysfsGpuHost.pciDevice(g.spec.hostDevice);
     const out = new Map<ObjectKey, VmActual>();
     await Promise.all(
       resources.map(async (r) => {
-        const actual = await this.observeOne(r, world, { ...host, pci }, procs);
+        const actual = await this.observeOne(r, world, procs);
         const route = routeOf(r.spec, world);
         if (route) actual.netnsExists = await exists(`/run/netns/${derivedNames(this.ctx.layout.prefix, route.vm).netns}`);
         out.set(keyOf(r), actual);
@@ -115,6 +123,11 @@ export class VmObserver {
       const a = out.get(keyOf(r))!;
       return (a.proc.state === 'running' || a.stray !== undefined) && routeOf(r.spec, world);
     });
+    const facts = early ?? (live.length || resources.some((r) => out.get(keyOf(r))!.proc.state === 'running') ? probeHost() : undefined);
+    if (facts) {
+      const host = { ...(await facts), pci };
+      for (const a of out.values()) a.host = host;
+    }
     const nets = live.length ? await observeRouteNets(this.ctx.layout, live.map((r) => routeOf(r.spec, world)!.vm)) : new Map();
     for (const r of live) {
       const route = routeOf(r.spec, world)!;
@@ -125,7 +138,7 @@ export class VmObserver {
     return out;
   }
 
-  private async observeOne(r: StoredResource<'VirtualMachine'>, world: World, host: HostFacts, procs: Awaited<ReturnType<typeof scanQemuProcesses>>): Promise<VmActual> {
+  private async observeOne(r: StoredResource<'VirtualMachine'>, world: World, procs: Awaited<ReturnType<typeof scanQemuProcesses>>): Promise<VmActual> {
     const name = r.metadata.name;
     const spec = r.spec;
     const paths = vmPaths(this.ctx, name);
@@ -179,7 +192,6 @@ export class VmObserver {
       images,
       ...(gpuDevices ? { gpuDevices } : {}),
       leftovers,
-      host,
     };
   }
 }
