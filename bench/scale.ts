@@ -12,6 +12,8 @@
 //   validate + verify   1,000 signed manifests: one core, pool cold, cache warm (bench/validate.ts)
 //   VM start            apply -> QMP running, against the same QEMU command by hand (bench/vms.ts)
 // Everything it makes (netns, state dir, daemon) is removed at the end, also when a step fails.
+// BENCH_SCALE_ROWS=startup,apply,diff,daemon,noop,delete,validate,vms runs only those rows (the apply
+// itself always runs: the other rows need the 1,000 in place; 'apply' adds its hand-written baseline).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -37,6 +39,8 @@ const RESYNCS = Number(process.env.BENCH_RESYNCS ?? 100);
 const RESYNC_MS = 200;
 const HEALS = Number(process.env.BENCH_HEALS ?? 11);
 const NOOP_ROUTES = Math.min(200, PAIRS);
+const ROWS = new Set((process.env.BENCH_SCALE_ROWS ?? 'startup,apply,diff,daemon,noop,delete,validate,vms').split(',').map((r) => r.trim()));
+const wanted = (row: string) => ROWS.has(row);
 
 const vmName = (i: number) => `s${i}`;
 
@@ -120,16 +124,18 @@ export async function benchScale(): Promise<void> {
     await mkdir(manifests, { recursive: true });
 
     // --- start-up
-    const help: number[] = [];
-    const getAll: number[] = [];
-    for (let i = 0; i < 5; i++) {
-      help.push((await time(() => qwamos(['--help']))).ms);
-      getAll.push((await time(() => qwamos(['get', 'all']))).ms);
+    if (wanted('startup')) {
+      const help: number[] = [];
+      const getAll: number[] = [];
+      for (let i = 0; i < 5; i++) {
+        help.push((await time(() => qwamos(['--help']))).ms);
+        getAll.push((await time(() => qwamos(['get', 'all']))).ms);
+      }
+      rows.push({ measure: 'qwamos --help (median of 5)', value: median(help), unit: 'ms', goal: '<= 200' });
+      rows.push({ measure: 'qwamos get all, empty store (median of 5)', value: median(getAll), unit: 'ms', goal: '<= 200' });
+      result.helpMs = median(help);
+      result.getAllMs = median(getAll);
     }
-    rows.push({ measure: 'qwamos --help (median of 5)', value: median(help), unit: 'ms', goal: '<= 200' });
-    rows.push({ measure: 'qwamos get all, empty store (median of 5)', value: median(getAll), unit: 'ms', goal: '<= 200' });
-    result.helpMs = median(help);
-    result.getAllMs = median(getAll);
 
     // --- signed manifests
     await qwamos(['keygen', 'bench', '--out', path.join(dir, 'keys')]);
@@ -146,32 +152,39 @@ export async function benchScale(): Promise<void> {
     // --- the hand-written baseline; it must build exactly the Routes' layout (their plan over it is empty)
     const scriptFile = path.join(dir, 'baseline.sh');
     await writeFile(scriptFile, handWrittenScript(host.prefix, names));
-    const baseline = await time(() => execa('bash', ['-e', scriptFile]));
-    const layout = { prefix: host.prefix, hostNetns: host.hostNs };
-    const seen = (await observeRouteHost(layout, 'all')).nets;
-    const left = names.flatMap((n) => planRouteNet(host.prefix, `Route/${n}`, { vm: n, mode: 'isolated' }, seen.get(n)).map((a) => a.describe));
-    if (left.length) throw new Error(`the hand-written baseline differs from the Route layout: ${left.slice(0, 3).join('; ')}`);
-    await removeNetnsOf(host);
+    let baseline = { ms: NaN };
+    if (wanted('apply')) {
+      baseline = await time(() => execa('bash', ['-e', scriptFile]));
+      const layout = { prefix: host.prefix, hostNetns: host.hostNs };
+      const seen = (await observeRouteHost(layout, 'all')).nets;
+      const left = names.flatMap((n) => planRouteNet(host.prefix, `Route/${n}`, { vm: n, mode: 'isolated' }, seen.get(n)).map((a) => a.describe));
+      if (left.length) throw new Error(`the hand-written baseline differs from the Route layout: ${left.slice(0, 3).join('; ')}`);
+      await removeNetnsOf(host);
+    }
 
     // --- apply, diff
     const apply = await time(() => qwamos(['apply', '--wait', '--timeout', '600s', '-f', manifests]));
     const netnsAfterApply = (await listAllNetns()).filter((n) => n.startsWith(`${host.prefix}-`)).length;
     if (netnsAfterApply !== PAIRS) throw new Error(`apply made ${netnsAfterApply} VM netns, not ${PAIRS}`);
-    rows.push({ measure: `apply --wait ${PAIRS} Routes + ${PAIRS} VMs from empty`, value: apply.ms, unit: 'ms', goal: '' });
-    rows.push({ measure: '  same host changes, hand-written ip -batch script', value: baseline.ms, unit: 'ms', goal: '' });
-    rows.push({ measure: '  ratio apply / hand-written', value: apply.ms / baseline.ms, unit: 'x', goal: '<= 1.5' });
-    result.applyMs = apply.ms;
-    result.handWrittenMs = baseline.ms;
-    result.applyRatio = apply.ms / baseline.ms;
-
-    const diffs: number[] = [];
-    for (let i = 0; i < 3; i++) {
-      const d = await time(() => qwamos(['diff', '-f', manifests]));
-      if (d.value.exitCode !== 0) throw new Error(`diff found differences after apply: ${`${d.value.stdout}\n${d.value.stderr}`.trim().split('\n').slice(0, 4).join(' | ')}`);
-      diffs.push(d.ms);
+    if (wanted('apply')) {
+      rows.push({ measure: `apply --wait ${PAIRS} Routes + ${PAIRS} VMs from empty`, value: apply.ms, unit: 'ms', goal: '' });
+      rows.push({ measure: '  same host changes, hand-written ip -batch script', value: baseline.ms, unit: 'ms', goal: '' });
+      rows.push({ measure: '  ratio apply / hand-written', value: apply.ms / baseline.ms, unit: 'x', goal: '<= 1.5' });
+      result.applyMs = apply.ms;
+      result.handWrittenMs = baseline.ms;
+      result.applyRatio = apply.ms / baseline.ms;
     }
-    rows.push({ measure: 'diff of the same 1,000, nothing changed (median of 3)', value: median(diffs), unit: 'ms', goal: '<= 1000' });
-    result.diffMs = median(diffs);
+
+    if (wanted('diff')) {
+      const diffs: number[] = [];
+      for (let i = 0; i < 3; i++) {
+        const d = await time(() => qwamos(['diff', '-f', manifests]));
+        if (d.value.exitCode !== 0) throw new Error(`diff found differences after apply: ${`${d.value.stdout}\n${d.value.stderr}`.trim().split('\n').slice(0, 4).join(' | ')}`);
+        diffs.push(d.ms);
+      }
+      rows.push({ measure: 'diff of the same 1,000, nothing changed (median of 3)', value: median(diffs), unit: 'ms', goal: '<= 1000' });
+      result.diffMs = median(diffs);
+    }
 
     // --- the daemon: memory and drift heal at its normal resync interval, then memory over rapid resyncs
     const startDaemon = async (resync: string) => {
@@ -208,77 +221,83 @@ export async function benchScale(): Promise<void> {
       return median(samples);
     };
 
-    const first = await startDaemon('60s');
-    const settled = await sampleRss(first.pid);
-    // Drift heal at 1,000: a Route's netns deleted by hand, recreated by the daemon.
-    const heals: number[] = [];
-    for (let i = 0; i < HEALS; i++) {
-      const victim = `${host.prefix}-${names[(i * 37) % PAIRS]}`;
-      await sleep(300);
-      const start = process.hrtime.bigint();
-      await execa('ip', ['netns', 'del', victim]);
-      const deadline = Date.now() + 60_000;
-      for (;;) {
-        if ((await listAllNetns()).includes(victim)) break;
-        if (Date.now() > deadline) throw new Error(`${victim} was not healed within 60 s`);
-        await sleep(5);
+    if (wanted('daemon')) {
+      const first = await startDaemon('60s');
+      const settled = await sampleRss(first.pid);
+      // Drift heal at 1,000: a Route's netns deleted by hand, recreated by the daemon.
+      const heals: number[] = [];
+      for (let i = 0; i < HEALS; i++) {
+        const victim = `${host.prefix}-${names[(i * 37) % PAIRS]}`;
+        await sleep(300);
+        const start = process.hrtime.bigint();
+        await execa('ip', ['netns', 'del', victim]);
+        const deadline = Date.now() + 60_000;
+        for (;;) {
+          if ((await listAllNetns()).includes(victim)) break;
+          if (Date.now() > deadline) throw new Error(`${victim} was not healed within 60 s`);
+          await sleep(5);
+        }
+        heals.push(Number(process.hrtime.bigint() - start) / 1e6);
       }
-      heals.push(Number(process.hrtime.bigint() - start) / 1e6);
-    }
-    const { peak } = await rssOf(first.pid);
-    await stopDaemon(first.child);
+      const { peak } = await rssOf(first.pid);
+      await stopDaemon(first.child);
 
-    // Rapid resyncs: a full resync asked every RESYNC_MS (they queue behind each other: a full pass over
-    // 1,000 resources takes longer than that), RSS sampled after the first settle and at the end.
-    const second = await startDaemon(`${RESYNC_MS}ms`);
-    const beforeResyncs = await sampleRss(second.pid);
-    await sleep(RESYNCS * RESYNC_MS);
-    const afterResyncs = await sampleRss(second.pid);
-    const secondPeak = (await rssOf(second.pid)).peak;
-    await stopDaemon(second.child);
-    rows.push({ measure: 'daemon RSS with 1,000 resources, settled', value: settled, unit: 'MB', goal: '< 100' });
-    rows.push({ measure: 'daemon RSS, peak (VmHWM)', value: Math.max(peak, secondPeak), unit: 'MB', goal: '< 100' });
-    rows.push({ measure: `daemon RSS before / after ${RESYNCS} resyncs asked every ${RESYNC_MS} ms`, value: afterResyncs - beforeResyncs, unit: 'MB', goal: 'no growth' });
-    rows.push({ measure: `drift heal at 1,000 (netns deleted), p50 of ${HEALS}`, value: median(heals), unit: 'ms', goal: '<= 200' });
-    rows.push({ measure: '  drift heal p95', value: percentile(heals, 95), unit: 'ms', goal: '' });
-    result.daemonRssMb = { settled, peak: Math.max(peak, secondPeak), beforeResyncs, afterResyncs, resyncs: RESYNCS, resyncEveryMs: RESYNC_MS };
-    result.healMs = { p50: median(heals), p95: percentile(heals, 95), samples: heals };
+      // Rapid resyncs: a full resync asked every RESYNC_MS (they queue behind each other: a full pass over
+      // 1,000 resources takes longer than that), RSS sampled after the first settle and at the end.
+      const second = await startDaemon(`${RESYNC_MS}ms`);
+      const beforeResyncs = await sampleRss(second.pid);
+      await sleep(RESYNCS * RESYNC_MS);
+      const afterResyncs = await sampleRss(second.pid);
+      const secondPeak = (await rssOf(second.pid)).peak;
+      await stopDaemon(second.child);
+      rows.push({ measure: 'daemon RSS with 1,000 resources, settled', value: settled, unit: 'MB', goal: '< 100' });
+      rows.push({ measure: 'daemon RSS, peak (VmHWM)', value: Math.max(peak, secondPeak), unit: 'MB', goal: '< 100' });
+      rows.push({ measure: `daemon RSS before / after ${RESYNCS} resyncs asked every ${RESYNC_MS} ms`, value: afterResyncs - beforeResyncs, unit: 'MB', goal: 'no growth' });
+      rows.push({ measure: `drift heal at 1,000 (netns deleted), p50 of ${HEALS}`, value: median(heals), unit: 'ms', goal: '<= 200' });
+      rows.push({ measure: '  drift heal p95', value: percentile(heals, 95), unit: 'ms', goal: '' });
+      result.daemonRssMb = { settled, peak: Math.max(peak, secondPeak), beforeResyncs, afterResyncs, resyncs: RESYNCS, resyncEveryMs: RESYNC_MS };
+      result.healMs = { p50: median(heals), p95: percentile(heals, 95), samples: heals };
+    }
 
     // --- no-op resync of 200 Routes, in this process on the same store and host
-    const store = await Store.open(stateDir);
-    const engine = createEngine(store, { env });
-    try {
-      await engine.sync();
-      const keys = names.slice(0, NOOP_ROUTES).map((n) => `Route/${n}`);
-      engine.start();
-      engine.enqueue(keys);
-      if (!(await engine.settle(keys, { untilConverged: true, timeoutMs: 120_000, since: 0 }))) throw new Error('routes did not settle');
-      const runs: { ms: number; spawned: number }[] = [];
-      for (let i = 0; i < 3; i++) {
-        const before = processesSpawned();
-        const since = Date.now();
-        const t = await time(async () => {
-          engine.enqueue(keys);
-          await engine.settle(keys, { untilConverged: true, timeoutMs: 120_000, since });
-        });
-        const applied = keys.filter((k) => (engine.last.get(k)?.applied.length ?? 0) > 0).length;
-        if (applied) throw new Error(`the no-op resync applied changes to ${applied} Routes`);
-        runs.push({ ms: t.ms, spawned: processesSpawned() - before });
+    if (wanted('noop')) {
+      const store = await Store.open(stateDir);
+      const engine = createEngine(store, { env });
+      try {
+        await engine.sync();
+        const keys = names.slice(0, NOOP_ROUTES).map((n) => `Route/${n}`);
+        engine.start();
+        engine.enqueue(keys);
+        if (!(await engine.settle(keys, { untilConverged: true, timeoutMs: 120_000, since: 0 }))) throw new Error('routes did not settle');
+        const runs: { ms: number; spawned: number }[] = [];
+        for (let i = 0; i < 3; i++) {
+          const before = processesSpawned();
+          const since = Date.now();
+          const t = await time(async () => {
+            engine.enqueue(keys);
+            await engine.settle(keys, { untilConverged: true, timeoutMs: 120_000, since });
+          });
+          const applied = keys.filter((k) => (engine.last.get(k)?.applied.length ?? 0) > 0).length;
+          if (applied) throw new Error(`the no-op resync applied changes to ${applied} Routes`);
+          runs.push({ ms: t.ms, spawned: processesSpawned() - before });
+        }
+        const noop = median(runs.map((r) => r.ms));
+        rows.push({ measure: `no-op resync of ${NOOP_ROUTES} Routes (median of 3)`, value: noop, unit: 'ms', goal: '<= 200' });
+        rows.push({ measure: '  processes spawned by it', value: Math.max(...runs.map((r) => r.spawned)), unit: '', goal: 'O(1)' });
+        result.noopResync = { routes: NOOP_ROUTES, ms: noop, processes: Math.max(...runs.map((r) => r.spawned)), runs };
+      } finally {
+        await engine.stop();
       }
-      const noop = median(runs.map((r) => r.ms));
-      rows.push({ measure: `no-op resync of ${NOOP_ROUTES} Routes (median of 3)`, value: noop, unit: 'ms', goal: '<= 200' });
-      rows.push({ measure: '  processes spawned by it', value: Math.max(...runs.map((r) => r.spawned)), unit: '', goal: 'O(1)' });
-      result.noopResync = { routes: NOOP_ROUTES, ms: noop, processes: Math.max(...runs.map((r) => r.spawned)), runs };
-    } finally {
-      await engine.stop();
     }
 
     // --- delete
-    const del = await time(() => qwamos(['delete', '--wait', '--timeout', '600s', '-f', manifests]));
-    const netnsLeft = (await listAllNetns()).filter((n) => n.startsWith(`${host.prefix}-`)).length;
-    if (netnsLeft) throw new Error(`delete left ${netnsLeft} VM netns`);
-    rows.push({ measure: 'delete --wait of the same 1,000', value: del.ms, unit: 'ms', goal: `<= apply (${Math.round(apply.ms)})` });
-    result.deleteMs = del.ms;
+    if (wanted('delete')) {
+      const del = await time(() => qwamos(['delete', '--wait', '--timeout', '600s', '-f', manifests]));
+      const netnsLeft = (await listAllNetns()).filter((n) => n.startsWith(`${host.prefix}-`)).length;
+      if (netnsLeft) throw new Error(`delete left ${netnsLeft} VM netns`);
+      rows.push({ measure: 'delete --wait of the same 1,000', value: del.ms, unit: 'ms', goal: `<= apply (${Math.round(apply.ms)})` });
+      result.deleteMs = del.ms;
+    }
 
     printTable(`Scale: ${PAIRS} isolated Routes + ${PAIRS} Stopped VMs (${FILES} files of ${PER_FILE}), private test host`, rows.map((r) => ({ ...r, value: r.unit === 'MB' || r.unit === 'x' ? Number(r.value.toFixed(2)) : Math.round(r.value) })));
   } finally {
@@ -289,12 +308,16 @@ export async function benchScale(): Promise<void> {
   }
 
   // Signatures and VM start reuse their own benches (each prints its table too).
-  const validate = await benchValidate();
-  const vms = process.env.BENCH_SKIP_VMS ? undefined : await benchVms();
+  const validate = wanted('validate') ? await benchValidate() : undefined;
+  const vms = process.env.BENCH_SKIP_VMS || !wanted('vms') ? undefined : await benchVms();
   const more = [
-    { measure: 'validate + verify 1,000 signed manifests, one core, no cache', value: Math.round(validate.oneCorePerSecond), unit: '/s', goal: '' },
-    { measure: '  pool across cores, cold', value: Math.round(validate.poolColdPerSecond), unit: '/s', goal: '>= 2x 162' },
-    { measure: '  unchanged files (cache warm)', value: Math.round(validate.cacheWarmPerSecond), unit: '/s', goal: 'not verified again' },
+    ...(validate
+      ? [
+          { measure: 'validate + verify 1,000 signed manifests, one core, no cache', value: Math.round(validate.oneCorePerSecond), unit: '/s', goal: '' },
+          { measure: '  pool across cores, cold', value: Math.round(validate.poolColdPerSecond), unit: '/s', goal: '>= 2x 162' },
+          { measure: '  unchanged files (cache warm)', value: Math.round(validate.cacheWarmPerSecond), unit: '/s', goal: 'not verified again' },
+        ]
+      : []),
     ...(vms
       ? [
           { measure: 'apply -> QMP running, controller (median)', value: Math.round(vms.controllerMs), unit: 'ms', goal: '' },
@@ -303,8 +326,8 @@ export async function benchScale(): Promise<void> {
         ]
       : []),
   ];
-  printTable('Scale (continued): signatures and VM start', more);
-  result.validate = validate;
+  if (more.length) printTable('Scale (continued): signatures and VM start', more);
+  if (validate) result.validate = validate;
   if (vms) result.vmStart = { ...vms, overheadMs: vms.controllerMs - vms.handMs };
   console.log(`wrote ${await writeResult('scale', result)}`);
 }

@@ -26,7 +26,8 @@ function buildIsFresh() {
 
 let main;
 if (buildIsFresh()) {
-  process.setSourceMapsEnabled(true);
+  // Source maps are turned on by main() for the daemons and QWAMOS_DEBUG only: reading a .map for each
+  // module costs ~25 ms at every start, and a short command prints one-line errors, never a stack.
   ({ main } = await import('../dist/cli/main.js'));
 } else {
   const { register } = await import('tsx/esm/api');

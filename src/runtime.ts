@@ -30,7 +30,7 @@ export function createEngine(
   const config = loadConfig(opts.env ?? process.env);
   return new Engine({
     store,
-    controllers: createControllers(config, store, opts.cluster),
+    controllers: createControllers(config, store, opts.cluster ? { cluster: opts.cluster } : {}),
     // Host work is batched per kind, so a wide pass is cheap; controllers limit heavy work themselves.
     concurrency: opts.concurrency ?? config.concurrency,
     ...(opts.queue ? { queue: opts.queue } : {}),

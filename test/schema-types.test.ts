@@ -4,10 +4,16 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { renderTypes } from '../src/resources/typegen.ts';
+import { renderValidators } from '../src/resources/validatorgen.ts';
 
 test('src/resources/generated.ts is what the schemas generate', async () => {
   const current = await readFile(new URL('../src/resources/generated.ts', import.meta.url), 'utf8');
   assert.equal(current, await renderTypes(), 'stale types: run `npm run gen:types`');
+});
+
+test('src/resources/validators.generated.ts is what the schemas compile to', async () => {
+  const current = await readFile(new URL('../src/resources/validators.generated.ts', import.meta.url), 'utf8');
+  assert.equal(current, await renderValidators(), 'stale validators: run `npm run gen:types`');
 });
 
 test('every kind schema is strict: additionalProperties false on every object', async () => {

@@ -1,5 +1,5 @@
 // The shape every CLI command file exports.
-import { Option, type Command } from 'commander';
+import { Option, type Command } from './commander.ts';
 
 export interface CliCommand {
   /** Name with its positional arguments, as commander takes it, e.g. 'sign [files...]'. */

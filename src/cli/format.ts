@@ -1,6 +1,7 @@
 // Small output helpers shared by the commands that print state: tables, ages, kinds, JSON and YAML.
 // Everything that reaches the terminal from stored data goes through printable() here or in the caller.
-import { SCALAR_STYLE, dump, visit } from 'js-yaml';
+import { createRequire } from 'node:module';
+import type * as JsYaml from 'js-yaml';
 import { UsageError, printable } from '../errors.ts';
 import { isPhase, type Phase } from '../engine/phase.ts';
 import { KINDS, KIND_ALIASES, type Kind } from '../resources/kinds.ts';
@@ -143,6 +144,10 @@ export function createdAt(r: StoredResource): string {
 
 // ---- machine-readable output --------------------------------------------------------------------
 
+// js-yaml is required on first use: a table (`get`'s default) never loads it (~15 ms of start-up).
+let yamlModule: typeof JsYaml | undefined;
+const jsYaml = (): typeof JsYaml => (yamlModule ??= createRequire(import.meta.url)('js-yaml') as typeof JsYaml);
+
 // Characters JSON.stringify and js-yaml leave raw that a terminal acts on: C1 controls, line and
 // paragraph separators, bidi overrides and isolates.
 const RAW_UNSAFE = /[\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
@@ -159,6 +164,7 @@ export function toJson(value: unknown, opts: { compact?: boolean } = {}): string
  * double-quoted, where a \uXXXX escape means the same character, so the output loads back unchanged.
  */
 export function toYaml(value: unknown): string {
+  const { SCALAR_STYLE, dump, visit } = jsYaml();
   const text = dump(value, {
     lineWidth: -1,
     noRefs: true,

@@ -1,11 +1,13 @@
 // Entry point of the qwamos CLI: one command a file in ./commands, each registering itself here.
-import { Command, CommanderError } from 'commander';
+import { Command, CommanderError } from './commander.ts';
 import { UsageError, oneLine } from '../errors.ts';
 import { debugEnabled } from '../config.ts';
 import { commands } from './commands/index.ts';
 
 export { EXIT } from './exit.ts';
 import { EXIT } from './exit.ts';
+
+const LONG_RUNNING = new Set(['controller', 'fencer']);
 
 /** Runs the CLI with the given arguments and resolves to the process exit code. */
 export async function main(argv: string[]): Promise<number> {
@@ -19,6 +21,8 @@ export async function main(argv: string[]): Promise<number> {
 
   // Only the command being run is loaded and defined in full; the others are listed for --help.
   const word = argv[0] === 'help' ? argv[1] : argv.find((a) => !a.startsWith('-'));
+  // Stacks that name the TypeScript sources where one may be read: a daemon's log, or QWAMOS_DEBUG.
+  if (debugEnabled() || (word !== undefined && LONG_RUNNING.has(word))) process.setSourceMapsEnabled(true);
   for (const entry of commands) {
     if (entry.word !== word) {
       program.command(entry.word).description(entry.summary);

@@ -1,5 +1,5 @@
 // Options shared by every command that reads manifests, and the step they all begin with.
-import type { Command } from 'commander';
+import type { Command } from './commander.ts';
 import { hostPrefix, imageRoot, trustDir } from '../config.ts';
 import { UsageError } from '../errors.ts';
 import { formatDiagnostic, sortDiagnostics, type Diagnostic } from '../resources/diagnostics.ts';

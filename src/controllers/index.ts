@@ -12,10 +12,13 @@ import { VmController } from './vm/index.ts';
 import { FirewallPolicyController, FirewallService } from './firewall/index.ts';
 
 /**
- * `store`: where a GitSource stores the resources of its revisions (without it, GitSource is a declaration: `diff`).
- * `cluster`: the cluster this node joined (--etcd): VMs run only where placed and claimed.
+ * `store`: where a GitSource stores the resources of its revisions (without it, GitSource is a
+ * declaration: `diff`). `cluster`: the cluster this node joined (--etcd): VMs run only where placed and
+ * claimed. `planOnly`: the controllers only observe and plan, never report status (`diff`): the VM
+ * controller then probes the host only when a VM runs or is to run.
  */
-export function createControllers(config: Config, store?: Store, cluster?: ClusterVmView): AnyController[] {
+export function createControllers(config: Config, store?: Store, opts: { cluster?: ClusterVmView; planOnly?: boolean } = {}): AnyController[] {
+  const { cluster } = opts;
   const layout = { prefix: config.prefix, ...(config.hostNetns ? { hostNetns: config.hostNetns } : {}) };
   // One firewall for both controllers that write it: the table is compiled whole from the world.
   const firewall = new FirewallService({ ...layout, backend: config.firewallBackend });
@@ -30,6 +33,7 @@ export function createControllers(config: Config, store?: Store, cluster?: Clust
       ...(config.tscKhz ? { tscKhz: config.tscKhz } : {}),
       ...(cluster ? { cluster } : {}),
       ...(config.ledger ? { ledger: { file: config.ledger, node: cluster?.node ?? os.hostname() } } : {}),
+      ...(opts.planOnly ? { planOnly: true } : {}),
     }),
     declarationController('GpuTrustLevel'),
     new ClusterNodeController({ stateDir: config.stateDir }),

@@ -7,7 +7,8 @@
 //   applyIpChanges()   a few processes for any number of namespaces: host deletions, per-netns
 //                      deletions, netns del/add, host creations, per-netns configuration
 //   tap helpers        the VM's tap in its netns (used by the VM controller)
-import { CommandError, run, runResult } from './exec.ts';
+import { CommandError, run, runResult, type RunResult } from './exec.ts';
+import { NETLINK_OBSERVE_PERL } from './netlink-observe.ts';
 import { IFNAME_MAX as IFNAMSIZ, NETNS_RE, PREFIX_RE, derivedNames as namesOf, maxVmNameLength, tooLongDerivedName, type DerivedNames } from '../names.ts';
 
 export type { DerivedNames };
@@ -156,12 +157,13 @@ function toRoutes(raw: IpRoute[]): ObservedRoute[] {
     }));
 }
 
-// One process for everything: the host netns' links+addresses and routes, then for every netns asked
-// for (by name, or every /run/netns entry starting with a given text) its disable_ipv6 sysctls (all,
-// default; "@@ipv6 A B", or "@@ipv6 none" without kernel IPv6) and its links+addresses and routes, as
-// `ip -d -j -batch` (one JSON array per line), between marker lines. Inside a netns it is one process
-// chain per netns: nsenter (or `ip netns exec` where there is none) -> sh reading the sysctls with the
-// `read` builtin -> exec ip. Names arrive as arguments, never inside the script text.
+// The fallback observer (where perl or setns(2) is missing; netlink-observe.ts is the usual one, printing
+// the same): the host netns' links+addresses and routes, then for every netns asked for (by name, or
+// every /run/netns entry starting with a given text) its disable_ipv6 sysctls (all, default; "@@ipv6 A
+// B", or "@@ipv6 none" without kernel IPv6) and its links+addresses and routes, as `ip -d -j -batch` (one
+// JSON array per line), between marker lines. Inside a netns it is one process chain per netns: nsenter
+// (or `ip netns exec` where there is none) -> sh reading the sysctls with the `read` builtin -> exec ip.
+// Names arrive as arguments, never inside the script text.
 const OBSERVE_SCRIPT = `
 h=$1 glob=$2
 shift 2
@@ -271,23 +273,48 @@ export interface ObserveTarget {
   netns?: readonly string[];
 }
 
+/** 'netlink': one perl process entering every netns itself; 'ip': one sh, with nsenter + ip per netns. */
+export type Observer = 'netlink' | 'ip';
+
+/** Whether perl could run the netlink observer here (undefined until first tried). */
+let netlinkObserverWorks: boolean | undefined;
+
+/** The observe output for [hostNetns, start, ...names]: netlink where it runs, else the ip script. */
+async function runObserver(args: string[], wanted: Observer | undefined): Promise<RunResult> {
+  if (wanted !== 'ip' && netlinkObserverWorks !== false) {
+    try {
+      const r = await runResult(['perl', '-e', NETLINK_OBSERVE_PERL, ...args]);
+      if (!r.stdout.startsWith('@@unsupported')) {
+        netlinkObserverWorks = true;
+        return r;
+      }
+    } catch (err) {
+      // Only a missing perl falls back; anything else (a timeout) is the observation's failure.
+      if (!(err instanceof CommandError && err.exitCode === undefined && /ENOENT/.test(err.message))) throw err;
+    }
+    if (wanted === 'netlink') throw new Error('the netlink observer cannot run here (no perl, or no setns for this architecture)');
+    netlinkObserverWorks = false;
+  }
+  return runResult(['sh', '-c', OBSERVE_SCRIPT, 'qwamos-observe', ...args]);
+}
+
 /**
  * One look at the host side and the chosen namespaces, in ONE spawned process whatever their number.
  * Throws when the host side cannot be read; a namespace that vanishes meanwhile maps to undefined.
  */
-export async function observeNetworks(target: ObserveTarget): Promise<NetworkView> {
+export async function observeNetworks(target: ObserveTarget, opts: { observer?: Observer } = {}): Promise<NetworkView> {
   checkHostNetns(target.hostNetns);
   const glob = target.netnsStartingWith ?? '';
   if (glob && !/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(glob)) throw new Error(`invalid netns name start ${JSON.stringify(glob)}`);
   const names = glob ? [] : [...(target.netns ?? [])];
   for (const n of names) if (!NETNS_RE.test(n)) throw new Error(`invalid netns name ${JSON.stringify(n)}`);
   if (!glob && names.length === 0 && target.netns === undefined) throw new Error('observeNetworks: say which namespaces to look into');
-  const r = await runResult(['sh', '-c', OBSERVE_SCRIPT, 'qwamos-observe', target.hostNetns ?? '', glob, ...names]);
+  const r = await runObserver([target.hostNetns ?? '', glob, ...names], opts.observer);
   const out = parseObserveOutput(r.stdout);
   if (!out.complete || !out.host || out.host.failed) {
     const why = r.stderr.split('\n').find((l) => l.trim()) ?? `exit code ${r.exitCode}`;
     const where = target.hostNetns ? `host netns ${target.hostNetns}` : 'host';
-    throw new CommandError(`observe network in ${where}: ${why.trim()}`, ['sh', '-c', 'qwamos-observe'], r.exitCode, r.stderr, r.stdout);
+    throw new CommandError(`observe network in ${where}: ${why.trim()}`, ['qwamos-observe'], r.exitCode, r.stderr, r.stdout);
   }
   const netns = new Map<string, NetnsView | undefined>();
   for (const [name, section] of out.netns) netns.set(name, section.failed ? undefined : toView(section));

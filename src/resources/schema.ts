@@ -1,11 +1,9 @@
 // JSON Schema validation of one document with ajv, its errors turned into plain sentences that name
 // the field (spec.cpus) and what it must be.
-import { readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
-import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js';
-import addFormatsModule from 'ajv-formats';
-import { KIND_SCHEMA_FILES, type Kind } from './kinds.ts';
+import type { ErrorObject } from 'ajv/dist/2020.js';
+import type { Kind } from './kinds.ts';
 import type { AnyResource } from './types.ts';
+import * as generated from './validators.generated.ts';
 import { pointerEscape } from './yaml.ts';
 
 export interface SchemaIssue {
@@ -16,29 +14,23 @@ export interface SchemaIssue {
   message: string;
 }
 
-const schemasDir = fileURLToPath(new URL('../../schemas/', import.meta.url));
-// ajv-formats is CommonJS; under NodeNext its function sits on `default`.
-const addFormats = addFormatsModule.default;
+/** A validator ajv compiled at build time (validatorgen.ts): true or false, and its errors. */
+interface Validator {
+  (doc: unknown): boolean;
+  errors?: ErrorObject[] | null;
+}
 
-// ajv's check is the proof that a document has its kind's type: each validator is a type guard.
-let validators: Map<Kind, ValidateFunction<AnyResource>> | undefined;
+const validators: Record<Kind, Validator> = generated;
 
-function compileAll(): Map<Kind, ValidateFunction<AnyResource>> {
-  const ajv = new Ajv2020({ allErrors: true, strict: true, useDefaults: true, verbose: true });
-  addFormats(ajv, ['date-time']);
-  ajv.addSchema(JSON.parse(readFileSync(schemasDir + 'common.json', 'utf8')));
-  const map = new Map<Kind, ValidateFunction<AnyResource>>();
-  for (const [kind, file] of Object.entries(KIND_SCHEMA_FILES) as [Kind, string][]) {
-    map.set(kind, ajv.compile<AnyResource>(JSON.parse(readFileSync(schemasDir + file, 'utf8'))));
-  }
-  return map;
+// ajv's check is the proof that a document has its kind's type.
+function conforms(validate: Validator, doc: unknown): doc is AnyResource {
+  return validate(doc);
 }
 
 /** Validates (and fills in defaults of) one document of a known kind. */
 export function checkSchema(kind: Kind, doc: unknown): { resource: AnyResource; issues: [] } | { resource?: undefined; issues: SchemaIssue[] } {
-  validators ??= compileAll();
-  const validate = validators.get(kind)!;
-  if (validate(doc)) return { resource: doc, issues: [] };
+  const validate = validators[kind];
+  if (conforms(validate, doc)) return { resource: doc, issues: [] };
   return { issues: translate(validate.errors ?? []) };
 }
 

@@ -1,7 +1,6 @@
 // Crash-safe file primitives for the state directory. A write goes to a temp file in the same directory,
 // is fsynced, renamed over the target and the directory is fsynced: readers see the old or the new file,
 // never half of one, and once a write resolves it survives kill -9 and power loss.
-import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
@@ -14,7 +13,18 @@ export const FILE_MODE = 0o600;
 const TEMP_RE = /^\..+\.(\d+)\.[0-9a-f]{12}\.tmp$/;
 
 export function tempPath(file: string): string {
-  return path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
+  return path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${randomHex(6)}.tmp`);
+}
+
+/**
+ * bytes random bytes as hex, for names and tokens that must not collide (temp files also carry the pid
+ * and are created O_EXCL). Not node:crypto: loading it costs every CLI start ~10 ms, and none of these
+ * is a secret.
+ */
+export function randomHex(bytes: number): string {
+  let hex = '';
+  for (let i = 0; i < bytes; i++) hex += Math.floor(Math.random() * 256).toString(16).padStart(2, '0');
+  return hex;
 }
 
 /** The pid that wrote a temp file, or undefined if the name is not one of ours. */

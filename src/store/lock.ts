@@ -3,12 +3,11 @@
 // now belongs to a different process (start time differs), is stale and its lock is taken over.
 // Used both for the short write lock (withLock) and for long-held leases (the reconciler daemon).
 import { AsyncLocalStorage } from 'node:async_hooks';
-import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import fs from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { UserError } from '../errors.ts';
-import { FILE_MODE, isErrno } from './atomic.ts';
+import { FILE_MODE, isErrno, randomHex } from './atomic.ts';
 import { processAlive, processStartTime } from '../proc.ts';
 
 export { processAlive, processStartTime };
@@ -88,7 +87,7 @@ async function tryCreate(file: string): Promise<LockHolder | undefined> {
     pid: process.pid,
     processStart: ownStart,
     acquiredAt: new Date().toISOString(),
-    token: randomBytes(8).toString('hex'),
+    token: randomHex(8),
   };
   try {
     await fh.writeFile(JSON.stringify(holder) + '\n');

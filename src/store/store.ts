@@ -27,7 +27,6 @@
 // warning (once per file and process) and keep serving the rest; status and drift are derived data, so an
 // unusable one counts as absent and the next write replaces it. `markForDeletion` removes an unusable
 // resource record outright (nothing could reconcile it), so `qwamos delete KIND/NAME` can clear it.
-import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
@@ -43,6 +42,7 @@ import {
   fsyncDir,
   isErrno,
   listDir,
+  randomHex,
   readJsonFile,
   removeFile,
   tempOwner,
@@ -608,7 +608,7 @@ export class Store {
   async requestReconcile(keys: string[]): Promise<void> {
     const dir = path.join(this.dir, 'requests');
     await ensureDir(dir);
-    const file = path.join(dir, `${Date.now()}-${randomBytes(4).toString('hex')}.json`);
+    const file = path.join(dir, `${Date.now()}-${randomHex(4)}.json`);
     await writeFileAtomic(file, toJson({ keys }));
   }
 
@@ -1039,7 +1039,7 @@ function mergeDrifts(records: DriftRecord[], resource: string, diffs: { field: s
       Object.assign(rec, { desired: d.desired, actual: d.actual, policy, lastSeenAt: t, count: rec.count + 1 });
     } else {
       rec = {
-        id: randomBytes(6).toString('hex'),
+        id: randomHex(6),
         resource,
         field: d.field,
         desired: d.desired,

@@ -51,3 +51,27 @@ test('stopped VMs cost no process per Route netns, however many there are', asyn
     assert.equal(a.tap, undefined);
   }
 });
+
+test('observed for plans only (diff), stopped VMs probe nothing of the host; one VM to run probes it', async () => {
+  const vm = (name: string, runStrategy: string) => ({
+    apiVersion: 'qwamos.io/v1alpha1',
+    kind: 'VirtualMachine',
+    metadata: meta(name),
+    spec: { runStrategy, memory: '192Mi', boot: { kernel: 'guest/vmlinux' } },
+    source,
+  });
+  const stopped = [vm('p0', 'Stopped'), vm('p1', 'Stopped')] as unknown as StoredResource<'VirtualMachine'>[];
+  const ctx = { layout: { prefix: host.prefix, hostNetns: host.hostNs }, stateDir: dir, imageRoot: dir, stopTimeoutMs: 500, runRoot: path.join(dir, 'run') };
+  const planOnly = new VmObserver({ ...ctx, planOnly: true });
+  const spawned = processesSpawned();
+  const seen = await planOnly.observe(stopped, makeWorld(stopped, Date.now()));
+  assert.equal(processesSpawned() - spawned, 0, 'no QEMU probe, TSC script or getent');
+  assert.equal(seen.get('VirtualMachine/p0')!.host, undefined);
+
+  const mixed = [...stopped, vm('p2', 'Running')] as unknown as StoredResource<'VirtualMachine'>[];
+  const withRun = await planOnly.observe(mixed, makeWorld(mixed, Date.now()));
+  assert.ok(withRun.get('VirtualMachine/p2')!.host?.probe.version, 'a VM to run: the host is probed');
+  // Status reports need the host for every VM: a full observer always probes it.
+  const full = await new VmObserver(ctx).observe(stopped, makeWorld(stopped, Date.now()));
+  assert.ok(full.get('VirtualMachine/p0')!.host?.probe.version);
+});

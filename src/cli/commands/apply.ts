@@ -2,7 +2,7 @@
 // handing the work to a running controller). Prints one line per resource, kubectl-style.
 import { keyOf } from '../../resources/keys.ts';
 import path from 'node:path';
-import type { Command } from 'commander';
+import type { Command } from '../commander.ts';
 import { UsageError, printable } from '../../errors.ts';
 import { crossCheck } from '../../resources/crossref.ts';
 import type { Diagnostic } from '../../resources/diagnostics.ts';

@@ -1,5 +1,5 @@
 // qwamos controller: the daemon. Runs until SIGTERM or SIGINT.
-import type { Command } from 'commander';
+import type { Command } from '../commander.ts';
 import { runDaemon } from '../../daemon.ts';
 import { resyncDefault } from '../../config.ts';
 import { UsageError, printable } from '../../errors.ts';

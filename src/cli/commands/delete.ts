@@ -1,5 +1,5 @@
 // qwamos delete -f FILE|DIR | KIND/NAME...: remove resources from the host, then from the store.
-import type { Command } from 'commander';
+import type { Command } from '../commander.ts';
 import { UsageError, printable } from '../../errors.ts';
 import { hasErrors } from '../../resources/manifests.ts';
 import { openStore } from '../../runtime.ts';

@@ -1,6 +1,6 @@
 // qwamos diff -f FILE|DIR: what applying would change — in the store and on the host (including drift).
 // Exit 0: no difference; 1: differences; 2: error.
-import type { Command } from 'commander';
+import type { Command } from '../commander.ts';
 import { createControllers } from '../../controllers/index.ts';
 import { printable } from '../../errors.ts';
 import { hasErrors } from '../../resources/manifests.ts';
@@ -42,7 +42,7 @@ export const diffCommand: CliCommand = {
     const desired = set.resources.map((r) => asStored(r, byKey.get(r.key)));
     const merged = new Map(byKey);
     for (const r of desired) merged.set(keyOf(r), r);
-    const controllers = createControllers(loadConfig());
+    const controllers = createControllers(loadConfig(), undefined, { planOnly: true });
     const world = makeWorld([...merged.values()]);
 
     const diffs: ResourceDiff[] = set.resources.map((r) => ({
@@ -51,13 +51,14 @@ export const diffCommand: CliCommand = {
       fields: fieldChanges(byKey.get(r.key)?.spec ?? {}, r.resource.spec, 'spec'),
       host: [],
     }));
+    const diffByKey = new Map(diffs.map((d) => [d.resource, d]));
     for (const controller of controllers) {
       const mine = desired.filter((r) => r.kind === controller.kind);
       if (mine.length === 0) continue;
       const actual = await controller.observe(mine, world);
       for (const r of mine) {
         const key = keyOf(r);
-        const d = diffs.find((x) => x.resource === key)!;
+        const d = diffByKey.get(key)!;
         const plan = controller.plan(r, actual.get(key), world);
         d.host = [...plan.actions.map((a: { describe: string }) => a.describe), ...(plan.hold ? [`(${plan.hold.reason}) ${plan.hold.message}`] : [])];
       }

@@ -2,7 +2,7 @@
 // to any lease, so it outlives the node's restarts). Placement then puts nothing on it, and the VMs it runs
 // move away: its VM controller stops each one there and releases its run/ claim, then the placement winner
 // starts it ("stop there first, then start elsewhere"). --undo removes the mark; nothing moves back by itself.
-import type { Command } from 'commander';
+import type { Command } from '../commander.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { clusterKeys, DEFAULT_CLUSTER_PREFIX, parseNodeRecord, type DrainRecord } from '../../cluster/keys.ts';
 import { readLeaseFile } from '../../cluster/membership.ts';

@@ -1,7 +1,7 @@
 // qwamos drift [-o json] [--watch] [--all]: the differences the controllers found between the host and
 // the declared state. Open records by default, --all adds healed ones; --watch then prints one line per
 // new or changed record until SIGINT/SIGTERM. A report: exit 0, or 2 on usage errors.
-import { Option } from 'commander';
+import { Option } from '../commander.ts';
 import { oneLine, printable } from '../../errors.ts';
 import type { DriftRecord, Store } from '../../store/store.ts';
 import type { CliCommand } from '../command.ts';

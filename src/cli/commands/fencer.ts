@@ -3,7 +3,7 @@
 // vanished). One per state dir: it records itself in <state>/cluster/fencer.pid, and a second one exits at
 // once. Runs until SIGTERM, or until the lease file is gone and no VM process of the state dir remains
 // (nothing left to guard).
-import type { Command } from 'commander';
+import type { Command } from '../commander.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Fencer, qemuVmProcesses } from '../../cluster/fencer.ts';
 import { fencerPidPath } from '../../cluster/fencer-supervisor.ts';

@@ -1,7 +1,7 @@
 // qwamos get [KIND [NAME]] [-o wide|json|yaml|name]: list stored resources with their status, kubectl-style.
 // Exit 0 (also when there is nothing to list), 1 when a named resource does not exist, 2 on usage errors.
 import { keyOf } from '../../resources/keys.ts';
-import { Option } from 'commander';
+import { Option } from '../commander.ts';
 import { UsageError, UserError, oneLine, printable } from '../../errors.ts';
 import { gitSourceOf } from '../../git/owner.ts';
 import { assertName, type ResourceStatus, type Store, type StoredResource } from '../../store/store.ts';
@@ -20,10 +20,7 @@ import {
   toYaml,
 } from '../format.ts';
 import { openStoreForRead } from '../state-read.ts';
-import { DEFAULT_CLUSTER_PREFIX } from '../../cluster/keys.ts';
-import { readLeaseFile } from '../../cluster/membership.ts';
-import { parseEndpoints } from '../../cluster/node.ts';
-import { clusterNodeViews, type NodeView } from '../../cluster/status.ts';
+import type { NodeView } from '../../cluster/status.ts';
 
 type Output = 'wide' | 'json' | 'yaml' | 'name';
 
@@ -188,6 +185,13 @@ export const getCommand: CliCommand = {
  * when no cluster is known (no --etcd, this host never joined one): then the stored ClusterNodes are listed.
  */
 async function showClusterNodes(store: Store | undefined, opts: { output?: Output; etcd?: string }): Promise<number | undefined> {
+  // Loaded only for `get nodes`: listing resources needs none of the cluster code.
+  const [{ DEFAULT_CLUSTER_PREFIX }, { readLeaseFile }, { parseEndpoints }, { clusterNodeViews }] = await Promise.all([
+    import('../../cluster/keys.ts'),
+    import('../../cluster/membership.ts'),
+    import('../../cluster/node.ts'),
+    import('../../cluster/status.ts'),
+  ]);
   // A damaged lease file only means this host's own node shows less precisely.
   const local = store ? await readLeaseFile(store.dir).catch(() => undefined) : undefined;
   const endpoints = opts.etcd !== undefined ? parseEndpoints(opts.etcd) : local?.endpoints;

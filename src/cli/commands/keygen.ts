@@ -1,7 +1,7 @@
 // qwamos keygen NAME: make an ML-DSA key pair for signing manifests.
 import { realpath } from 'node:fs/promises';
 import path from 'node:path';
-import { Option } from 'commander';
+import { Option } from '../commander.ts';
 import { stateDir, trustDir } from '../../config.ts';
 import { UsageError, printable } from '../../errors.ts';
 import { ALGS, DEFAULT_ALG, generateKey, type Alg } from '../../trust/keys.ts';

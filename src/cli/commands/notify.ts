@@ -1,7 +1,7 @@
 // qwamos notify [gitsource/NAME]: ask the running controller for a git source pass now, through its
 // notification socket (what a post-receive hook calls). Without a name: every git source.
 import net from 'node:net';
-import type { Command } from 'commander';
+import type { Command } from '../commander.ts';
 import { UsageError, UserError } from '../../errors.ts';
 import { loadConfig } from '../../config.ts';
 import { notifySocketPath } from '../../git/notify.ts';

@@ -1,6 +1,6 @@
 // qwamos reconcile [KIND/NAME...]: observe the host now and heal what differs (all resources by default).
 import { keyOf } from '../../resources/keys.ts';
-import type { Command } from 'commander';
+import type { Command } from '../commander.ts';
 import { printable } from '../../errors.ts';
 import { DAEMON_LEASE, openStore } from '../../runtime.ts';
 import type { CliCommand } from '../command.ts';

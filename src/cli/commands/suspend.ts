@@ -1,5 +1,5 @@
 // qwamos suspend|resume KIND/NAME...: stop or restart reconciling resources (the host is left as it is).
-import type { Command } from 'commander';
+import type { Command } from '../commander.ts';
 import { openStore } from '../../runtime.ts';
 import type { CliCommand } from '../command.ts';
 import { EXIT } from '../exit.ts';

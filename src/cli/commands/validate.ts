@@ -1,5 +1,5 @@
 // qwamos validate -f FILE|DIR ...: verify signatures and validate, reporting every problem in one pass.
-import type { Command } from 'commander';
+import type { Command } from '../commander.ts';
 import { EXIT } from '../exit.ts';
 import { printable } from '../../errors.ts';
 import { jsonOutputOption, type CliCommand } from '../command.ts';

@@ -1,7 +1,7 @@
 // qwamos verify FILE...: check each file's detached signature against the trust store.
 // Exit 0 only if every file is verified; 1 if any is not; 2 for bad usage or a missing file.
 import path from 'node:path';
-import { Option } from 'commander';
+import { Option } from '../commander.ts';
 import { trustDir } from '../../config.ts';
 import { printable } from '../../errors.ts';
 import { readSignedFiles, verifyFile, type VerifyOutcome } from '../../trust/signature.ts';

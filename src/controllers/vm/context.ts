@@ -20,6 +20,12 @@ export interface VmContext {
   cluster?: ClusterVmView;
   /** Where each VM start and stop is appended (QWAMOS_LEDGER). */
   ledger?: LedgerTarget;
+  /**
+   * Observe for plans only (`qwamos diff`): the host's QEMU, TSC and VM user are probed only when a VM
+   * of the batch runs or is to run, the only VMs whose plan renders a launch. Status reports need them
+   * for every VM, so the daemon and apply leave this off.
+   */
+  planOnly?: boolean;
 }
 
 export const DEFAULT_RUN_ROOT = '/run/qwamos';

@@ -33,8 +33,10 @@ export function gpuLevelOf(spec: VirtualMachineSpec, world: World): GpuLevel | u
 export function renderLaunch(ctx: VmContext, r: StoredResource<'VirtualMachine'>, actual: VmActual, world: World): Rendered {
   const name = r.metadata.name;
   const spec = r.spec;
-  const { probe, tscKhz, vmUser, pci } = actual.host;
   const no = (hold: Hold): Rendered => ({ ok: false, hold });
+  // Only an observation for plans alone leaves the host unprobed, and only when no VM runs or is to run.
+  if (!actual.host) return no(waiting('HostNotProbed', 'the host was not probed in this observation', 1000));
+  const { probe, tscKhz, vmUser, pci } = actual.host;
 
   // Image files: never outside the image root, never a disk through a symlink.
   for (const [field, rel] of [['boot.kernel', spec.boot?.kernel], ['boot.initrd', spec.boot?.initrd], ...(spec.disks ?? []).map((d) => [`disk ${d.name}: backingImage`, d.backingImage] as const)] as const) {

@@ -27,11 +27,11 @@ import { keyOf, type ObjectKey } from '../../resources/keys.ts';
 import { imagePathEscape, ownedPathProblem } from '../../resources/paths.ts';
 import type { World } from '../../engine/contract.ts';
 import type { StoredResource } from '../../store/store.ts';
+import { observeCluster, type VmClusterFacts } from './placement.ts';
+import { leaseFilePath } from '../../cluster/membership.ts';
 import { vmPaths, type LaunchRecord, type VmContext, type VmPaths } from './context.ts';
 import { routeOf } from './launch.ts';
 import { sizeMiB } from '../../resources/checks.ts';
-import { observeCluster, type VmClusterFacts } from './placement.ts';
-import { leaseFilePath } from '../../cluster/membership.ts';
 
 /** The process the pidfile names. */
 export type ProcFact =
@@ -86,7 +86,8 @@ export interface VmActual {
   tap?: { exists: boolean; plugged: boolean };
   /** The state or run directory exists (something to clean up). */
   leftovers: boolean;
-  host: HostFacts;
+  /** Undefined only when observed for plans only and no VM of the batch runs or is to run (context.ts). */
+  host?: HostFacts;
   /** In a cluster: placement, the claim, failover facts (absent on one host). */
   cluster?: VmClusterFacts;
   /** Not run in a cluster, but this state dir belongs to cluster node NAME (its lease file is there). */
@@ -101,10 +102,16 @@ export class VmObserver {
   constructor(private readonly ctx: VmContext) {}
 
   async observe(resources: StoredResource<'VirtualMachine'>[], world: World): Promise<Map<ObjectKey, VmActual>> {
-    this.host ??= Promise.all([probeQemu(), hostTscKhz(this.ctx.tscKhz), resolveVmUser()]).then(([probe, tscKhz, vmUser]) => ({ probe, vmUser, ...(tscKhz ? { tscKhz } : {}) }));
-    this.host.catch(() => (this.host = undefined));
-    const [host, procs, cluster, leaseFile] = await Promise.all([
-      this.host,
+    const probeHost = () => {
+      this.host ??= Promise.all([probeQemu(), hostTscKhz(this.ctx.tscKhz), resolveVmUser()]).then(([probe, tscKhz, vmUser]) => ({ probe, vmUser, ...(tscKhz ? { tscKhz } : {}) }));
+      this.host.catch(() => (this.host = undefined));
+      return this.host;
+    };
+    // A plan renders a launch only for a VM that runs or is to run: for plans alone (diff) of Stopped
+    // VMs that do not run, the host is not probed (QEMU, the TSC script, getent: six processes).
+    const wantsRun = (r: StoredResource<'VirtualMachine'>) => (r.spec.runStrategy ?? 'Running') !== 'Stopped';
+    const early = !this.ctx.planOnly || resources.some(wantsRun) ? probeHost() : undefined;
+    const [procs, cluster, leaseFile] = await Promise.all([
       scanQemuProcesses(),
       this.ctx.cluster ? observeCluster(this.ctx.cluster, this.ctx.stateDir, resources, world) : undefined,
       this.ctx.cluster ? undefined : readJson<{ node?: unknown }>(leaseFilePath(this.ctx.stateDir)),
@@ -115,7 +122,7 @@ export class VmObserver {
     const out = new Map<ObjectKey, VmActual>();
     await Promise.all(
       resources.map(async (r) => {
-        const actual = await this.observeOne(r, world, { ...host, pci }, procs);
+        const actual = await this.observeOne(r, world, procs);
         const facts = cluster?.get(r.metadata.name);
         if (facts) actual.cluster = facts;
         if (outside) actual.clusterNodeOutside = outside;
@@ -130,6 +137,11 @@ export class VmObserver {
       const a = out.get(keyOf(r))!;
       return (a.proc.state === 'running' || a.stray !== undefined) && routeOf(r.spec, world);
     });
+    const facts = early ?? (live.length || resources.some((r) => out.get(keyOf(r))!.proc.state === 'running') ? probeHost() : undefined);
+    if (facts) {
+      const host = { ...(await facts), pci };
+      for (const a of out.values()) a.host = host;
+    }
     const nets = live.length ? await observeRouteNets(this.ctx.layout, live.map((r) => routeOf(r.spec, world)!.vm)) : new Map();
     for (const r of live) {
       const route = routeOf(r.spec, world)!;
@@ -140,7 +152,7 @@ export class VmObserver {
     return out;
   }
 
-  private async observeOne(r: StoredResource<'VirtualMachine'>, world: World, host: HostFacts, procs: Awaited<ReturnType<typeof scanQemuProcesses>>): Promise<VmActual> {
+  private async observeOne(r: StoredResource<'VirtualMachine'>, world: World, procs: Awaited<ReturnType<typeof scanQemuProcesses>>): Promise<VmActual> {
     const name = r.metadata.name;
     const spec = r.spec;
     const paths = vmPaths(this.ctx, name);
@@ -194,7 +206,6 @@ export class VmObserver {
       images,
       ...(gpuDevices ? { gpuDevices } : {}),
       leftovers,
-      host,
     };
   }
 }
