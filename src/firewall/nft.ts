@@ -206,9 +206,8 @@ export function renderStatement(stmt: string): string {
   if ((m = /^ct state (.+)$/.exec(stmt))) return `ct state ${m[1]}`;
   if ((m = /^(iifname|oifname) (.+)$/.exec(stmt))) return `${m[1]} "${m[2]}"`;
   if (stmt === 'tcp syn') return 'tcp flags & (fin|syn|rst|ack) == syn';
-  if ((m = /^jump (\w+)$/.exec(stmt))) return `jump ${m[1]}`;
-  // A user chain may be named like Docker's (`DOCKER-USER`): quoted.
-  if ((m = /^jump ([A-Za-z][A-Za-z0-9_-]*)$/.exec(stmt))) return `jump "${m[1]}"`;
+  // A user chain may be named like Docker's (`DOCKER-USER`): nft takes it unquoted (a quoted jump target is a syntax error).
+  if ((m = /^jump ([A-Za-z][A-Za-z0-9_-]*)$/.exec(stmt))) return `jump ${m[1]}`;
   if ((m = /^redirect (\d+)$/.exec(stmt))) return `redirect to :${m[1]}`;
   if (stmt === 'reject') return 'reject with icmpx type admin-prohibited';
   if (stmt === 'accept' || stmt === 'drop') return stmt;

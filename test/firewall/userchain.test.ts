@@ -56,8 +56,8 @@ describe('user chain: nftables emitter', () => {
     assert.ok(!renderNftTable(t).includes('user_fw'));
   });
 
-  test('a chain named like Docker\'s is quoted', () => {
-    assert.equal(renderStatement('jump DOCKER-USER'), 'jump "DOCKER-USER"');
+  test('a chain named like Docker\'s is written as is (the real-nft test proves nft parses it)', () => {
+    assert.equal(renderStatement('jump DOCKER-USER'), 'jump DOCKER-USER');
     assert.equal(renderStatement('jump out_dev'), 'jump out_dev');
   });
 });
