@@ -75,7 +75,13 @@ function portRange(v: Json): string | undefined {
 
 /** One nft JSON expression -> a canonical statement, or `?<json>` for anything qwamos never writes. */
 export function decodeExpr(e: Json): string {
-  const unknown = `?${JSON.stringify(e)}`;
+  const known = decodeKnown(e);
+  return known ?? `?${JSON.stringify(e)}`;
+}
+
+// Undefined for anything qwamos never writes (serialised only then: most expressions are known).
+function decodeKnown(e: Json): string | undefined {
+  const unknown = undefined;
   if (e.match) {
     const { op, left, right } = e.match;
     if (left?.meta?.key === 'nfproto' && op === '==' && typeof right === 'string') return `nfproto ${right}`;

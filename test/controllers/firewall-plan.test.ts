@@ -34,7 +34,7 @@ const opts = { prefix: 'qw', dnscryptAvailable: false };
 const noNames = new Map<string, NameResolution>();
 
 function backendOf(shape: FirewallShape): FirewallBackend {
-  return { ...shape, observe: async () => ({ present: false, chains: new Map() }), sync: async (c) => [...c] };
+  return { ...shape, observe: async () => ({ present: false, chains: new Map() }), sync: async (c) => [...(await c)] };
 }
 /** What observe would see if the host had exactly what `world` compiles to (then edited by `edit`). */
 function observed(shape: FirewallShape, world: World, resolved = noNames, edit?: (v: FirewallView) => void): FirewallObservation {

@@ -45,8 +45,9 @@ export interface FirewallBackend extends FirewallShape {
   /**
    * Make the host's firewall the compiled one (none: remove everything qwamos owns). Returns what was
    * written: the compiled VMs, with direct VMs closed while the configured user chain is missing.
+   * The table is read (or a fresh observation reused) while the compiled VMs are still being computed.
    */
-  sync(compiled: readonly VmFirewall[]): Promise<VmFirewall[]>;
+  sync(compiled: readonly VmFirewall[] | Promise<readonly VmFirewall[]>): Promise<VmFirewall[]>;
 }
 
 export interface FirewallLayoutSettings {
@@ -138,6 +139,42 @@ export function iptShape(prefix: string, userChain?: string): FirewallShape {
 
 const oneLine = (err: unknown): string => (err instanceof Error ? err.message : String(err)).split('\n')[0]!;
 
+/**
+ * How long an observation may stand in for the one a sync would make, when nothing was written since:
+ * a pass observes, plans and applies within this (and the engine observes again after applying, so a
+ * change made by someone else in between is still seen and healed by the next pass).
+ */
+export const OBSERVATION_REUSE_MS = 5_000;
+
+/**
+ * The backend's last observation of what qwamos owns (a pending one too), for the sync that follows
+ * it in the same pass: listing a 10,000-rule table costs as much as writing it. Any sync (done or
+ * failed) makes every earlier observation stale.
+ */
+function observationCache<T>(read: () => Promise<T>): { observe(): Promise<T>; forSync(): Promise<T>; written(): void } {
+  let epoch = 0;
+  let last: { epoch: number; at: number; value: Promise<T> } | undefined;
+  return {
+    observe() {
+      const entry = { epoch, at: Date.now(), value: read() };
+      last = entry;
+      entry.value.then(
+        () => (entry.at = Date.now()),
+        () => last === entry && (last = undefined),
+      );
+      return entry.value;
+    },
+    forSync() {
+      const fresh = last && last.epoch === epoch && Date.now() - last.at < OBSERVATION_REUSE_MS ? last.value : undefined;
+      return fresh ?? read();
+    },
+    written() {
+      epoch++;
+      last = undefined;
+    },
+  };
+}
+
 function serialised(): <T>(job: () => Promise<T>) => Promise<T> {
   let tail: Promise<unknown> = Promise.resolve();
   return (job) => {
@@ -155,10 +192,11 @@ export function nftBackend(s: FirewallLayoutSettings): FirewallBackend {
   const comment = dockerUserComment(s.prefix);
   const emit = { guardPattern: guardPattern(s.prefix), ...(s.userChain !== undefined ? { userChain: s.userChain } : {}) };
   const keep = s.userChain !== undefined ? [s.userChain] : [];
+  const table = observationCache(() => observeNftTable(layout));
   return {
     ...shape,
     async observe() {
-      const [o, docker] = await Promise.all([observeNftTable(layout), observeDockerUser(ipt, comment).catch((err: unknown) => ({ error: oneLine(err) }))]);
+      const [o, docker] = await Promise.all([table.observe(), observeDockerUser(ipt, comment).catch((err: unknown) => ({ error: oneLine(err) }))]);
       const view = nftView(o.exists, o.chains, s.userChain);
       const userChain = nftUserChain(shape.table, o.chains, s.userChain);
       if (userChain) view.userChain = userChain;
@@ -169,11 +207,15 @@ export function nftBackend(s: FirewallLayoutSettings): FirewallBackend {
       }
       return view;
     },
-    sync: (compiled) =>
+    sync: (compiling) =>
       serial(async () => {
-        const observed = await observeNftTable(layout);
+        const [observed, compiled] = await Promise.all([table.forSync(), compiling]);
         const written = withUserChain(compiled, nftUserChain(shape.table, observed.chains, s.userChain));
-        await syncNftTable(layout, written.length ? buildNftTable(shape.table, written, emit) : undefined, { observed, keep });
+        try {
+          await syncNftTable(layout, written.length ? buildNftTable(shape.table, written, emit) : undefined, { observed, keep });
+        } finally {
+          table.written();
+        }
         // After the table: a direct VM is let through Docker's drop only once qwamos' chains judge it.
         await syncDockerUser(ipt, dockerUserWanted(s.prefix, written), comment).catch((err: unknown) => {
           // No iptables tool: no Docker chain qwamos could see either; status says so (view.dockerUser).
@@ -189,10 +231,11 @@ export function iptBackend(s: FirewallLayoutSettings): FirewallBackend {
   const layout = s.hostNetns ? { hostNetns: s.hostNetns } : {};
   const serial = serialised();
   const emit = { guardPattern: guardPattern(s.prefix), ...(s.userChain !== undefined ? { userChain: s.userChain } : {}) };
+  const saves = observationCache(() => observeIpt(layout));
   return {
     ...shape,
     async observe() {
-      const o = await observeIpt(layout);
+      const o = await saves.observe();
       const chains = new Map<string, string[]>();
       for (const k of IPT_KEYS) for (const [name, lines] of o.chains[k]) chains.set(`${k}:${name}`, lines);
       const present = IPT_KEYS.flatMap((k) => o.jumps[k].map((j) => `${k} ${j}`));
@@ -200,16 +243,20 @@ export function iptBackend(s: FirewallLayoutSettings): FirewallBackend {
       const userChain = iptUserChain(o, s.userChain);
       return { present: true, chains, ...(userChain ? { userChain } : {}) };
     },
-    sync: (compiled) =>
+    sync: (compiling) =>
       serial(async () => {
-        if (compiled.length === 0) {
-          await removeIpt(layout);
-          return [];
+        const [observed, compiled] = await Promise.all([saves.forSync(), compiling]);
+        try {
+          if (compiled.length === 0) {
+            await removeIpt(layout);
+            return [];
+          }
+          const written = withUserChain(compiled, iptUserChain(observed, s.userChain));
+          await syncIpt(layout, buildIptTables(written, emit), observed);
+          return written;
+        } finally {
+          saves.written();
         }
-        const observed = await observeIpt(layout);
-        const written = withUserChain(compiled, iptUserChain(observed, s.userChain));
-        await syncIpt(layout, buildIptTables(written, emit), observed);
-        return written;
       }),
   };
 }

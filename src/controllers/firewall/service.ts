@@ -97,7 +97,8 @@ export class FirewallService {
    */
   async sync(world: World, keep?: ReadonlySet<string>): Promise<VmFirewall[]> {
     const backend = await this.backendInUse();
-    const written = await backend.sync(await this.compile(world, keep));
+    // Not awaited here: the backend reads the host's table while the world compiles.
+    const written = await backend.sync(this.compile(world, keep));
     await this.cutDisallowedFlows(written);
     return written;
   }
