@@ -106,18 +106,27 @@ export async function syncIpt(layout: IptLayout, desired: IptTables, observed?: 
   return plan;
 }
 
-/** Remove the jumps and every QWAMOS-* chain (only those). */
-export async function removeIpt(layout: IptLayout): Promise<void> {
-  const o = await observeIpt(layout);
-  const script: string[] = [];
-  for (const [table, builtin, target] of IP6T_JUMPS) script.push(`while ip6tables -t ${table} -D ${builtin} -j ${target} 2>/dev/null; do :; done`);
-  for (const [table, builtin, target] of IPT_JUMPS) script.push(`while iptables -t ${table} -D ${builtin} -j ${target} 2>/dev/null; do :; done`);
-  for (const [key, tool, table] of [['v6filter', 'ip6tables', 'filter'], ['v4filter', 'iptables', 'filter'], ['v4nat', 'iptables', 'nat']] as const) {
-    const names = [...o.chains[key].keys()];
-    for (const n of names) script.push(`${tool} -t ${table} -F ${n}`);
-    for (const n of names) script.push(`${tool} -t ${table} -X ${n}`);
-  }
-  await run(['sh', '-c', script.join('\n')], opts(layout));
+/**
+ * Pure: the restore input removing what `o` saw of qwamos: every QWAMOS-* chain declared (= flushed),
+ * each observed jump to one deleted (`-D`, every copy), then the chains deleted (`-X`). One commit per
+ * family instead of an `iptables -F`/`-X` process per chain (each of which reloads the whole table).
+ */
+export function renderRemoval(o: ObservedIpt): { v6: string; v4: string } {
+  const block = (table: 'filter' | 'nat', key: TableKey): string => {
+    const chains = [...o.chains[key].keys()];
+    const jumps = o.jumps[key];
+    if (chains.length === 0 && jumps.length === 0) return '';
+    const lines = [`*${table}`, ...chains.map((c) => `:${c} - [0:0]`), ...jumps.map((l) => l.replace(/^-A /, '-D ')), ...chains.map((c) => `-X ${c}`), 'COMMIT'];
+    return lines.join('\n') + '\n';
+  };
+  return { v6: block('filter', 'v6filter'), v4: block('filter', 'v4filter') + block('nat', 'v4nat') };
+}
+
+/** Remove the jumps and every QWAMOS-* chain (only those): observed, then one restore per family. */
+export async function removeIpt(layout: IptLayout, observed?: ObservedIpt): Promise<void> {
+  const { v6, v4 } = renderRemoval(observed ?? (await observeIpt(layout)));
+  if (v6) await run(['ip6tables-restore', '--noflush'], { ...opts(layout), input: v6 });
+  if (v4) await run(['iptables-restore', '--noflush'], { ...opts(layout), input: v4 });
 }
 
 // ------------------------------------------------------------------------------------ Docker's DOCKER-USER

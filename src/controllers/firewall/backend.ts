@@ -248,7 +248,7 @@ export function iptBackend(s: FirewallLayoutSettings): FirewallBackend {
         const [observed, compiled] = await Promise.all([saves.forSync(), compiling]);
         try {
           if (compiled.length === 0) {
-            await removeIpt(layout);
+            await removeIpt(layout, observed);
             return [];
           }
           const written = withUserChain(compiled, iptUserChain(observed, s.userChain));
