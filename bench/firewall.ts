@@ -4,7 +4,9 @@
 //     whole, observe, plan, check, commit) vs one bare `nft -f` (iptables: `iptables-restore --noflush`
 //     plus `ip6tables-restore --noflush`) of the same generated ruleset: the ratio;
 //  2. a one-rule change: its time, and which chains the driver's plan rewrites (only that VM's);
-//  3. observe: the backend's view, and the whole FirewallPolicy observe (view + names).
+//  3. observe: the backend's view, and the whole FirewallPolicy observe (view + names);
+//  4. a one-rule change as a pass does it: observe, then sync (which reuses that observation);
+//  5. nftables: where one sync from empty spends its time, step by step (the same driver calls).
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -14,8 +16,9 @@ import { FirewallService } from '../src/controllers/firewall/service.ts';
 import { desiredFirewall } from '../src/controllers/firewall/desired.ts';
 import { buildNftTable, firewallTableName, renderFullReplace } from '../src/firewall/nft.ts';
 import { buildIptTables, renderRestoreBlock } from '../src/firewall/iptables.ts';
-import { observeNftTable, planNftSync } from '../src/drivers/nftables.ts';
-import { observeIpt, planIpt, removeIpt } from '../src/drivers/iptables.ts';
+import { applyNftScript, observeNftTable, planNftSync, renderPlan } from '../src/drivers/nftables.ts';
+import { observeDockerUser, observeIpt, planIpt, removeIpt } from '../src/drivers/iptables.ts';
+import { listFlows } from '../src/drivers/conntrack.ts';
 import type { StoredResource } from '../src/store/store.ts';
 import { createTestHost, type TestHost } from '../test/helpers/hostns.ts';
 import { median, printTable, time, writeResult } from './lib.ts';
@@ -63,6 +66,10 @@ interface BackendResult {
   oneRuleRewrites: string[];
   observeMs: number;
   policyObserveMs: number;
+  /** Observe then sync of a one-rule change, as one engine pass runs them (the sync reuses the observation). */
+  passOneRuleChangeMs: number;
+  /** nftables: one sync from empty, step by step (median ms each). */
+  profile?: Record<string, number>;
 }
 
 async function benchBackend(host: TestHost, dir: string, backend: 'nftables' | 'iptables'): Promise<BackendResult> {
@@ -133,6 +140,41 @@ async function benchBackend(host: TestHost, dir: string, backend: 'nftables' | '
     observes.push((await time(() => backendImpl.observe())).ms);
     policyObserves.push((await time(() => service.observe(w0))).ms);
   }
+  // As a pass: the controller's observe, then the sync its plan asked for (a different world each run).
+  const passes: number[] = [];
+  for (let i = 0; i < RUNS; i++) {
+    passes.push((await time(async () => {
+      await service.observe(w0);
+      await service.sync(i % 2 ? w0 : w1);
+    })).ms);
+  }
+
+  // Where one sync from empty goes (nftables): the same calls the service and the driver make, one by one.
+  let profile: Record<string, number> | undefined;
+  if (backend === 'nftables') {
+    const steps: Record<string, number[]> = {};
+    const step = async <T>(name: string, fn: () => Promise<T> | T): Promise<T> => {
+      const r = await time(fn);
+      (steps[name] ??= []).push(r.ms);
+      return r.value;
+    };
+    const nftLayout = { ...layout, table };
+    for (let i = 0; i < RUNS; i++) {
+      await clear();
+      const fresh = new FirewallService({ prefix, hostNetns: host.hostNs, backend });
+      await fresh.backendInUse();
+      const c = await step('compile (names, world -> IR)', () => fresh.compile(world()));
+      const observed = await step('observe (nft -j list table: absent)', () => observeNftTable(nftLayout));
+      const t = await step('build + render the script', () => {
+        const tbl = buildNftTable(table, c, { guardPattern: guard });
+        return renderPlan(tbl, planNftSync(tbl, observed), table);
+      });
+      await step('nft --check -f + nft -f (one process)', () => applyNftScript(nftLayout, t));
+      await step('DOCKER-USER read (iptables-save)', () => observeDockerUser(layout, 'qwamos bench'));
+      await step('conntrack list', () => listFlows(layout));
+    }
+    profile = Object.fromEntries(Object.entries(steps).map(([k, v]) => [k, median(v)]));
+  }
   await clear();
   const r = {
     backend,
@@ -145,6 +187,8 @@ async function benchBackend(host: TestHost, dir: string, backend: 'nftables' | '
     oneRuleRewrites: rewrites,
     observeMs: median(observes),
     policyObserveMs: median(policyObserves),
+    passOneRuleChangeMs: median(passes),
+    ...(profile ? { profile } : {}),
   };
   return r;
 }
@@ -166,7 +210,9 @@ export async function benchFirewall(): Promise<void> {
         { measure: 'chains it rewrites', value: r.oneRuleRewrites.join(' '), unit: '' },
         { measure: 'observe (backend view)', value: r.observeMs, unit: 'ms' },
         { measure: 'observe (FirewallPolicy: view + names)', value: r.policyObserveMs, unit: 'ms' },
+        { measure: 'one-rule change as a pass (observe, then sync reusing it)', value: r.passOneRuleChangeMs, unit: 'ms' },
       ]);
+      if (r.profile) printTable(`Firewall, ${r.backend}: one sync from empty, step by step (median ms)`, Object.entries(r.profile).map(([step, ms]) => ({ step, ms })));
     }
     console.log(`wrote ${await writeResult('firewall', { vms: VMS, rulesPerVm: RULES, runs: RUNS, results })}`);
   } finally {

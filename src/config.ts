@@ -1,7 +1,7 @@
 // Every setting qwamos reads from the environment, read here and only here, with its default.
 // Tests point each run at its own directories, prefix and host netns through these variables.
 import path from 'node:path';
-import { isNetnsName, isPrefix } from './names.ts';
+import { isNetnsName, isPrefix, userChainProblem } from './names.ts';
 
 export interface Config {
   /** The state directory (manifests, status, trust store, VM runtime files). QWAMOS_STATE_DIR */
@@ -30,6 +30,12 @@ export interface Config {
   firewallBackend: FirewallBackendChoice;
   /** A file to append one JSON line to per VM start and stop (the cluster tests' ledger). QWAMOS_LEDGER */
   ledger?: string;
+  /**
+   * A chain the user owns, jumped to for `direct` VMs' forwarded traffic once qwamos' own rules accept
+   * it (it can restrict, never open). nftables: a chain in qwamos' table; iptables: a filter chain.
+   * Missing: direct VMs fail closed. QWAMOS_FIREWALL_USER_CHAIN (default: none)
+   */
+  firewallUserChain?: string;
 }
 
 export type FirewallBackendChoice = 'auto' | 'nftables' | 'iptables';
@@ -51,6 +57,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (!FIREWALL_BACKENDS.includes(firewallBackend)) {
     throw new Error(`QWAMOS_FIREWALL_BACKEND must be auto, nftables or iptables (got ${JSON.stringify(env.QWAMOS_FIREWALL_BACKEND)})`);
   }
+  const firewallUserChain = env.QWAMOS_FIREWALL_USER_CHAIN || undefined;
+  const chainProblem = firewallUserChain === undefined ? undefined : userChainProblem(firewallUserChain);
+  if (chainProblem) throw new Error(`QWAMOS_FIREWALL_USER_CHAIN ${chainProblem} (got ${JSON.stringify(firewallUserChain)})`);
   const tscKhz = env.QWAMOS_TSC_KHZ ? positiveInt('QWAMOS_TSC_KHZ', env.QWAMOS_TSC_KHZ) : undefined;
   return {
     stateDir,
@@ -66,6 +75,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     debug: debugEnabled(env),
     firewallBackend,
     ...(env.QWAMOS_LEDGER ? { ledger: path.resolve(env.QWAMOS_LEDGER) } : {}),
+    ...(firewallUserChain ? { firewallUserChain } : {}),
   };
 }
 

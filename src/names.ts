@@ -15,6 +15,20 @@ export const IFNAME_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$/;
 /** sockaddr_un.sun_path is 108 bytes including the NUL. */
 export const MAX_SOCKET_PATH = 107;
 
+/**
+ * The user's own firewall chain (QWAMOS_FIREWALL_USER_CHAIN): a name both iptables (28 characters) and
+ * nft accept, and none qwamos writes itself (QWAMOS-*, the built-in chains, qwamos' nft chain names).
+ */
+export const USER_CHAIN_RE = /^[A-Za-z][A-Za-z0-9_-]{0,27}$/;
+const RESERVED_CHAIN_RE = /^(qwamos.*|input|output|forward|prerouting|postrouting|(out|ret|in|nat)_.*|user_verdict)$/i;
+
+/** Why a name cannot be the user's chain, or undefined when it can. */
+export function userChainProblem(name: string): string | undefined {
+  if (!USER_CHAIN_RE.test(name)) return 'must be 1-28 letters, digits, `_` or `-`, starting with a letter';
+  if (RESERVED_CHAIN_RE.test(name)) return 'is a name qwamos or the kernel uses for its own chains';
+  return undefined;
+}
+
 export function isDnsLabel(value: unknown): value is string {
   return typeof value === 'string' && DNS_LABEL_RE.test(value);
 }

@@ -21,7 +21,7 @@ export function createControllers(config: Config, store?: Store, opts: { cluster
   const { cluster } = opts;
   const layout = { prefix: config.prefix, ...(config.hostNetns ? { hostNetns: config.hostNetns } : {}) };
   // One firewall for both controllers that write it: the table is compiled whole from the world.
-  const firewall = new FirewallService({ ...layout, backend: config.firewallBackend });
+  const firewall = new FirewallService({ ...layout, backend: config.firewallBackend, ...(config.firewallUserChain ? { userChain: config.firewallUserChain } : {}) });
   return [
     new RouteController(layout, config.uplink, { firewall, settings: { ...layout, stateDir: config.stateDir } }),
     new FirewallPolicyController(firewall),

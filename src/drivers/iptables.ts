@@ -15,6 +15,8 @@ export interface ObservedIpt {
   chains: Record<TableKey, Map<string, string[]>>;
   /** Built-in chain jump lines to QWAMOS-* chains, per table (e.g. `-A FORWARD -j QWAMOS-FORWARD`). */
   jumps: Record<TableKey, string[]>;
+  /** Every chain of the IPv4 filter table (the user's chain is looked up here). */
+  v4filterChains: Set<string>;
 }
 
 const OBSERVE = 'iptables-save -t filter; echo @@nat; iptables-save -t nat; echo @@v6; ip6tables-save -t filter';
@@ -26,10 +28,12 @@ function opts(layout: IptLayout): { netns?: string } {
 /** Pure: parse the three saves. */
 export function parseSaves(text: string): ObservedIpt {
   const [f4 = '', n4 = '', f6 = ''] = text.split(/^@@(?:nat|v6)$/m);
-  const parse = (t: string) => {
+  const v4filterChains = new Set<string>();
+  const parse = (t: string, all?: Set<string>) => {
     const chains = new Map<string, string[]>();
     const jumps: string[] = [];
     for (const line of t.split('\n')) {
+      if (all && line.startsWith(':')) all.add(line.slice(1).split(' ')[0]!);
       const decl = /^:(QWAMOS-\S+) /.exec(line);
       if (decl) chains.set(decl[1]!, []);
       const rule = /^-A (\S+) /.exec(line);
@@ -39,10 +43,10 @@ export function parseSaves(text: string): ObservedIpt {
     }
     return { chains, jumps };
   };
-  const a = parse(f4);
+  const a = parse(f4, v4filterChains);
   const b = parse(n4);
   const c = parse(f6);
-  return { chains: { v4filter: a.chains, v4nat: b.chains, v6filter: c.chains }, jumps: { v4filter: a.jumps, v4nat: b.jumps, v6filter: c.jumps } };
+  return { chains: { v4filter: a.chains, v4nat: b.chains, v6filter: c.chains }, jumps: { v4filter: a.jumps, v4nat: b.jumps, v6filter: c.jumps }, v4filterChains };
 }
 
 export async function observeIpt(layout: IptLayout): Promise<ObservedIpt> {
@@ -87,9 +91,9 @@ function ensureJumpsScript(): string {
   return lines.join(' && ');
 }
 
-/** Observe, restore only what differs (IPv6 first, IPv4 filter before nat), ensure the jumps. */
-export async function syncIpt(layout: IptLayout, desired: IptTables): Promise<IptPlan> {
-  const plan = planIpt(desired, await observeIpt(layout));
+/** Observe (unless given), restore only what differs (IPv6 first, IPv4 filter before nat), ensure the jumps. */
+export async function syncIpt(layout: IptLayout, desired: IptTables, observed?: ObservedIpt): Promise<IptPlan> {
+  const plan = planIpt(desired, observed ?? (await observeIpt(layout)));
   if (planIsEmpty(plan)) return plan;
   if (plan.replace.v6filter.length || plan.remove.v6filter.length) {
     await run(['ip6tables-restore', '--noflush'], { ...opts(layout), input: renderRestoreBlock('filter', plan.replace.v6filter, plan.remove.v6filter) });
@@ -102,18 +106,27 @@ export async function syncIpt(layout: IptLayout, desired: IptTables): Promise<Ip
   return plan;
 }
 
-/** Remove the jumps and every QWAMOS-* chain (only those). */
-export async function removeIpt(layout: IptLayout): Promise<void> {
-  const o = await observeIpt(layout);
-  const script: string[] = [];
-  for (const [table, builtin, target] of IP6T_JUMPS) script.push(`while ip6tables -t ${table} -D ${builtin} -j ${target} 2>/dev/null; do :; done`);
-  for (const [table, builtin, target] of IPT_JUMPS) script.push(`while iptables -t ${table} -D ${builtin} -j ${target} 2>/dev/null; do :; done`);
-  for (const [key, tool, table] of [['v6filter', 'ip6tables', 'filter'], ['v4filter', 'iptables', 'filter'], ['v4nat', 'iptables', 'nat']] as const) {
-    const names = [...o.chains[key].keys()];
-    for (const n of names) script.push(`${tool} -t ${table} -F ${n}`);
-    for (const n of names) script.push(`${tool} -t ${table} -X ${n}`);
-  }
-  await run(['sh', '-c', script.join('\n')], opts(layout));
+/**
+ * Pure: the restore input removing what `o` saw of qwamos: every QWAMOS-* chain declared (= flushed),
+ * each observed jump to one deleted (`-D`, every copy), then the chains deleted (`-X`). One commit per
+ * family instead of an `iptables -F`/`-X` process per chain (each of which reloads the whole table).
+ */
+export function renderRemoval(o: ObservedIpt): { v6: string; v4: string } {
+  const block = (table: 'filter' | 'nat', key: TableKey): string => {
+    const chains = [...o.chains[key].keys()];
+    const jumps = o.jumps[key];
+    if (chains.length === 0 && jumps.length === 0) return '';
+    const lines = [`*${table}`, ...chains.map((c) => `:${c} - [0:0]`), ...jumps.map((l) => l.replace(/^-A /, '-D ')), ...chains.map((c) => `-X ${c}`), 'COMMIT'];
+    return lines.join('\n') + '\n';
+  };
+  return { v6: block('filter', 'v6filter'), v4: block('filter', 'v4filter') + block('nat', 'v4nat') };
+}
+
+/** Remove the jumps and every QWAMOS-* chain (only those): observed, then one restore per family. */
+export async function removeIpt(layout: IptLayout, observed?: ObservedIpt): Promise<void> {
+  const { v6, v4 } = renderRemoval(observed ?? (await observeIpt(layout)));
+  if (v6) await run(['ip6tables-restore', '--noflush'], { ...opts(layout), input: v6 });
+  if (v4) await run(['iptables-restore', '--noflush'], { ...opts(layout), input: v4 });
 }
 
 // ------------------------------------------------------------------------------------ Docker's DOCKER-USER

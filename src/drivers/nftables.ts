@@ -4,7 +4,7 @@
 // compared as data. A one-rule change rewrites only the chains that differ (flush + refill), never
 // other VMs' chains. Only the table qwamos owns is ever read or written.
 import { CommandError, runResult } from './exec.ts';
-import { renderChainReplace, renderDelete, renderFullReplace, type NftBase, type NftChain, type NftRule, type NftTable } from '../firewall/nft.ts';
+import { renderChainReplace, renderDelete, renderFullReplace, renderRebuild, type NftBase, type NftChain, type NftRule, type NftTable } from '../firewall/nft.ts';
 
 export interface FirewallLayout {
   /** Named netns playing the host side (tests); undefined = the machine's own namespace. */
@@ -18,7 +18,13 @@ export interface ObservedNftTable {
   chains: NftChain[];
 }
 
-export type NftSyncPlan = { kind: 'none' } | { kind: 'full' } | { kind: 'chains'; replace: string[]; remove: string[] } | { kind: 'delete' };
+export type NftSyncPlan =
+  | { kind: 'none' }
+  | { kind: 'full' }
+  | { kind: 'chains'; replace: string[]; remove: string[] }
+  | { kind: 'delete' }
+  /** The table holds chains to keep (the user's): delete the others, then add the desired table whole. */
+  | { kind: 'rebuild'; remove: string[] };
 
 const NETNS_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 const TABLE_RE = /^[A-Za-z][A-Za-z0-9_]{0,63}$/;
@@ -69,7 +75,13 @@ function portRange(v: Json): string | undefined {
 
 /** One nft JSON expression -> a canonical statement, or `?<json>` for anything qwamos never writes. */
 export function decodeExpr(e: Json): string {
-  const unknown = `?${JSON.stringify(e)}`;
+  const known = decodeKnown(e);
+  return known ?? `?${JSON.stringify(e)}`;
+}
+
+// Undefined for anything qwamos never writes (serialised only then: most expressions are known).
+function decodeKnown(e: Json): string | undefined {
+  const unknown = undefined;
   if (e.match) {
     const { op, left, right } = e.match;
     if (left?.meta?.key === 'nfproto' && op === '==' && typeof right === 'string') return `nfproto ${right}`;
@@ -147,20 +159,31 @@ export function chainsEqual(a: NftChain, b: NftChain): boolean {
   return a.rules.every((r, i) => ruleKey(r) === ruleKey(b.rules[i]!));
 }
 
-/** Pure: the smallest transaction that makes the observed table the desired one. */
-export function planNftSync(desired: NftTable | undefined, observed: ObservedNftTable): NftSyncPlan {
-  if (!desired) return observed.exists ? { kind: 'delete' } : { kind: 'none' };
+/**
+ * Pure: the smallest transaction that makes the observed table the desired one. Chains named in
+ * `keep` (the user's chain) are never flushed, deleted or compared; while one exists the table is
+ * never deleted or replaced whole (a rebuild deletes qwamos' chains only).
+ */
+export function planNftSync(desired: NftTable | undefined, observed: ObservedNftTable, keep: readonly string[] = []): NftSyncPlan {
+  const kept = observed.exists && observed.chains.some((c) => keep.includes(c.name));
+  const ours = observed.chains.filter((c) => !keep.includes(c.name));
+  if (!desired) {
+    if (!observed.exists) return { kind: 'none' };
+    if (!kept) return { kind: 'delete' };
+    return ours.length ? { kind: 'rebuild', remove: ours.map((c) => c.name) } : { kind: 'none' };
+  }
   if (!observed.exists) return { kind: 'full' };
-  const have = new Map(observed.chains.map((c) => [c.name, c]));
+  const whole: NftSyncPlan = kept ? { kind: 'rebuild', remove: ours.map((c) => c.name) } : { kind: 'full' };
+  const have = new Map(ours.map((c) => [c.name, c]));
   // A base chain with another hook or policy cannot be changed by a flush: rebuild the table.
   for (const c of desired.chains) {
     const h = have.get(c.name);
-    if (h && JSON.stringify(h.base ?? null) !== JSON.stringify(c.base ?? null)) return { kind: 'full' };
+    if (h && JSON.stringify(h.base ?? null) !== JSON.stringify(c.base ?? null)) return whole;
   }
   const want = new Set(desired.chains.map((c) => c.name));
   const replace = desired.chains.filter((c) => !have.has(c.name) || !chainsEqual(c, have.get(c.name)!)).map((c) => c.name);
-  const remove = observed.chains.filter((c) => !want.has(c.name)).map((c) => c.name);
-  if (remove.some((name) => have.get(name)!.base)) return { kind: 'full' };
+  const remove = ours.filter((c) => !want.has(c.name)).map((c) => c.name);
+  if (remove.some((name) => have.get(name)!.base)) return whole;
   if (replace.length === 0 && remove.length === 0) return { kind: 'none' };
   // Removing a chain needs the base chains that jumped to it refilled in the same transaction.
   if (remove.length > 0) for (const c of desired.chains) if (c.base && !replace.includes(c.name)) replace.push(c.name);
@@ -177,6 +200,8 @@ export function renderPlan(desired: NftTable | undefined, plan: NftSyncPlan, tab
       return renderFullReplace(desired!);
     case 'chains':
       return renderChainReplace(desired!, plan.replace, plan.remove);
+    case 'rebuild':
+      return renderRebuild(tableName, desired, plan.remove);
   }
 }
 
@@ -222,11 +247,18 @@ export interface NftSyncResult {
   script: string;
 }
 
-/** Observe, plan the smallest transaction, apply it. `desired` undefined removes the table. */
-export async function syncNftTable(layout: FirewallLayout, desired: NftTable | undefined): Promise<NftSyncResult> {
+export interface NftSyncOptions {
+  /** The table as just observed (else it is observed first). */
+  observed?: ObservedNftTable;
+  /** Chains never flushed, deleted or compared (the user's chain). */
+  keep?: readonly string[];
+}
+
+/** Observe, plan the smallest transaction, apply it. `desired` undefined removes qwamos' part. */
+export async function syncNftTable(layout: FirewallLayout, desired: NftTable | undefined, opts: NftSyncOptions = {}): Promise<NftSyncResult> {
   if (desired && desired.name !== layout.table) throw new Error(`table ${desired.name} given for layout table ${layout.table}`);
-  const observed = await observeNftTable(layout);
-  const plan = planNftSync(desired, observed);
+  const observed = opts.observed ?? (await observeNftTable(layout));
+  const plan = planNftSync(desired, observed, opts.keep);
   const script = renderPlan(desired, plan, layout.table);
   await applyNftScript(layout, script);
   return { plan, script };

@@ -7,8 +7,12 @@
 // built-in chains (FORWARD, INPUT, nat PREROUTING) are ensured separately with -C before -I.
 import { createHash } from 'node:crypto';
 import type { IrRule, VmFirewall } from './ir.ts';
+import { jumpsToUserChain } from './userchain.ts';
 
 export const IPT_BASE = { forward: 'QWAMOS-FORWARD', input: 'QWAMOS-INPUT', prerouting: 'QWAMOS-PREROUTING' } as const;
+/** Between a direct VM's accept and the user's chain (see ./userchain.ts): `-j <user chain>`, `-j ACCEPT`. */
+export const IPT_USER_VERDICT = 'QWAMOS-USER';
+const USER_CHAIN_RE = /^[A-Za-z][A-Za-z0-9_-]{0,27}$/;
 
 /** Jumps from built-in chains: [table, builtin, target]. */
 export const IPT_JUMPS: readonly (readonly ['filter' | 'nat', string, string])[] = [
@@ -46,7 +50,10 @@ function comment(c: string): string {
 
 const TARGET = { accept: '-j ACCEPT', drop: '-j DROP', reject: '-j REJECT --reject-with icmp-admin-prohibited' } as const;
 
-function ruleLines(chain: string, r: IrRule): string[] {
+type Targets = Record<keyof typeof TARGET, string>;
+const VIA_USER: Targets = { ...TARGET, accept: `-j ${IPT_USER_VERDICT}` };
+
+function ruleLines(chain: string, r: IrRule, targets: Targets = TARGET): string[] {
   const m = r.match;
   const dsts = m.dst ?? [undefined];
   return dsts.map((d) => {
@@ -55,7 +62,7 @@ function ruleLines(chain: string, r: IrRule): string[] {
     if (m.proto) parts.push(`-p ${m.proto}`);
     if (m.proto && m.proto !== 'icmp' && m.ports) parts.push(`-m ${m.proto} --dport ${m.ports.from === m.ports.to ? m.ports.from : `${m.ports.from}:${m.ports.to}`}`);
     if (m.proto === 'icmp' && m.icmpType !== undefined) parts.push(`-m icmp --icmp-type ${m.icmpType}`);
-    parts.push(comment(r.comment), TARGET[r.action]);
+    parts.push(comment(r.comment), targets[r.action]);
     return parts.join(' ');
   });
 }
@@ -66,8 +73,13 @@ function prologue(chain: string, fw: VmFirewall): string[] {
   return lines;
 }
 
-export function buildIptTables(compiled: readonly VmFirewall[], opts: { guardPattern?: string } = {}): IptTables {
+/**
+ * `userChain`: a filter chain the user owns (it must exist: give it only then); direct VMs' accepts
+ * jump to QWAMOS-USER, which jumps to it and then accepts.
+ */
+export function buildIptTables(compiled: readonly VmFirewall[], opts: { guardPattern?: string; userChain?: string } = {}): IptTables {
   const guard = opts.guardPattern?.replace(/\*$/, '+');
+  if (opts.userChain !== undefined && !USER_CHAIN_RE.test(opts.userChain)) throw new Error(`invalid user chain name ${JSON.stringify(opts.userChain)}`);
   if (guard !== undefined && !/^[A-Za-z0-9_][A-Za-z0-9_.-]{0,13}\+$/.test(guard)) throw new Error(`invalid guard pattern ${opts.guardPattern}`);
   const fwd: string[] = [];
   const inp: string[] = [];
@@ -78,6 +90,7 @@ export function buildIptTables(compiled: readonly VmFirewall[], opts: { guardPat
   const v6inp: string[] = [];
   for (const fw of compiled) {
     const c = iptVmChains(fw.vm);
+    const targets = opts.userChain !== undefined && jumpsToUserChain(fw) ? VIA_USER : TARGET;
     const out = prologue(c.out, fw);
     const ret: string[] = [];
     const inn = prologue(c.in, fw);
@@ -86,10 +99,10 @@ export function buildIptTables(compiled: readonly VmFirewall[], opts: { guardPat
       inn.push(`-A ${c.in} ${comment('fail closed')} ${TARGET.reject}`);
       ret.push(`-A ${c.ret} -j DROP`);
     } else {
-      if (fw.outbound.allowEstablished) out.push(`-A ${c.out} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`);
-      for (const r of fw.outbound.rules) out.push(...ruleLines(c.out, r));
-      out.push(`-A ${c.out} ${comment('default')} ${TARGET[fw.outbound.defaultAction]}`);
-      if (fw.inbound.allowEstablished) ret.push(`-A ${c.ret} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`);
+      if (fw.outbound.allowEstablished) out.push(`-A ${c.out} -m conntrack --ctstate RELATED,ESTABLISHED ${targets.accept}`);
+      for (const r of fw.outbound.rules) out.push(...ruleLines(c.out, r, targets));
+      out.push(`-A ${c.out} ${comment('default')} ${targets[fw.outbound.defaultAction]}`);
+      if (fw.inbound.allowEstablished) ret.push(`-A ${c.ret} -m conntrack --ctstate RELATED,ESTABLISHED ${targets.accept}`);
       ret.push(`-A ${c.ret} -j DROP`);
       if (fw.toGateway.allowEstablished) inn.push(`-A ${c.in} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`);
       for (const r of fw.toGateway.rules) inn.push(...ruleLines(c.in, r));
@@ -118,9 +131,12 @@ export function buildIptTables(compiled: readonly VmFirewall[], opts: { guardPat
     v6fwd.push(`-A ${IPT_BASE.forward} -i ${guard} -j DROP`, `-A ${IPT_BASE.forward} -o ${guard} -j DROP`);
     v6inp.push(`-A ${IPT_BASE.input} -i ${guard} -j DROP`);
   }
+ // Only when a VM uses it: restoring a jump to a chain that does not exist fails the whole commit.
+  const userVerdict: IptChain[] =
+    opts.userChain !== undefined && compiled.some(jumpsToUserChain) ? [{ name: IPT_USER_VERDICT, rules: [`-A ${IPT_USER_VERDICT} -j ${opts.userChain}`, `-A ${IPT_USER_VERDICT} -j ACCEPT`] }] : [];
   return {
     // Per-VM chains before the dispatch chains: a jump is only added to a chain already filled.
-    v4filter: [...v4filter, { name: IPT_BASE.forward, rules: fwd }, { name: IPT_BASE.input, rules: inp }],
+    v4filter: [...userVerdict, ...v4filter, { name: IPT_BASE.forward, rules: fwd }, { name: IPT_BASE.input, rules: inp }],
     v4nat: [...v4nat, { name: IPT_BASE.prerouting, rules: pre }],
     v6filter: [
       { name: IPT_BASE.forward, rules: v6fwd },

@@ -12,6 +12,7 @@
 //   chain out_VM / ret_VM / in_VM / nat_VM: the VM's own rules.
 // Base chains accept by default: qwamos never decides for traffic that is not its VMs'.
 import type { IrMatch, IrRule, VmFirewall } from './ir.ts';
+import { jumpsToUserChain } from './userchain.ts';
 
 /** One rule as canonical statements (see renderStatement) plus its comment. */
 export interface NftRule {
@@ -39,7 +40,16 @@ export interface NftTable {
 export interface NftEmitOptions {
   /** An iifname/oifname wildcard (e.g. `qwh-*`) for qwamos' host links: any not in the table is dropped. */
   guardPattern?: string;
+  /**
+   * The user's chain (in this table, never written by qwamos; see ./userchain.ts): direct VMs' accepts
+   * jump to `user_verdict` (`jump <userChain>`, `accept`). Give it only when the chain exists.
+   */
+  userChain?: string;
 }
+
+/** qwamos' chain between a direct VM's accept and the user's chain. */
+export const USER_VERDICT_CHAIN = 'user_verdict';
+const USER_CHAIN_NAME_RE = /^[A-Za-z][A-Za-z0-9_-]{0,63}$/;
 
 const IDENT_RE = /^[A-Za-z][A-Za-z0-9_]{0,63}$/;
 const GUARD_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,13}\*$/;
@@ -91,8 +101,14 @@ function prologue(fw: VmFirewall, antiSpoof: boolean): NftRule[] {
   return rules;
 }
 
+/** With a user chain, a direct VM's accepts go through it (the rule's final `accept` becomes a jump). */
+function throughUserChain(rule: NftRule): NftRule {
+  const last = rule.stmts.length - 1;
+  return rule.stmts[last] === 'accept' ? { ...rule, stmts: [...rule.stmts.slice(0, last), `jump ${USER_VERDICT_CHAIN}`] } : rule;
+}
+
 /** The chains of one VM, in the order they are written. */
-export function vmNftChains(fw: VmFirewall): NftChain[] {
+export function vmNftChains(fw: VmFirewall, opts: { userChain?: string } = {}): NftChain[] {
   const names = vmChains(fw.vm);
   const out: NftRule[] = prologue(fw, true);
   const ret: NftRule[] = [];
@@ -111,9 +127,10 @@ export function vmNftChains(fw: VmFirewall): NftChain[] {
     input.push(...fw.toGateway.rules.map(ruleOf));
     input.push({ stmts: ['drop'] });
   }
+  const viaUser = opts.userChain !== undefined && jumpsToUserChain(fw);
   const chains: NftChain[] = [
-    { name: names.out, rules: out },
-    { name: names.ret, rules: ret },
+    { name: names.out, rules: viaUser ? out.map(throughUserChain) : out },
+    { name: names.ret, rules: viaUser ? ret.map(throughUserChain) : ret },
     { name: names.in, rules: input },
   ];
   if (!fw.failClosed && fw.redirects.length > 0) {
@@ -137,13 +154,15 @@ export function vmNftChains(fw: VmFirewall): NftChain[] {
 export function buildNftTable(name: string, compiled: readonly VmFirewall[], opts: NftEmitOptions = {}): NftTable {
   if (!IDENT_RE.test(name)) throw new Error(`invalid nft table name ${JSON.stringify(name)}`);
   if (opts.guardPattern !== undefined && !GUARD_RE.test(opts.guardPattern)) throw new Error(`invalid guard pattern ${JSON.stringify(opts.guardPattern)}`);
+  if (opts.userChain !== undefined && !USER_CHAIN_NAME_RE.test(opts.userChain)) throw new Error(`invalid user chain name ${JSON.stringify(opts.userChain)}`);
+  const vmOpts = opts.userChain !== undefined ? { userChain: opts.userChain } : {};
   const forward: NftRule[] = [];
   const input: NftRule[] = [];
   const prerouting: NftRule[] = [];
   const perVm: NftChain[] = [];
   for (const fw of compiled) {
     const c = vmChains(fw.vm);
-    const chains = vmNftChains(fw);
+    const chains = vmNftChains(fw, vmOpts);
     forward.push({ stmts: [`iifname ${fw.hostIf}`, `jump ${c.out}`] }, { stmts: [`oifname ${fw.hostIf}`, `jump ${c.ret}`] });
     input.push({ stmts: [`iifname ${fw.hostIf}`, `jump ${c.in}`] });
     if (chains.some((ch) => ch.name === c.nat)) prerouting.push({ stmts: [`iifname ${fw.hostIf}`, `jump ${c.nat}`] });
@@ -153,12 +172,18 @@ export function buildNftTable(name: string, compiled: readonly VmFirewall[], opt
     forward.push({ stmts: [`iifname ${opts.guardPattern}`, 'drop'], comment: 'guard' }, { stmts: [`oifname ${opts.guardPattern}`, 'drop'], comment: 'guard' });
     input.push({ stmts: [`iifname ${opts.guardPattern}`, 'drop'], comment: 'guard' });
   }
+  // Only when a VM uses it: a jump to a user chain that does not exist would fail the whole transaction.
+  const userVerdict: NftChain[] =
+    opts.userChain !== undefined && compiled.some(jumpsToUserChain)
+      ? [{ name: USER_VERDICT_CHAIN, rules: [{ stmts: [`jump ${opts.userChain}`] }, { stmts: ['accept'] }] }]
+      : [];
   return {
     name,
     chains: [
       { name: 'forward', base: BASE_CHAINS.forward, rules: forward },
       { name: 'input', base: BASE_CHAINS.input, rules: input },
       { name: 'prerouting', base: BASE_CHAINS.prerouting, rules: prerouting },
+      ...userVerdict,
       ...perVm,
     ],
   };
@@ -181,7 +206,8 @@ export function renderStatement(stmt: string): string {
   if ((m = /^ct state (.+)$/.exec(stmt))) return `ct state ${m[1]}`;
   if ((m = /^(iifname|oifname) (.+)$/.exec(stmt))) return `${m[1]} "${m[2]}"`;
   if (stmt === 'tcp syn') return 'tcp flags & (fin|syn|rst|ack) == syn';
-  if ((m = /^jump (\w+)$/.exec(stmt))) return `jump ${m[1]}`;
+  // A user chain may be named like Docker's (`DOCKER-USER`): nft takes it unquoted (a quoted jump target is a syntax error).
+  if ((m = /^jump ([A-Za-z][A-Za-z0-9_-]*)$/.exec(stmt))) return `jump ${m[1]}`;
   if ((m = /^redirect (\d+)$/.exec(stmt))) return `redirect to :${m[1]}`;
   if (stmt === 'reject') return 'reject with icmpx type admin-prohibited';
   if (stmt === 'accept' || stmt === 'drop') return stmt;
@@ -247,4 +273,15 @@ export function renderChainReplace(table: NftTable, replace: readonly string[], 
   }
   for (const name of remove) lines.push(`delete chain ${t} ${name}`);
   return lines.join('\n') + (lines.length ? '\n' : '');
+}
+
+/**
+ * Rebuild qwamos' part of a table that also holds chains qwamos must keep (the user's chain): the
+ * chains in `remove` are flushed (dropping their jumps) and deleted, then `table` (if any) is added
+ * whole, in one transaction. The table itself and every other object in it stay.
+ */
+export function renderRebuild(tableName: string, table: NftTable | undefined, remove: readonly string[]): string {
+  const t = `inet ${tableName}`;
+  const lines = [...remove.map((c) => `flush chain ${t} ${c}`), ...remove.map((c) => `delete chain ${t} ${c}`)];
+  return (lines.length ? lines.join('\n') + '\n' : '') + (table ? renderNftTable(table) : '');
 }

@@ -34,7 +34,7 @@ const opts = { prefix: 'qw', dnscryptAvailable: false };
 const noNames = new Map<string, NameResolution>();
 
 function backendOf(shape: FirewallShape): FirewallBackend {
-  return { ...shape, observe: async () => ({ present: false, chains: new Map() }), sync: async () => {} };
+  return { ...shape, observe: async () => ({ present: false, chains: new Map() }), sync: async (c) => [...(await c)] };
 }
 /** What observe would see if the host had exactly what `world` compiles to (then edited by `edit`). */
 function observed(shape: FirewallShape, world: World, resolved = noNames, edit?: (v: FirewallView) => void): FirewallObservation {
@@ -227,5 +227,42 @@ describe('tor and i2p Route plan', () => {
     const net = { vm: 'onion', netnsExists: true, paired: true, hostRoutes: [], hostIf: { name: 'qwh-onion', ifindex: 5, up: true, addresses: [] } };
     const t = types(gone, { net, nat: { forwarding: false }, fw: fw(world), backstop: full, gateway: { kind: 'tor', pid: 7, healthy: true, detail: '' } }, w);
     assert.deepEqual(t, ['delete-netns', 'remove-firewall', 'remove-backstop', 'stop-gateway']);
+  });
+});
+
+describe('Route plan with a user chain (QWAMOS_FIREWALL_USER_CHAIN)', () => {
+  const dev = routeRes('dev', 'direct', 4);
+  const onion = routeRes('onion', 'tor', 3);
+  const world = makeWorld([dev, onion], NOW);
+  const missing = 'user chain user_fw (QWAMOS_FIREWALL_USER_CHAIN) does not exist in table inet qwamos_fw: direct VMs fail closed until it is created';
+  /** What observe sees after a sync: the view of what sync wrote (direct VMs closed while the chain is missing). */
+  const seen = (present: boolean): FirewallObservation => {
+    const shape = nftShape('qw', 'user_fw');
+    const userChain = present ? { name: 'user_fw' } : { name: 'user_fw', missing };
+    const view = shape.desiredView(desiredFirewall(world, noNames, { ...opts, ...(present ? {} : { userChainMissing: missing }) }));
+    return { view: { ...view, userChain }, resolved: noNames, backend: backendOf(shape), dnscryptAvailable: false };
+  };
+  const full = { v4Rule: true, v6Rule: true, v4Unreachable: true, v6Unreachable: true, hostIf: 'qwh-onion', table: 2000 };
+
+  test('missing: the direct Route waits with a condition naming the chain, its VM rejected; the tor Route is unaffected', () => {
+    const p = planRoute('qw', dev, { nat: { forwarding: false }, fw: seen(false), uplink: 'up0' } as RouteActual, world);
+    assert.equal(p.hold?.type, 'Waiting');
+    assert.equal(p.hold?.reason, 'UserChainMissing');
+    assert.match(p.hold!.message, /VM dev rejects all its traffic: user chain user_fw \(QWAMOS_FIREWALL_USER_CHAIN\) does not exist/);
+    assert.ok(!p.actions.some((a) => a.type === 'sync-firewall'), 'the closed chains are what the host has: no drift');
+    const out = seen(false).view.chains.get('out_dev')!;
+    assert.match(out.at(-1)!, /reject.*fail closed/);
+    const t = planRoute('qw', onion, { nat: { forwarding: false }, fw: seen(false), backstop: full, gateway: { kind: 'tor', pid: 7, healthy: true, detail: '' } }, world);
+    assert.equal(t.hold, undefined);
+  });
+
+  test('present: no hold; the view it expects jumps to user_verdict; a sync that still holds the closed chains is drift', () => {
+    const p = planRoute('qw', dev, { nat: { forwarding: false }, fw: seen(true), uplink: 'up0' } as RouteActual, world);
+    assert.equal(p.hold?.reason, undefined);
+    assert.ok(seen(true).view.chains.get('user_verdict'));
+    // The chain was just created: the host still has the closed chains -> the Route rewrites its chains.
+    const stale: FirewallObservation = { ...seen(false), view: { ...seen(false).view, userChain: { name: 'user_fw' } } };
+    const again = planRoute('qw', dev, { nat: { forwarding: false }, fw: stale, uplink: 'up0' } as RouteActual, world);
+    assert.ok(again.actions.some((a) => a.type === 'sync-firewall' && /out_dev differs/.test(a.describe)), again.actions.map((a) => a.describe).join('; '));
   });
 });

@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { compileFirewall } from '../../src/firewall/compile.ts';
 import { buildIptTables } from '../../src/firewall/iptables.ts';
-import { observeIpt, planIpt, planIsEmpty, removeIpt, syncIpt } from '../../src/drivers/iptables.ts';
+import { observeIpt, planIpt, planIsEmpty, removeIpt, renderRemoval, syncIpt } from '../../src/drivers/iptables.ts';
+import { processesSpawned } from '../../src/drivers/exec.ts';
 import { createTestHost, tryIn, type TestHost } from '../helpers/hostns.ts';
 import { seedCompiled, seedInputs, stubContext } from '../firewall/fixtures.ts';
 
@@ -56,7 +57,17 @@ describe('iptables driver (real iptables)', () => {
 
   test('remove deletes only QWAMOS chains and jumps; a foreign rule stays', async () => {
     assert.equal((await tryIn(host.hostNs, ['iptables', '-A', 'FORWARD', '-s', '192.0.2.1', '-j', 'ACCEPT'])).exitCode, 0);
+    // A second copy of a jump (someone ran `iptables -I FORWARD -j QWAMOS-FORWARD`): both go.
+    assert.equal((await tryIn(host.hostNs, ['iptables', '-A', 'FORWARD', '-j', 'QWAMOS-FORWARD'])).exitCode, 0);
+    const seen = await observeIpt(layout());
+    assert.equal(seen.jumps.v4filter.filter((l) => l === '-A FORWARD -j QWAMOS-FORWARD').length, 2);
+    // One restore per family, no process per chain.
+    const { v6, v4 } = renderRemoval(seen);
+    assert.equal(v4.split('\n').filter((l) => l === '-D FORWARD -j QWAMOS-FORWARD').length, 2);
+    assert.ok(v6.startsWith('*filter\n') && v4.includes('*nat\n'));
+    const before = processesSpawned();
     await removeIpt(layout());
+    assert.equal(processesSpawned() - before, 3, 'observe + ip6tables-restore + iptables-restore');
     const o = await observeIpt(layout());
     assert.equal(o.chains.v4filter.size + o.chains.v4nat.size + o.chains.v6filter.size, 0);
     assert.deepEqual(o.jumps, { v4filter: [], v4nat: [], v6filter: [] });

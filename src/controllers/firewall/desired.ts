@@ -4,6 +4,7 @@
 import type { World } from '../../engine/contract.ts';
 import { compileFirewall, namesToResolve, type NameResolution, type PolicyRule, type VmFirewallInput } from '../../firewall/compile.ts';
 import type { VmFirewall } from '../../firewall/ir.ts';
+import { closeWithoutUserChain } from '../../firewall/userchain.ts';
 import { derivedNames } from '../../drivers/netns.ts';
 import type { StoredResource } from '../../store/store.ts';
 import { DOCKER_USER_VIEW, type FirewallShape, type FirewallView } from './backend.ts';
@@ -19,6 +20,14 @@ export interface DesiredOptions {
   dnscryptAvailable: boolean;
   /** Routes being deleted whose chains must stay for now (their host link is not gone yet). */
   keep?: ReadonlySet<string>;
+  /** Set when the configured user chain does not exist (FirewallView.userChain.missing): direct VMs fail closed. */
+  userChainMissing?: string;
+}
+
+/** The observed state of the user's chain as compile options (its absence closes direct VMs). */
+export function userChainOpt(actual: { view: FirewallView }): Pick<DesiredOptions, 'userChainMissing'> {
+  const missing = actual.view.userChain?.missing;
+  return missing ? { userChainMissing: missing } : {};
 }
 
 /** The VMs a FirewallPolicy selects: `vms`, plus every VirtualMachine whose labels match `selector`. */
@@ -102,7 +111,8 @@ export function desiredFirewall(world: World, resolved: ReadonlyMap<string, Name
     seen.add(r.spec.vm);
     inputs.push(input);
   }
-  return compileFirewall(inputs, { now: new Date(world.now), resolved });
+  const compiled = compileFirewall(inputs, { now: new Date(world.now), resolved });
+  return opts.userChainMissing ? closeWithoutUserChain(compiled, opts.userChainMissing) : compiled;
 }
 
 type PassMemo = Map<string, { compiled: VmFirewall[]; validUntil: number; views: WeakMap<FirewallShape, FirewallView> }>;
@@ -121,7 +131,7 @@ export function desiredForPass(world: World, resolved: ReadonlyMap<string, NameR
   if (!byResolved) passMemo.set(world.all, (byResolved = new WeakMap()));
   let byOpts = byResolved.get(resolved);
   if (!byOpts) byResolved.set(resolved, (byOpts = new Map()));
-  const key = `${opts.prefix}|${opts.dnscryptAvailable}`;
+  const key = `${opts.prefix}|${opts.dnscryptAvailable}|${opts.userChainMissing ?? ''}`;
   let entry = byOpts.get(key);
   if (!entry || world.now >= entry.validUntil) {
     const compiled = desiredFirewall(world, resolved, opts);
@@ -159,6 +169,15 @@ export function vmFirewallDrift(shape: FirewallShape, desired: FirewallView, obs
     else if (want.length !== have.length || want.some((l, i) => l !== have[i])) problems.push(`chain ${name} differs (${have.length} rules, want ${want.length})`);
   }
   if (withBase) {
+    // Shared chains that name no VM (the user chain's verdict chain): every Route checks them whole.
+    for (const name of shape.sharedChainNames) {
+      const want = desired.chains.get(name);
+      const have = observed.chains.get(name);
+      if (!want && !have) continue;
+      if (!want) problems.push(`chain ${name} left over`);
+      else if (!have) problems.push(`chain ${name} missing`);
+      else if (want.length !== have.length || want.some((l, i) => l !== have[i])) problems.push(`chain ${name} differs`);
+    }
     // Its own dispatch rules, and the guard (`<prefix>h-*`) every VM's closed state relies on.
     const mine = new RegExp(`(^|[\\s"])(${escape(hostIf)}|\\S*h-[*+])([\\s"]|$)`);
     for (const name of shape.baseChainNames) {

@@ -8,7 +8,7 @@ import { derivedNames } from '../../drivers/netns.ts';
 import { keyOf } from '../../resources/keys.ts';
 import type { StoredResource } from '../../store/store.ts';
 import type { VmFirewall } from '../../firewall/ir.ts';
-import { desiredForPass, selectedVms, vmFirewallDrift } from './desired.ts';
+import { desiredForPass, userChainOpt, selectedVms, vmFirewallDrift } from './desired.ts';
 import type { FirewallObservation } from './service.ts';
 
 export interface SyncFirewallAction extends Action {
@@ -19,12 +19,12 @@ export interface SyncFirewallAction extends Action {
 export const FAIL_CLOSED_RETRY_MS = 30_000;
 
 function compiledFor(prefix: string, actual: FirewallObservation, world: World): VmFirewall[] {
-  return desiredForPass(world, actual.resolved, { prefix, dnscryptAvailable: actual.dnscryptAvailable }, actual.backend).compiled;
+  return desiredForPass(world, actual.resolved, { prefix, dnscryptAvailable: actual.dnscryptAvailable, ...userChainOpt(actual) }, actual.backend).compiled;
 }
 
 /** Per selected VM with a host link: what differs in its chains. */
 export function policyDrift(prefix: string, policy: StoredResource<'FirewallPolicy'>, actual: FirewallObservation, world: World): string[] {
-  const { view: desired } = desiredForPass(world, actual.resolved, { prefix, dnscryptAvailable: actual.dnscryptAvailable }, actual.backend);
+  const { view: desired } = desiredForPass(world, actual.resolved, { prefix, dnscryptAvailable: actual.dnscryptAvailable, ...userChainOpt(actual) }, actual.backend);
   return selectedVms(policy, world).flatMap((vm) => vmFirewallDrift(actual.backend, desired, actual.view, vm, derivedNames(prefix, vm).hostIf, false).map((p) => `${vm}: ${p}`));
 }
 

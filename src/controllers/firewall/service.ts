@@ -18,6 +18,8 @@ export interface FirewallSettings {
   prefix: string;
   hostNetns?: string;
   backend: FirewallBackendChoice;
+  /** QWAMOS_FIREWALL_USER_CHAIN: the user's chain direct VMs' accepted traffic goes through. */
+  userChain?: string;
   resolver?: NameResolver;
 }
 
@@ -66,7 +68,8 @@ export class FirewallService {
   }
 
   backendInUse(): Promise<FirewallBackend> {
-    this.backend ??= chooseBackend(this.settings.backend, { prefix: this.settings.prefix, ...(this.settings.hostNetns ? { hostNetns: this.settings.hostNetns } : {}) });
+    const { prefix, hostNetns, userChain } = this.settings;
+    this.backend ??= chooseBackend(this.settings.backend, { prefix, ...(hostNetns ? { hostNetns } : {}), ...(userChain !== undefined ? { userChain } : {}) });
     return this.backend;
   }
 
@@ -88,13 +91,16 @@ export class FirewallService {
     return desiredFirewall(world, resolved, opts);
   }
 
-  /** Compile the world whole (names resolved now) and make the host's firewall exactly that. */
+  /**
+   * Compile the world whole (names resolved now) and make the host's firewall exactly that. Returns
+   * what was written (direct VMs closed while a configured user chain is missing).
+   */
   async sync(world: World, keep?: ReadonlySet<string>): Promise<VmFirewall[]> {
     const backend = await this.backendInUse();
-    const compiled = await this.compile(world, keep);
-    await backend.sync(compiled);
-    await this.cutDisallowedFlows(compiled);
-    return compiled;
+    // Not awaited here: the backend reads the host's table while the world compiles.
+    const written = await backend.sync(this.compile(world, keep));
+    await this.cutDisallowedFlows(written);
+    return written;
   }
 
   /**

@@ -9,8 +9,9 @@ import { derivedNames } from '../../drivers/netns.ts';
 import { keyOf } from '../../resources/keys.ts';
 import type { StoredResource } from '../../store/store.ts';
 import type { ObservedBackstop } from '../../drivers/policyroute.ts';
-import { desiredForPass, dnsServed, vmFirewallDrift } from '../firewall/desired.ts';
+import { desiredForPass, userChainOpt, dnsServed, vmFirewallDrift } from '../firewall/desired.ts';
 import type { FirewallObservation } from '../firewall/service.ts';
+import { FAIL_CLOSED_RETRY_MS } from '../firewall/plan.ts';
 import { gatewayMode, type GatewayHealth } from './gateway.ts';
 
 interface Base<T extends string> extends Action {
@@ -54,7 +55,7 @@ export function planRouteFirewall(prefix: string, route: StoredResource<'Route'>
   const deleting = Boolean(route.deletionRequestedAt);
   const { vm, mode } = route.spec;
   const hostIf = derivedNames(prefix, vm).hostIf;
-  const { view: desired } = desiredForPass(world, fw.resolved, { prefix, dnscryptAvailable: fw.dnscryptAvailable }, fw.backend);
+  const { view: desired } = desiredForPass(world, fw.resolved, { prefix, dnscryptAvailable: fw.dnscryptAvailable, ...userChainOpt(fw) }, fw.backend);
   const drift = vmFirewallDrift(fw.backend, desired, fw.view, vm, hostIf, true);
   const present = backstopParts(actual?.backstop);
   const wantsGateway = !deleting && gatewayMode(mode);
@@ -67,6 +68,9 @@ export function planRouteFirewall(prefix: string, route: StoredResource<'Route'>
     out.diff.push({ field: 'firewall', desired: deleting ? '(none)' : `chains of ${vm} as compiled`, actual: drift.join('; ') });
   }
   if (!wantsGateway && present.some((p) => p.endsWith('rule'))) out.post.push({ type: 'remove-backstop', resource: key, describe: `remove routing backstop for ${hostIf}` });
+  // A direct VM closed because the configured user chain is missing: a condition that names the chain.
+  const userChainMissing = fw.view.userChain?.missing;
+  if (!deleting && mode === 'direct' && userChainMissing) out.hold = waiting('UserChainMissing', `VM ${vm} rejects all its traffic: ${userChainMissing}`, FAIL_CLOSED_RETRY_MS);
   const gw = actual?.gateway;
   if (deleting && gw?.pid) out.post.push({ type: 'stop-gateway', resource: key, describe: `stop ${gw.kind} (pid ${gw.pid})` });
   if (wantsGateway) {
@@ -86,6 +90,12 @@ function dockerUserStatus(d: FirewallObservation['view']['dockerUser']): string 
   return 'accepted in DOCKER-USER (Docker present)';
 }
 
+/** The user's chain as it concerns a direct VM, or nothing when none is configured. */
+function userChainStatus(u: FirewallObservation['view']['userChain']): string | undefined {
+  if (!u) return undefined;
+  return u.missing ?? `forwarded traffic qwamos accepts goes through ${u.name}`;
+}
+
 /** Status fields: the gateway's health and why the VM has no DNS, if it has none. */
 export function reportRouteFirewall(route: StoredResource<'Route'>, actual: RouteGatewayActual | undefined): Record<string, unknown> {
   const dns = dnsServed(route, actual?.fw?.dnscryptAvailable ?? false);
@@ -94,5 +104,6 @@ export function reportRouteFirewall(route: StoredResource<'Route'>, actual: Rout
     dns: route.spec.mode !== 'isolated' && !dns.served ? dns.why : undefined,
     firewallBackend: actual?.fw?.backend.name,
     dockerUser: route.spec.mode === 'direct' ? dockerUserStatus(actual?.fw?.view.dockerUser) : undefined,
+    userChain: route.spec.mode === 'direct' ? userChainStatus(actual?.fw?.view.userChain) : undefined,
   };
 }
