@@ -191,8 +191,11 @@ export class Membership {
     }
     if (mine && Date.now() < mine.deadline) {
       const saved = mine;
-      const sentAt = Date.now();
-      const ttl = await this.client.keepaliveOnce(saved.leaseId, Math.min(1000, Math.max(100, saved.deadline - sentAt))).catch(() => 0);
+      // Retried until the deadline like every keepalive: a new client's first call can take a second
+      // (connection, name resolution), and one lost attempt must not cost the lease and the VMs with it.
+      const answer = await this.keepaliveUntil(saved.leaseId, saved.deadline);
+      const ttl = 'ttl' in answer ? answer.ttl : 0;
+      const sentAt = 'sentAt' in answer ? answer.sentAt : 0;
       // Never a lease the fencer fenced, nor one renewed only after its deadline.
       if (ttl > 0 && Date.now() < saved.deadline && !(await fencedLease(this.opts.stateDir, saved.leaseId))) {
         this.lease = { id: saved.leaseId, lastAckSentAt: sentAt, deadline: sentAt + ttl * 1000 - DEADLINE_MARGIN_MS };
@@ -205,6 +208,8 @@ export class Membership {
         this.emit({ type: 'joined', leaseId: saved.leaseId, reattached: true });
         return;
       }
+      this.givenUp.add(saved.leaseId);
+      this.log(`cluster: cannot re-attach to lease ${hex(saved.leaseId)} of an earlier run (${'error' in answer ? oneLine(answer.error) : ttl === 0 ? 'etcd says it expired' : 'fenced, or renewed only after its deadline'}); joining with a new lease`);
     }
     await this.joinWithNewLease();
   }
