@@ -65,6 +65,9 @@ export const controllerCommand: CliCommand = {
         if (stdoutOpen()) process.stdout.write(`${new Date().toISOString()} ${printable(line)}\n`);
       },
     });
+    // Everything is stopped and released; a client library's idle handles (gRPC channels) kept the process
+    // alive ~2 s more, which a restart within the lease TTL cannot spare. Exit once the output is flushed.
+    setTimeout(() => process.exit(), 100).unref();
     return EXIT.ok;
   },
 };
