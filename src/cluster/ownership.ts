@@ -56,7 +56,8 @@ export async function readOwners(client: EtcdClient, keys: ClusterKeys, atRevisi
   return { revision, owners };
 }
 
-function ownerOf(value: string): string | undefined {
+/** The node a `run/<vm>` value names, if it is readable. */
+export function ownerOf(value: string): string | undefined {
   try {
     const v = JSON.parse(value) as { node?: unknown };
     return typeof v.node === 'string' ? v.node : undefined;

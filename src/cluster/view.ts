@@ -8,7 +8,7 @@ import type { EtcdChange, EtcdClient } from '../drivers/etcd.ts';
 import { oneLine } from '../errors.ts';
 import { clusterKeys, type ClusterKeys } from './keys.ts';
 import type { MembershipEvent } from './membership.ts';
-import { claimRun, fencedPut, releaseRun, type ClaimResult, type RunClaim } from './ownership.ts';
+import { claimRun, fencedPut, ownerOf, releaseRun, type ClaimResult, type RunClaim } from './ownership.ts';
 import { readSnapshot, type ClusterSnapshot } from './snapshot.ts';
 
 /**
@@ -233,15 +233,6 @@ export class ClusterView implements ClusterVmView {
       if (told !== 'all' && told.length === 0) return;
       for (const l of this.listeners) l(told);
     }, NOTIFY_COALESCE_MS);
-  }
-}
-
-function ownerOf(value: string): string | undefined {
-  try {
-    const v = JSON.parse(value) as { node?: unknown };
-    return typeof v.node === 'string' ? v.node : undefined;
-  } catch {
-    return undefined;
   }
 }
 
