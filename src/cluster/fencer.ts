@@ -6,6 +6,9 @@
 //  - the lease file names another lease (the daemon rejoined: the old claims are gone) or was removed.
 // While the guarded lease is fenced, any VM process that appears is killed too, until a live new lease
 // shows up in the lease file.
+// After a clean stop of the daemon (handoverUntil in the lease file) the fencer keeps the lease alive
+// itself, so a restart that takes longer than TTL − 1 s still re-attaches; its deadline then comes from its
+// own acknowledged keepalives (cluster/handover.json), and the rules above hold for it unchanged.
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { vmPaths } from '../controllers/vm/context.ts';
@@ -13,10 +16,10 @@ import type { EtcdClient } from '../drivers/etcd.ts';
 import { scanQemuProcesses, vmProcesses } from '../drivers/qemu.ts';
 import { oneLine } from '../errors.ts';
 import { processAlive } from '../proc.ts';
-import { ensureDir, writeFileAtomic } from '../store/atomic.ts';
+import { ensureDir, removeFile, writeFileAtomic } from '../store/atomic.ts';
 import { clusterKeys } from './keys.ts';
 import { ledgerStopsWhenGone } from './ledger.ts';
-import { fenceFilePath, readLeaseFile, type LeaseFile } from './membership.ts';
+import { DEADLINE_MARGIN_MS, KEEPALIVE_INTERVAL_MS, fenceFilePath, handoverFilePath, hex, readLeaseFile, type HandoverFile, type LeaseFile } from './membership.ts';
 
 export interface VmProcess {
   vm: string;
@@ -59,6 +62,10 @@ export class Fencer {
   private lastEtcdCheck = 0;
   private etcdCheck: Promise<void> | undefined;
   private tick: Promise<void> = Promise.resolve();
+  /** The lease this fencer keeps alive after a clean stop of the daemon, with its own deadline. */
+  private handover: HandoverFile | undefined;
+  private handoverKeepalive: Promise<void> | undefined;
+  private lastHandoverKeepalive = 0;
   private readonly log: (line: string) => void;
 
   constructor(private readonly opts: FencerOptions) {
@@ -82,6 +89,7 @@ export class Fencer {
     clearTimeout(this.timer);
     await this.tick;
     await this.etcdCheck;
+    await this.handoverKeepalive;
   }
 
   /** The fence in force (the guarded lease may not be used), if any. */
@@ -113,8 +121,11 @@ export class Fencer {
     }
 
     const guarded = this.guarded;
-    if (guarded && !this.fenced && now >= guarded.deadline) {
-      await this.fenceNow(guarded.leaseId, `the lease deadline passed ${now - guarded.deadline} ms ago without an acknowledged keepalive`);
+    await this.followHandover(guarded, now);
+    const deadline = this.deadlineOf(guarded);
+    if (guarded && !this.fenced && now >= deadline) {
+      const why = this.handover?.leaseId === guarded.leaseId ? ' (the controller did not come back within its restart window)' : '';
+      await this.fenceNow(guarded.leaseId, `the lease deadline passed ${now - deadline} ms ago without an acknowledged keepalive${why}`);
     }
     // Only once the daemon put its node key under this lease (the lease file says so): between a new
     // lease and its key, an absent key means nothing.
@@ -128,6 +139,49 @@ export class Fencer {
     }
     // Fenced: nothing may run until a live new lease appears.
     if (this.fenced) await this.killAll(this.fenced);
+  }
+
+  /** The guarded lease's deadline: the daemon's, or the fencer's own while it keeps the lease after a clean stop. */
+  private deadlineOf(guarded: LeaseFile | undefined): number {
+    if (!guarded) return Infinity;
+    return Math.max(guarded.deadline, this.handover?.leaseId === guarded.leaseId ? this.handover.deadline : 0);
+  }
+
+  /**
+   * A clean stop handed the lease over (handoverUntil): keepalives every KEEPALIVE_INTERVAL_MS until the
+   * restarted daemon re-attaches (its lease file has no handoverUntil) or the window closes (the deadline
+   * then passes and the lease is fenced like any other).
+   */
+  private async followHandover(guarded: LeaseFile | undefined, now: number): Promise<void> {
+    const handedOver = guarded?.handoverUntil !== undefined && guarded.published !== false && !this.fenced;
+    if (!handedOver || this.handover?.leaseId !== guarded!.leaseId) {
+      if (this.handover) {
+        this.handover = undefined;
+        await removeFile(handoverFilePath(this.opts.stateDir)).catch(() => {});
+      }
+      if (!handedOver) return;
+      this.handover = { leaseId: guarded!.leaseId, deadline: guarded!.deadline, lastAckSentAt: guarded!.lastAckSentAt };
+      this.log(`fencer: the controller stopped cleanly; keeping lease ${guarded!.leaseId} alive until ${new Date(guarded!.handoverUntil!).toISOString()} for its restart`);
+    }
+    if (now >= guarded!.handoverUntil! || this.handoverKeepalive || now - this.lastHandoverKeepalive < KEEPALIVE_INTERVAL_MS) return;
+    this.lastHandoverKeepalive = now;
+    // Not awaited, like the node key check: the deadline check must not wait for etcd.
+    this.handoverKeepalive = this.keepHandedOver(guarded!.leaseId)
+      .catch((err) => this.log(`fencer: keepalive of lease ${hex(guarded!.leaseId)}: ${oneLine(err)}`))
+      .finally(() => (this.handoverKeepalive = undefined));
+  }
+
+  private async keepHandedOver(leaseId: string): Promise<void> {
+    const sentAt = Date.now();
+    const deadline = this.deadlineOf(this.guarded);
+    if (sentAt >= deadline) return;
+    const ttl = await this.opts.client.keepaliveOnce(leaseId, Math.max(50, deadline - sentAt));
+    // Expired, fenced meanwhile, taken back by the daemon, or answered only after the deadline (the lease
+    // may be fenced already): never extend.
+    if (ttl <= 0 || this.fenced || this.handover?.leaseId !== leaseId || Date.now() >= this.deadlineOf(this.guarded)) return;
+    this.handover = { leaseId, deadline: sentAt + ttl * 1000 - DEADLINE_MARGIN_MS, lastAckSentAt: sentAt };
+    await ensureDir(path.dirname(handoverFilePath(this.opts.stateDir)));
+    await writeFileAtomic(handoverFilePath(this.opts.stateDir), `${JSON.stringify(this.handover)}\n`, { durable: false });
   }
 
   /** Fences when the node key vanished from etcd or carries another lease. */

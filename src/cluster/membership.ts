@@ -28,6 +28,12 @@ const NODE_KEY_CHECK_MS = 1700;
 export const KEEPALIVE_RETRY_MS = 250;
 /** Margin below the TTL the deadline keeps (etcd checks expiry every 500 ms). */
 export const DEADLINE_MARGIN_MS = 1000;
+/**
+ * After a clean stop the fencer keeps the lease alive this long, so that a restart re-attaches even when
+ * the new daemon needs more than TTL − 1 s to come up (a host busy with booting guests: 3–4.5 s measured).
+ * A daemon that does not come back within it loses the lease; its VMs are fenced and fail over.
+ */
+export const RESTART_HANDOVER_MS = 30_000;
 
 /** <state>/cluster/lease.json: what the fencer and a restarted daemon read. */
 export interface LeaseFile {
@@ -44,6 +50,29 @@ export interface LeaseFile {
   pid: number;
   /** False between taking a new lease and putting the node key under it (the fencer ignores the key then). */
   published: boolean;
+  /**
+   * Epoch ms: set by a clean stop. Until then the fencer keeps the lease alive for the restart (its own
+   * deadline in cluster/handover.json); a restarted daemon re-attaches and writes the file without it.
+   */
+  handoverUntil?: number;
+}
+
+/** <state>/cluster/handover.json: the fencer's keepalives of a handed-over lease (it alone writes it). */
+export interface HandoverFile {
+  leaseId: string;
+  /** Epoch ms: send time of the fencer's last acknowledged keepalive + TTL − 1 s. */
+  deadline: number;
+  lastAckSentAt: number;
+}
+
+export function handoverFilePath(stateDir: string): string {
+  return path.join(stateDir, 'cluster', 'handover.json');
+}
+
+/** The fencer's deadline for `leaseId` during a handover, if it kept that lease alive. */
+export async function handoverDeadline(stateDir: string, leaseId: string): Promise<number | undefined> {
+  const file = await readJsonFile<Partial<HandoverFile>>(handoverFilePath(stateDir)).catch(() => undefined);
+  return file?.leaseId === leaseId && typeof file.deadline === 'number' ? file.deadline : undefined;
 }
 
 export function leaseFilePath(stateDir: string): string {
@@ -79,6 +108,8 @@ export interface MembershipOptions {
   prefix?: string;
   ttlSeconds?: number;
   keepaliveMs?: number;
+  /** How long the fencer keeps the lease alive after a clean stop (RESTART_HANDOVER_MS). */
+  handoverMs?: number;
   log?: (line: string) => void;
 }
 
@@ -99,6 +130,10 @@ export class Membership {
   private running = false;
   private round: Promise<number> = Promise.resolve(0);
   private published = false;
+  private handoverUntil: number | undefined;
+  /** Lease file writes, one after the other; `queued` has not started yet (it writes the state it finds then). */
+  private writes: Promise<void> = Promise.resolve();
+  private queued: Promise<void> | undefined;
   private checkingKey = false;
   private lastKeyCheck = 0;
   /** Leases this process gave up: a node key still under one of them is ours to clear. */
@@ -150,10 +185,11 @@ export class Membership {
   }
 
   /**
-   * Stops the keepalive loop and keeps the lease: a restart within the TTL re-attaches to it. One last
-   * keepalive first, so the restart gets a whole TTL − 1 s from now.
+   * Stops the keepalive loop and keeps the lease: a restart re-attaches to it. One last keepalive first,
+   * so the restart gets a whole TTL − 1 s from now; with `handover` (a clean stop of the daemon) the lease
+   * file also asks the fencer to keep the lease alive for RESTART_HANDOVER_MS.
    */
-  async stop(): Promise<void> {
+  async stop(opts: { handover?: boolean } = {}): Promise<void> {
     this.running = false;
     clearTimeout(this.timer);
     await this.round;
@@ -164,6 +200,11 @@ export class Membership {
     if (ttl > 0 && Date.now() < lease.deadline) {
       lease.lastAckSentAt = sentAt;
       lease.deadline = sentAt + ttl * 1000 - DEADLINE_MARGIN_MS;
+      if (opts.handover) {
+        const handoverMs = this.opts.handoverMs ?? RESTART_HANDOVER_MS;
+        this.handoverUntil = Date.now() + handoverMs;
+        this.log(`cluster: the fencer keeps lease ${hex(lease.id)} alive for ${handoverMs / 1000}s: a restart within that re-attaches without touching the VMs`);
+      }
       await this.saveLeaseFile();
     }
   }
@@ -173,7 +214,7 @@ export class Membership {
     await this.stop();
     if (this.lease) await this.client.revokeLease(this.lease.id);
     this.lease = undefined;
-    await removeFile(leaseFilePath(this.opts.stateDir));
+    await this.removeLeaseFile();
   }
 
   private emit(e: MembershipEvent): void {
@@ -183,28 +224,31 @@ export class Membership {
   private async attach(): Promise<void> {
     const saved = await readLeaseFile(this.opts.stateDir);
     const mine = saved && saved.node === this.record.name && saved.prefix === this.prefix ? saved : undefined;
+    // After a clean stop the fencer kept the lease alive: its deadline counts too.
+    const kept = mine?.handoverUntil !== undefined ? await handoverDeadline(this.opts.stateDir, mine.leaseId) : undefined;
+    const deadline = Math.max(mine?.deadline ?? 0, kept ?? 0);
     // Past its deadline the fencer has killed (or is killing) the VMs that ran under it: never re-attach.
-    if (mine && Date.now() >= mine.deadline) {
-      this.log(`cluster: lease ${hex(mine.leaseId)} of an earlier run passed its deadline ${Date.now() - mine.deadline} ms ago; joining with a new lease`);
+    if (mine && Date.now() >= deadline) {
+      this.log(`cluster: lease ${hex(mine.leaseId)} of an earlier run passed its deadline ${Date.now() - deadline} ms ago; joining with a new lease`);
       this.givenUp.add(mine.leaseId);
       await this.client.revokeLease(mine.leaseId).catch(() => {});
     }
-    if (mine && Date.now() < mine.deadline) {
+    if (mine && Date.now() < deadline) {
       const saved = mine;
       // Retried until the deadline like every keepalive: a new client's first call can take a second
       // (connection, name resolution), and one lost attempt must not cost the lease and the VMs with it.
-      const answer = await this.keepaliveUntil(saved.leaseId, saved.deadline);
+      const answer = await this.keepaliveUntil(saved.leaseId, deadline);
       const ttl = 'ttl' in answer ? answer.ttl : 0;
       const sentAt = 'sentAt' in answer ? answer.sentAt : 0;
       // Never a lease the fencer fenced, nor one renewed only after its deadline.
-      if (ttl > 0 && Date.now() < saved.deadline && !(await fencedLease(this.opts.stateDir, saved.leaseId))) {
+      if (ttl > 0 && Date.now() < deadline && !(await fencedLease(this.opts.stateDir, saved.leaseId))) {
         this.lease = { id: saved.leaseId, lastAckSentAt: sentAt, deadline: sentAt + ttl * 1000 - DEADLINE_MARGIN_MS };
         this.published = saved.published !== false;
         await this.saveLeaseFile();
         await this.publish(saved.leaseId);
         this.published = true;
         await this.saveLeaseFile();
-        this.log(`cluster: node ${this.record.name} re-attached to lease ${hex(saved.leaseId)}`);
+        this.log(`cluster: node ${this.record.name} re-attached to lease ${hex(saved.leaseId)}${kept !== undefined && kept > saved.deadline ? ' (the fencer kept it alive during the restart)' : ''}`);
         this.emit({ type: 'joined', leaseId: saved.leaseId, reattached: true });
         return;
       }
@@ -231,7 +275,7 @@ export class Membership {
     } catch (err) {
       await this.client.revokeLease(granted.id).catch(() => {});
       this.lease = undefined;
-      await removeFile(leaseFilePath(this.opts.stateDir));
+      await this.removeLeaseFile();
       throw err;
     }
     this.log(`cluster: node ${this.record.name} joined with lease ${hex(granted.id)} (TTL ${granted.ttl}s)`);
@@ -269,7 +313,29 @@ export class Membership {
     return new Error(`node ${this.record.name} is already in the cluster under another lease (${hex(lease ?? '?')}): another controller runs with --node ${this.record.name}`);
   }
 
-  private async saveLeaseFile(): Promise<void> {
+  /**
+   * Writes the lease file as it is now (resolves once written). Writes are serialized and coalesced, so a
+   * keepalive round can leave its write to the background: it never waits for a busy disk (fsyncs held for
+   * seconds once held the next keepalive). A late write only makes the fencer's deadline earlier.
+   */
+  private saveLeaseFile(): Promise<void> {
+    if (this.queued) return this.queued;
+    const next = this.writes.then(() => {
+      this.queued = undefined;
+      return this.writeLeaseFile();
+    });
+    this.queued = next;
+    this.writes = next.catch(() => {});
+    return next;
+  }
+
+  /** Removes the lease file after any write in flight (which would otherwise bring it back). */
+  private async removeLeaseFile(): Promise<void> {
+    await this.writes;
+    await removeFile(leaseFilePath(this.opts.stateDir));
+  }
+
+  private async writeLeaseFile(): Promise<void> {
     if (!this.lease) return;
     const file: LeaseFile = {
       node: this.record.name,
@@ -281,9 +347,12 @@ export class Membership {
       lastAckSentAt: this.lease.lastAckSentAt,
       pid: process.pid,
       published: this.published,
+      ...(this.handoverUntil !== undefined ? { handoverUntil: this.handoverUntil } : {}),
     };
     await ensureDir(path.dirname(leaseFilePath(this.opts.stateDir)));
-    await writeFileAtomic(leaseFilePath(this.opts.stateDir), `${JSON.stringify(file)}\n`);
+    // Not fsynced: the fencer and a restarted daemon read it from the page cache; after a power loss the
+    // VMs it guards are gone too.
+    await writeFileAtomic(leaseFilePath(this.opts.stateDir), `${JSON.stringify(file)}\n`, { durable: false });
   }
 
   private schedule(delayMs: number): void {
@@ -327,13 +396,9 @@ export class Membership {
     }
     lease.lastAckSentAt = answer.sentAt;
     lease.deadline = answer.sentAt + answer.ttl * 1000 - DEADLINE_MARGIN_MS;
-    await this.saveLeaseFile();
-    // The fencer fenced it anyway (it saw the deadline pass before this renewal reached the lease file).
-    if (await fencedLease(this.opts.stateDir, lease.id)) {
-      await this.lose(lease.id, 'the fencer fenced it (cluster/fenced.json)');
-      return KEEPALIVE_RETRY_MS;
-    }
-    // Not awaited: a slow read must not delay the next keepalive.
+    // Neither awaited: the next keepalive must not wait for the disk (a slow write or read).
+    this.saveLeaseFile().catch((err: unknown) => this.log(`cluster: cannot write the lease file: ${oneLine(err)}`));
+    void this.checkFenced(lease.id);
     if (Date.now() - this.lastKeyCheck >= NODE_KEY_CHECK_MS) {
       this.lastKeyCheck = Date.now();
       void this.checkNodeKey(lease.id);
@@ -382,6 +447,11 @@ export class Membership {
       };
       attempt();
     });
+  }
+
+  /** The fencer fenced the lease anyway (it saw the deadline pass before a renewal reached the lease file). */
+  private async checkFenced(leaseId: string): Promise<void> {
+    if (await fencedLease(this.opts.stateDir, leaseId)) await this.lose(leaseId, 'the fencer fenced it (cluster/fenced.json)').catch(() => {});
   }
 
   /** The node key must carry our lease: restore it if it was deleted, give the lease up if another holds it. */

@@ -24,7 +24,7 @@ export interface ClusterMember {
   view: ClusterView;
   /** Re-reads the applied revision from the store and publishes it when it changed. */
   refresh(): Promise<void>;
-  /** Stops keeping the lease alive and keeps it (a restart within the TTL re-attaches); closes the client. */
+  /** Stops keeping the lease alive, hands it to the fencer for a restart (which re-attaches); closes the client. */
   stop(): Promise<void>;
 }
 
@@ -91,7 +91,7 @@ export async function joinCluster(store: Store, opts: ClusterOptions, log: (line
     membership = await Membership.join({ client, record: await nodeRecordOf(store, opts), stateDir: store.dir, log });
     view = await ClusterView.open({ client, membership, log });
   } catch (err) {
-    await membership?.stop().catch(() => {});
+    await membership?.stop().catch(() => {}); // no handover: this daemon never ran
     client.close();
     throw err;
   }
@@ -101,7 +101,7 @@ export async function joinCluster(store: Store, opts: ClusterOptions, log: (line
     refresh: async () => membership.setRevision(await appliedRevision(store)),
     stop: async () => {
       await view.close();
-      await membership.stop();
+      await membership.stop({ handover: true });
       client.close();
     },
   };

@@ -70,16 +70,19 @@ export async function ensureDir(dir: string): Promise<void> {
 
 /**
  * Atomically replaces file with data (mode 0600). Resolves only once the new content is durable; with
- * syncDir false the caller fsyncs the directory itself (once for many files written there).
+ * syncDir false the caller fsyncs the directory itself (once for many files written there). With durable
+ * false nothing is fsynced: for files that only other processes read and that mean nothing after a power
+ * loss (the cluster lease file), written too often to wait for a busy disk.
  */
-export async function writeFileAtomic(file: string, data: string, opts: { syncDir?: boolean } = {}): Promise<void> {
+export async function writeFileAtomic(file: string, data: string, opts: { syncDir?: boolean; durable?: boolean } = {}): Promise<void> {
+  const durable = opts.durable !== false;
   const tmp = tempPath(file);
   const fh = await fs.open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, FILE_MODE);
   try {
     try {
       await fh.chmod(FILE_MODE); // the umask may have removed bits; make the mode exact
       await fh.writeFile(data, 'utf8');
-      await fh.sync();
+      if (durable) await fh.sync();
     } finally {
       await fh.close();
     }
@@ -88,7 +91,7 @@ export async function writeFileAtomic(file: string, data: string, opts: { syncDi
     await fs.unlink(tmp).catch(() => {});
     throw err;
   }
-  if (opts.syncDir !== false) await fsyncDir(path.dirname(file));
+  if (durable && opts.syncDir !== false) await fsyncDir(path.dirname(file));
 }
 
 /**

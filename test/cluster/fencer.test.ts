@@ -11,7 +11,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { EtcdClient } from '../../src/drivers/etcd.ts';
 import { clusterKeys } from '../../src/cluster/keys.ts';
 import { Fencer, type FenceRecord, type VmProcess } from '../../src/cluster/fencer.ts';
-import { readLeaseFile } from '../../src/cluster/membership.ts';
+import { handoverFilePath, hex, readLeaseFile } from '../../src/cluster/membership.ts';
+import { readJsonFile } from '../../src/store/atomic.ts';
 import { processStartTime } from '../../src/proc.ts';
 import { startEtcd, type EtcdCluster } from '../helpers/etcd.ts';
 import { until } from '../helpers/poll.ts';
@@ -52,8 +53,9 @@ class FakeVms {
   }
 }
 
-async function startMember(endpoints: string[], stateDir: string, node: string): Promise<{ child: ChildProcess; lease: string; output: () => string }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', memberScript, endpoints.join(','), stateDir, node], { stdio: ['ignore', 'pipe', 'pipe'] });
+async function startMember(endpoints: string[], stateDir: string, node: string, opts: { handoverMs?: number } = {}): Promise<{ child: ChildProcess; lease: string; output: () => string }> {
+  const env = { ...process.env, ...(opts.handoverMs !== undefined ? { HANDOVER_MS: String(opts.handoverMs) } : {}) };
+  const child = spawn(process.execPath, ['--import', 'tsx', memberScript, endpoints.join(','), stateDir, node], { stdio: ['ignore', 'pipe', 'pipe'], env });
   let out = '';
   child.stdout!.on('data', (c) => (out += String(c)));
   child.stderr!.on('data', (c) => (out += String(c)));
@@ -83,9 +85,9 @@ describe('fencer', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  async function setup(node: string) {
+  async function setup(node: string, opts: { handoverMs?: number } = {}) {
     const stateDir = path.join(dir, node);
-    const member = await startMember(etcd.endpoints, stateDir, node);
+    const member = await startMember(etcd.endpoints, stateDir, node, opts);
     cleanup.push(async () => {
       if (member.child.exitCode === null && member.child.signalCode === null) {
         member.child.kill('SIGKILL');
@@ -156,6 +158,48 @@ describe('fencer', () => {
     await sleep(2500);
     assert.equal(fresh.stoppedAt, undefined, 'a VM under the new lease runs on');
     assert.equal(fences.length, 1);
+  });
+
+  it('keeps the lease of a cleanly stopped daemon alive through a restart slower than the TTL; the restart re-attaches, nothing is fenced', async () => {
+    const { stateDir, member, vms, fences } = await setup('h1', { handoverMs: 20_000 });
+    vms.start('a');
+    member.child.kill('SIGTERM');
+    await once(member.child, 'exit');
+    assert.match(member.output(), /the fencer keeps lease [0-9a-f]+ alive for 20s/);
+    await sleep(7000); // past the TTL after the daemon's last keepalive
+    assert.deepEqual(fences, [], 'no fence during the handover');
+    assert.equal(vms.running().length, 1, 'the VM runs on');
+    assert.ok(((await client.leaseTimeToLive(member.lease))?.ttl ?? 0) > 0, 'etcd still has the lease');
+    assert.equal((await client.get(keys.node('h1')))?.lease, member.lease, 'and the node key under it');
+    const kept = await readJsonFile<{ leaseId: string; deadline: number }>(handoverFilePath(stateDir));
+    assert.equal(kept?.leaseId, member.lease);
+    assert.ok(kept!.deadline > Date.now(), 'the fencer\'s own deadline is ahead');
+
+    const restarted = await startMember(etcd.endpoints, stateDir, 'h1');
+    cleanup.push(async () => {
+      if (restarted.child.exitCode === null) (restarted.child.kill('SIGKILL'), await once(restarted.child, 'exit'));
+    });
+    assert.equal(restarted.lease, member.lease, 'the same lease');
+    assert.match(restarted.output(), new RegExp(`re-attached to lease ${hex(member.lease)} \\(the fencer kept it alive during the restart\\)`));
+    await until('the fencer to hand the lease back (handover.json removed)', async () => (await readJsonFile(handoverFilePath(stateDir))) === undefined, 3000);
+    assert.equal((await readLeaseFile(stateDir))?.handoverUntil, undefined);
+    await sleep(1000);
+    assert.deepEqual(fences, []);
+    assert.equal(vms.running().length, 1);
+  });
+
+  it('fences a cleanly stopped daemon\'s lease once its restart window closes, and revokes it', async () => {
+    const { member, vms, fences } = await setup('h2', { handoverMs: 1500 });
+    vms.start('a');
+    member.child.kill('SIGTERM');
+    const stoppedAt = Date.now();
+    await once(member.child, 'exit');
+    await until('the VM to be killed', () => vms.running().length === 0, 10_000);
+    const after = vms.ledger[0]!.stoppedAt! - stoppedAt;
+    assert.ok(after >= 1500 + 3000, `killed ${after} ms after the stop: not before the window and a deadline after it`);
+    await until('the fence to be recorded', () => fences.length > 0, 2000);
+    assert.match(fences[0]!.reason, /the lease deadline passed .* \(the controller did not come back within its restart window\)/);
+    await until('the lease revoked', async () => (await client.leaseTimeToLive(member.lease)) === undefined, 5000);
   });
 
   it('fences a frozen daemon (SIGSTOP) at its deadline; once thawed it rejoins with a new lease, never the old one', async () => {

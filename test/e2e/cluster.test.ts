@@ -170,7 +170,7 @@ describe('cluster membership from the CLI', () => {
       await startStandIn('a');
       await startStandIn('b');
       await sleep(2500);
-      assert.deepEqual(standIns.map((s) => s.exitedAt), [undefined, undefined], 'nothing is killed while the node holds its lease');
+      assert.deepEqual(standIns.map((s) => s.exitedAt), [undefined, undefined], `nothing is killed while the node holds its lease; fencer log:\n${await fencerLog()}\ndaemon:\n${output(daemon)}`);
 
       daemon.kill('SIGKILL');
       const killedAt = Date.now();
