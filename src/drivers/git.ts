@@ -192,6 +192,13 @@ export async function readTreeFiles(opts: ReadTreeOptions): Promise<TreeFile[] |
   const inside = (p: string) => dir === '' || p.startsWith(`${dir}/`);
   let found = dir === '';
   const files: TreeFile[] = [];
+  // The walk reads siblings concurrently: refusals are collected and the first in path order is thrown,
+  // so the same tree always gives the same error.
+  const refused: GitError[] = [];
+  const refuse = (err: GitError) => {
+    refused.push(err);
+    return null;
+  };
   await git.walk({
     fs,
     gitdir: opts.gitdir,
@@ -214,20 +221,26 @@ export async function readTreeFiles(opts: ReadTreeOptions): Promise<TreeFile[] |
       }
       const relative = dir === '' ? filepath : filepath.slice(dir.length + 1);
       if (relative.split('/').some((part) => part.startsWith('.'))) return null;
-      if (mode === MODE_SYMLINK) throw new GitError('symlink', `${filepath}: symbolic links are refused (what they point at is not part of the revision)`, filepath);
-      if (type === 'commit' || mode === MODE_SUBMODULE) throw new GitError('submodule', `${filepath}: submodules are refused (their files are not part of the revision)`, filepath);
+      if (mode === MODE_SYMLINK) return refuse(new GitError('symlink', `${filepath}: symbolic links are refused (what they point at is not part of the revision)`, filepath));
+      if (type === 'commit' || mode === MODE_SUBMODULE) return refuse(new GitError('submodule', `${filepath}: submodules are refused (their files are not part of the revision)`, filepath));
       if (type === 'blob' && opts.want(relative)) {
         const content = await entry.content();
         const bytes = content ?? new Uint8Array();
-        if (bytes.length > opts.maxBytes) throw new GitError('too-large', `${filepath}: ${bytes.length} bytes, over the ${opts.maxBytes}-byte limit`, filepath);
+        if (bytes.length > opts.maxBytes) return refuse(new GitError('too-large', `${filepath}: ${bytes.length} bytes, over the ${opts.maxBytes}-byte limit`, filepath));
         files.push({ path: relative, bytes });
       }
       return true;
     },
     reduce: async () => undefined,
   });
+  const first = refused.sort((a, b) => byPath(a.path ?? '', b.path ?? ''))[0];
+  if (first) throw first;
   if (!found) return null;
-  return files.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  return files.sort((a, b) => byPath(a.path, b.path));
+}
+
+function byPath(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
 }
 
 /** Whether `oid` is `ancestor` or descends from it (isomorphic-git's isDescendent is false for a == a). */
