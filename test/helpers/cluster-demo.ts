@@ -109,7 +109,7 @@ async function main(): Promise<void> {
   const lost = killed.map((k) => k.vm);
   if (lost.length === 0) throw new Error(`no VM ran on ${victim.name} when it was killed (its VMs had moved meanwhile)`);
   console.log(`killed: daemon, fencer, ${killed.map((k) => `${k.vm} (pid ${k.pid})`).join(', ') || 'no VM (none ran there at that moment)'}`);
-  console.log(`(its lease runs out within the TTL of 5 s; the others then wait a 1 s grace before the placement winner claims each VM)`);
+  console.log(`(its lease runs out within the TTL of 5 s; the others then wait a 0.5 s grace before the placement winner claims each VM)`);
   const back = new Map<string, { node: string; ms: number }>();
   await until('the lost VMs running elsewhere', async () => {
     for (const vm of lost) {
