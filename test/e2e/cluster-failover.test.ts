@@ -17,15 +17,12 @@
 // bound by 0.6 s: the time then went to emulating CPUs, not to the cluster. With KVM, boots cost little.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { readFile } from 'node:fs/promises';
-import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { vmPaths } from '../../src/controllers/vm/context.ts';
 import { Store } from '../../src/store/store.ts';
 import { clusterKeys } from '../../src/cluster/keys.ts';
 import { readOwners } from '../../src/cluster/ownership.ts';
 import { assertLedgerClean, liveCopies, readLedger, type Copy } from '../helpers/cluster-ledger.ts';
-import { pidLive, startCluster, vmManifest, type ClusterNodeHandle, type TestCluster } from '../helpers/cluster.ts';
+import { guestBooted, pidLive, startCluster, vmManifest, type ClusterNodeHandle, type TestCluster } from '../helpers/cluster.ts';
 import { until } from '../helpers/poll.ts';
 
 const keys = clusterKeys();
@@ -62,12 +59,7 @@ describe('three daemons, one etcd of three members, real guests: placement, fenc
   const settled = async (what: string) => {
     const t0 = Date.now();
     await until('every running guest booted', async () => {
-      for (const [vm, copies] of await running()) {
-        for (const c of copies) {
-          const serial = await readFile(path.join(vmPaths({ stateDir: cluster.node(c.node).stateDir }, vm).runDir, 'serial.log'), 'utf8').catch(() => '');
-          if (!serial.includes('QWAMOS-GUEST-READY')) return false;
-        }
-      }
+      for (const [vm, copies] of await running()) for (const c of copies) if (!(await guestBooted(cluster.node(c.node).stateDir, vm))) return false;
       return true;
     }, { timeoutMs: 120_000, intervalMs: 200 });
     timing(`before ${what}: every running guest booted (${Date.now() - t0} ms of waiting)`);

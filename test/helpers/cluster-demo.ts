@@ -3,14 +3,11 @@
 // their fencers, each node in its own network namespaces; six tiny VMs placed over them; one node killed
 // whole and its VMs coming up elsewhere, with the timings; the ledger checked for overlapping copies.
 // Everything it starts is ended by PID and every namespace removed, on success, error, SIGINT or SIGTERM.
-import { readFile } from 'node:fs/promises';
-import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { vmPaths } from '../../src/controllers/vm/context.ts';
 import { readOwners } from '../../src/cluster/ownership.ts';
 import { clusterKeys } from '../../src/cluster/keys.ts';
 import { assertLedgerClean, liveCopies, type Copy } from './cluster-ledger.ts';
-import { startCluster, vmManifest, type TestCluster } from './cluster.ts';
+import { guestBooted, startCluster, vmManifest, type TestCluster } from './cluster.ts';
 import { until } from './poll.ts';
 
 const bold = (s: string) => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
@@ -89,12 +86,7 @@ async function main(): Promise<void> {
   // A settled cluster first: under TCG a booting kernel keeps a core busy, which would time the emulator.
   t = Date.now();
   await until('every guest booted', async () => {
-    for (const [vm, cs] of await running(c)) {
-      for (const x of cs) {
-        const serial = await readFile(path.join(vmPaths({ stateDir: c.node(x.node).stateDir }, vm).runDir, 'serial.log'), 'utf8').catch(() => '');
-        if (!serial.includes('QWAMOS-GUEST-READY')) return false;
-      }
-    }
+    for (const [vm, cs] of await running(c)) for (const x of cs) if (!(await guestBooted(c.node(x.node).stateDir, vm))) return false;
     return true;
   }, { timeoutMs: 120_000, intervalMs: 200 });
   console.log(`every guest has booted (its serial console says so) ${Date.now() - t} ms later`);

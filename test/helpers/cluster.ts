@@ -11,7 +11,7 @@
 // Everything is ended by PID (daemons, fencers, etcd, the QEMUs of the nodes' state dirs, found by
 // command line) and every netns removed, on cleanup() and also when the process exits without it.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { appendFile, copyFile, link, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { appendFile, copyFile, link, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { readdirSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -563,6 +563,12 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<TestClust
     },
     cleanup,
   };
+}
+
+/** Whether the tiny guest of `vm` in this state dir has booted (its serial console says so). */
+export async function guestBooted(stateDir: string, vm: string): Promise<boolean> {
+  const serial = await readFile(path.join(vmPaths({ stateDir }, vm).runDir, 'serial.log'), 'utf8').catch(() => '');
+  return serial.includes('QWAMOS-GUEST-READY');
 }
 
 /** A VirtualMachine manifest for the tiny guest (no NIC). */
